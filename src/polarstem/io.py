@@ -279,11 +279,13 @@ def _rsciio_plugin_for(p: Path) -> dict:
 
     ext = p.suffix.lower().lstrip(".")
     matches = [pl for pl in IO_PLUGINS if ext in [e.lower() for e in pl.get("file_extensions", [])]]
+    if ext in ("h5", "hdf5"):  # py4DSTEM and other EMD files often end in .h5
+        matches += [pl for pl in IO_PLUGINS if pl["name"] == "EMD" and pl not in matches]
     if not matches:
         raise PolarstemError(f"{p}: unknown file type '.{ext}' (no RosettaSciIO reader for it)")
     if len(matches) > 1:
         # .h5/.hdf5/.emd are claimed by several readers: try them in turn
-        preferred = ["HSPY", "EMD", "ARINA", "NeXus", "USID"]
+        preferred = ["HSPY", "EMD", "Arina", "NeXus", "USID", "Delmic", "Tofwerk"]
         matches.sort(key=lambda pl: preferred.index(pl["name"]) if pl["name"] in preferred else 99)
     return {"candidates": matches}
 
@@ -292,11 +294,9 @@ def _read_with_rsciio(p: Path, navigation_shape) -> list[dict]:
     plugins = _rsciio_plugin_for(p)["candidates"]
     errors = []
     for plugin in plugins:
-        module = importlib.import_module(plugin["api"])
-        kwargs: dict = {"lazy": True}
-        if plugin["name"] == "QuantumDetector" and navigation_shape is not None:
-            kwargs["navigation_shape"] = tuple(int(n) for n in navigation_shape)[::-1]
+        kwargs: dict = {"lazy": True}  # a navigation shape is applied afterwards, checked against the frames
         try:
+            module = importlib.import_module(plugin["api"])
             try:
                 return module.file_reader(str(p), **kwargs)
             except NotImplementedError:
@@ -323,12 +323,18 @@ def _load_rsciio(p: Path, navigation_shape) -> Dataset4D:
     if chosen is None:
         chosen = _first_reshapable(results, navigation_shape)
     if chosen is None:
-        raise NotFourDError(f"{p}: {describe_signal(results[0])}, not 4D-STEM")
+        what = describe_signal(results[0])
+        if navigation_shape is not None and results[0]["data"].ndim == 3:
+            n = results[0]["data"].shape[0]
+            rows, cols = navigation_shape
+            raise PolarstemError(f"{p}: navigation shape {rows}x{cols} does not fit the {n} frames in the file")
+        hint = "; give --navigation-shape ROWS COLS if it is a scan" if "stack of" in what else ""
+        raise NotFourDError(f"{p}: {what}, not 4D-STEM{hint}")
     data = chosen["data"]
     axes = chosen["axes"]
     nav = [a for a in axes if a.get("navigate", True)]
     sig = [a for a in axes if not a.get("navigate", True)]
-    if len(sig) != 2 and data.ndim == 4:
+    if (len(sig) != 2 or not any("navigate" in a for a in axes)) and data.ndim == 4:
         # some writers (py4DSTEM EMD) flag every axis as signal: the last two are the detector
         nav, sig = list(axes[:2]), list(axes[2:])
     if not isinstance(data, da.Array):
@@ -344,6 +350,8 @@ def _is_4d_signal(r: dict) -> bool:
     if data.ndim != 4:
         return False
     axes = r.get("axes", [])
+    if not any("navigate" in a for a in axes):
+        return True  # ARINA gives no navigate flags: numpy order is (scan, scan, det, det)
     n_sig = sum(1 for a in axes if not a.get("navigate", True))
     return n_sig in (2, 4)  # 4: py4DSTEM EMD flags all axes as signal
 
@@ -410,8 +418,10 @@ def _calibration_from_rsciio(nav: list[dict], sig: list[dict], metadata: dict) -
     center = None
     if sig and det_units and all(a.get("offset") is not None for a in sig[:2]):
         offs = [float(a.get("offset") or 0.0) for a in sig[:2]]
-        if any(o != 0 for o in offs):
-            center = tuple(-o / s for o, s in zip(offs, det_scale))
+        guess = tuple(-o / s for o, s in zip(offs, det_scale))
+        sizes = [int(a["size"]) for a in sig[:2]]
+        if any(o != 0 for o in offs) and all(0 <= c < n for c, n in zip(guess, sizes)):
+            center = guess
     return Calibration(
         scan_step_nm=(steps[0], steps[1]),
         mrad_per_px=mrad,
@@ -431,7 +441,7 @@ def detector_mrad_per_px(scale: float, units: str | None, beam_energy_kev: float
     u = units.strip().lower().replace("angstrom", "å").replace("ångström", "å").replace(" ", "")
     if u == "mrad":
         return float(scale)
-    if u == "rad":
+    if u in ("rad", "angle"):  # TopSpin writes "Angle" for radians
         return float(scale) * 1e3
     if u in ("µrad", "urad"):
         return float(scale) * 1e-3
@@ -532,18 +542,17 @@ def save(path: str | os.PathLike, data: Any, calibration: Calibration, title: st
     ext = p.suffix.lower()
     if ext not in (".hspy", ".zspy"):
         raise PolarstemError(f"{p}: can only write .hspy or .zspy 4D files")
-    module = importlib.import_module("rsciio.hspy" if ext == ".hspy" else "rsciio.zspy")
-    signal = {
-        "data": data,
-        "axes": dataset_axes(tuple(data.shape), calibration),
-        "metadata": dataset_metadata(calibration, title),
-        "original_metadata": {},
-        "attributes": {"_lazy": not isinstance(data, np.ndarray)},
-    }
+    import dask.array as da
+    import hyperspy.api as hs
+
+    signal = hs.signals.Signal2D(data, axes=dataset_axes(tuple(data.shape), calibration),
+                                 metadata=dataset_metadata(calibration, title))
+    if isinstance(data, da.Array):
+        signal = signal.as_lazy()
     tmp = p.with_name(p.name + ".partial" + ext)
     if tmp.exists():
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
-    module.file_writer(str(tmp), signal)
+    signal.save(str(tmp), overwrite=True)
     if p.exists():
         if not overwrite:
             raise PolarstemError(f"{p}: exists already")

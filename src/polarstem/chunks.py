@@ -1,0 +1,105 @@
+"""One way to walk a 4D dataset: blocks of whole patterns, read ahead of the computation.
+
+Virtual images, mean patterns, classification and anomaly scoring all go through
+:func:`iter_frame_blocks`, so they share the reader, the memory budget, progress reporting and
+cancellation (LiberTEM's "function of a chunk of frames plus a merge").
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .errors import Cancelled
+from .io import CHUNK_BYTES, Dataset4D
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class FrameBlock:
+    """A rectangle of the scan: ``frames`` is (rows, cols, det_rows, det_cols) for ``rows`` x ``cols``."""
+
+    rows: slice
+    cols: slice
+    frames: np.ndarray
+    mask: np.ndarray | None = None  # (rows, cols) bool: which positions the caller asked for
+
+
+def block_grid(dataset: Dataset4D, budget: int = CHUNK_BYTES) -> list[tuple[slice, slice]]:
+    """Rectangles of the scan, aligned with the dask chunks, each about ``budget`` bytes."""
+    data = dataset.data
+    row_chunks, col_chunks = data.chunks[0], data.chunks[1]
+    frame_bytes = int(np.prod(dataset.detector_shape)) * dataset.dtype.itemsize
+    # merge whole dask chunks along rows while the block stays under budget
+    blocks = []
+    col_edges = np.concatenate([[0], np.cumsum(col_chunks)])
+    row_edges = np.concatenate([[0], np.cumsum(row_chunks)])
+    for c0, c1 in zip(col_edges[:-1], col_edges[1:]):
+        r = 0
+        while r < len(row_chunks):
+            start = row_edges[r]
+            end = row_edges[r + 1]
+            r += 1
+            while r < len(row_chunks) and (row_edges[r + 1] - start) * (c1 - c0) * frame_bytes <= budget:
+                end = row_edges[r + 1]
+                r += 1
+            blocks.append((slice(int(start), int(end)), slice(int(c0), int(c1))))
+    return blocks
+
+
+def iter_frame_blocks(
+    dataset: Dataset4D,
+    mask: np.ndarray | None = None,
+    budget: int = CHUNK_BYTES,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    prefetch: bool = True,
+) -> Iterator[FrameBlock]:
+    """Yield the scan block by block as numpy, reading the next block while the caller works.
+
+    ``mask`` (scan_rows, scan_cols) skips blocks with no selected position. ``cancel`` is checked
+    between blocks and raises :class:`Cancelled`; blocks yielded before stay valid.
+    """
+    blocks = block_grid(dataset, budget)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != dataset.scan_shape:
+            from .errors import PolarstemError
+
+            raise PolarstemError(f"ROI mask shape {mask.shape} does not match the scan {dataset.scan_shape}")
+        blocks = [(r, c) for r, c in blocks if mask[r, c].any()]
+    total = len(blocks)
+
+    def read(rc):
+        r, c = rc
+        return np.asarray(dataset.data[r, c].compute(scheduler="synchronous"))
+
+    if progress:
+        progress(0, total)
+    if not prefetch or total <= 1:
+        for i, (r, c) in enumerate(blocks):
+            _check(cancel)
+            yield FrameBlock(r, c, read((r, c)), None if mask is None else mask[r, c])
+            if progress:
+                progress(i + 1, total)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="polarstem-read") as pool:
+        future = pool.submit(read, blocks[0])
+        for i, (r, c) in enumerate(blocks):
+            _check(cancel)
+            frames = future.result()
+            if i + 1 < total:
+                future = pool.submit(read, blocks[i + 1])
+            yield FrameBlock(r, c, frames, None if mask is None else mask[r, c])
+            if progress:
+                progress(i + 1, total)
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled by the user")

@@ -228,9 +228,50 @@ def _load_npy(p: Path) -> Dataset4D:
     except ValueError as exc:
         raise PolarstemError(f"{p}: not a plain numeric .npy array ({_one_line(exc)})") from None
     _check_4d(arr.shape, p, signal_dims=None)
-    data = da.from_array(arr, chunks=frame_chunks(arr.shape, arr.dtype.itemsize), name=f"npy-{p}")
+    source = NpyFrames(p, arr) if arr.flags.c_contiguous else arr
+    data = da.from_array(source, chunks=frame_chunks(arr.shape, arr.dtype.itemsize), name=f"npy-{p}",
+                         asarray=False, fancy=False)
     cal = _sidecar_calibration(p)
     return Dataset4D(data=data, calibration=cal, source=str(p))
+
+
+class NpyFrames:
+    """Array-like over a C-ordered 4D ``.npy`` file that reads blocks with ``pread``.
+
+    A memory map would do, but every page it touches counts against the process until the kernel
+    evicts it; plain reads go through the page cache instead, so memory stays at one block.
+    """
+
+    def __init__(self, path: Path, mm: np.memmap):
+        self.path = str(path)
+        self.shape = tuple(mm.shape)
+        self.dtype = mm.dtype
+        self.ndim = 4
+        self.offset = int(mm.offset)
+        self._frame_bytes = int(np.prod(self.shape[2:])) * self.dtype.itemsize
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (4 - len(key))
+        rows = range(*key[0].indices(self.shape[0])) if isinstance(key[0], slice) else [int(key[0])]
+        c0, c1, step = key[1].indices(self.shape[1]) if isinstance(key[1], slice) else (int(key[1]), int(key[1]) + 1, 1)
+        ncols = len(range(c0, c1))
+        out = np.empty((len(rows), ncols) + self.shape[2:], dtype=self.dtype)
+        with open(self.path, "rb", buffering=0) as fh:
+            for i, r in enumerate(rows):
+                # contiguous columns straight into the output; strided columns frame by frame
+                spans = [(c0, c1)] if step == 1 else [(c, c + 1) for c in range(c0, c1, step)]
+                for j, (a, b) in enumerate(spans):
+                    target = out[i] if step == 1 else out[i, j : j + 1]
+                    fh.seek(self.offset + (r * self.shape[1] + a) * self._frame_bytes)
+                    if fh.readinto(memoryview(target).cast("B")) != (b - a) * self._frame_bytes:
+                        raise PolarstemError(f"{self.path}: the file is shorter than its header says (truncated)")
+        result = out[(slice(None), slice(None)) + key[2:]]
+        if not isinstance(key[0], slice):
+            result = result[0]
+        if not isinstance(key[1], slice):
+            result = result[:, 0] if isinstance(key[0], slice) else result[0]
+        return result
 
 
 def _load_zarr(p: Path) -> Dataset4D:

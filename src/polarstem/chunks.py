@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
@@ -22,12 +22,20 @@ ProgressCallback = Callable[[int, int], None]
 
 @dataclass
 class FrameBlock:
-    """A rectangle of the scan: ``frames`` is (rows, cols, det_rows, det_cols) for ``rows`` x ``cols``."""
+    """A rectangle ``rows`` x ``cols`` of the scan.
+
+    ``frames`` is (rows, cols, det_rows, det_cols), widened by the requested halo where the scan
+    allows; ``frames[inner_rows, inner_cols]`` is the block itself. ``prepared`` holds what the
+    caller's ``transform`` made of the block in the reader thread.
+    """
 
     rows: slice
     cols: slice
     frames: np.ndarray
     mask: np.ndarray | None = None  # (rows, cols) bool: which positions the caller asked for
+    inner_rows: slice = field(default_factory=lambda: slice(None))
+    inner_cols: slice = field(default_factory=lambda: slice(None))
+    prepared: object = None
 
 
 def block_grid(dataset: Dataset4D, budget: int = CHUNK_BYTES) -> list[tuple[slice, slice]]:
@@ -59,11 +67,15 @@ def iter_frame_blocks(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     prefetch: bool = True,
+    halo: tuple[int, int] = (0, 0),
+    transform: Callable[[FrameBlock], object] | None = None,
 ) -> Iterator[FrameBlock]:
     """Yield the scan block by block as numpy, reading the next block while the caller works.
 
     ``mask`` (scan_rows, scan_cols) skips blocks with no selected position. ``cancel`` is checked
-    between blocks and raises :class:`Cancelled`; blocks yielded before stay valid.
+    between blocks and raises :class:`Cancelled`; blocks yielded before stay valid. ``halo`` adds
+    neighbouring rows/cols (for cell windows); ``transform`` runs in the reader thread (preprocessing
+    overlaps the caller's work on the previous block).
     """
     blocks = block_grid(dataset, budget)
     if mask is not None:
@@ -74,30 +86,42 @@ def iter_frame_blocks(
             raise PolarstemError(f"ROI mask shape {mask.shape} does not match the scan {dataset.scan_shape}")
         blocks = [(r, c) for r, c in blocks if mask[r, c].any()]
     total = len(blocks)
+    hy, hx = halo
+    sy, sx = dataset.scan_shape
 
-    def read(rc):
+    def read(rc) -> FrameBlock:
         r, c = rc
-        return np.asarray(dataset.data[r, c].compute(scheduler="synchronous"))
+        r0, r1 = max(0, r.start - hy), min(sy, r.stop + hy)
+        c0, c1 = max(0, c.start - hx), min(sx, c.stop + hx)
+        frames = np.asarray(dataset.data[r0:r1, c0:c1].compute(scheduler="synchronous"))
+        block = FrameBlock(r, c, frames, None if mask is None else mask[r, c],
+                           slice(r.start - r0, r.stop - r0), slice(c.start - c0, c.stop - c0))
+        if transform is not None:
+            block.prepared = transform(block)
+        return block
 
     if progress:
         progress(0, total)
     if not prefetch or total <= 1:
-        for i, (r, c) in enumerate(blocks):
+        for i, rc in enumerate(blocks):
             _check(cancel)
-            yield FrameBlock(r, c, read((r, c)), None if mask is None else mask[r, c])
+            yield read(rc)
             if progress:
                 progress(i + 1, total)
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="polarstem-read") as pool:
         future = pool.submit(read, blocks[0])
-        for i, (r, c) in enumerate(blocks):
-            _check(cancel)
-            frames = future.result()
-            if i + 1 < total:
-                future = pool.submit(read, blocks[i + 1])
-            yield FrameBlock(r, c, frames, None if mask is None else mask[r, c])
-            if progress:
-                progress(i + 1, total)
+        try:
+            for i in range(total):
+                _check(cancel)
+                block = future.result()
+                if i + 1 < total:
+                    future = pool.submit(read, blocks[i + 1])
+                yield block
+                if progress:
+                    progress(i + 1, total)
+        finally:
+            future.cancel()
 
 
 def _check(cancel: threading.Event | None) -> None:

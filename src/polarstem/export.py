@@ -90,3 +90,165 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     return str(o)
+
+
+# --------------------------------------------------------------------------------------------------
+# classification results: the folder `polarstem classify` and the napari "Export maps" button write
+
+MAP_FILES = {"class": "class.tif", "confidence": "confidence.tif", "anomaly": "anomaly.tif"}
+
+
+def provenance(result, dataset, extra: dict | None = None) -> dict:
+    """What produced a set of maps: input, model and weights hash, package version, parameters."""
+    import datetime
+    import platform
+
+    from . import __version__
+    from .infer import file_sha256
+
+    src = Path(dataset.source) if dataset.source else None
+    prov = {
+        "software": "napari-polarstem",
+        "version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "input": {
+            "file": str(src) if src else None,
+            "sha256": file_sha256(src) if src and src.exists() else None,
+            "shape": list(dataset.shape),
+            "calibration": dataset.calibration.to_dict(),
+        },
+        "model": {"name": result.model, "sha256": result.model_sha256},
+        "parameters": {**result.params, "mode": result.mode, "device": result.device},
+        "lattice": None if result.lattice is None else {
+            "period_px": list(result.lattice.period), "origin_px": list(result.lattice.origin)},
+        "complete": bool(result.complete),
+        "classified_positions": int(result.done.sum()),
+        "seconds": round(float(result.seconds), 3),
+    }
+    if extra:
+        prov.update(extra)
+    return prov
+
+
+def export_result(outdir: str | os.PathLike, result, dataset, background: np.ndarray | None = None,
+                  extra_provenance: dict | None = None) -> Path:
+    """Write class/confidence/anomaly TIFFs, maps.hspy, provenance.json and overlay.png, each atomically."""
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    prov = provenance(result, dataset, extra_provenance)
+    cal = dataset.calibration
+    anomaly = result.anomaly if result.anomaly is not None else np.full(result.classes.shape, np.nan, np.float32)
+    write_map(out / MAP_FILES["class"], result.classes.astype(np.int8), cal, prov)
+    write_map(out / MAP_FILES["confidence"], result.confidence.astype(np.float32), cal, prov)
+    write_map(out / MAP_FILES["anomaly"], anomaly.astype(np.float32), cal, prov)
+    write_maps_hspy(out / "maps.hspy", result, cal, prov)
+    write_json(out / "provenance.json", prov)
+    write_overlay(out / "overlay.png", result.classes, result.confidence, background, cal)
+    return out
+
+
+def _stack(result) -> tuple[np.ndarray, list[str]]:
+    names = ["class", "confidence", "margin", "anomaly", "embedding_distance", "informative"]
+    anomaly = result.anomaly if result.anomaly is not None else np.full(result.classes.shape, np.nan)
+    layers = [result.classes.astype(np.float32), result.confidence, result.margin, anomaly,
+              result.embedding_distance, result.informative.astype(np.float32)]
+    for k in range(result.proba.shape[-1]):
+        names.append(f"p{k}")
+        layers.append(result.proba[..., k])
+    return np.stack([np.asarray(a, np.float32) for a in layers]), names
+
+
+def write_maps_hspy(path: str | os.PathLike, result, calibration: Calibration, prov: dict) -> Path:
+    """All maps and per-class probabilities as one HyperSpy stack (navigation axis = map name)."""
+    import hyperspy.api as hs
+
+    stack, names = _stack(result)
+    step_y, step_x = calibration.scan_step_nm
+    axes = [
+        {"name": "map", "size": len(names), "navigate": True, "scale": 1, "offset": 0, "units": ""},
+        {"name": "y", "size": stack.shape[1], "navigate": False, "scale": step_y or 1.0, "offset": 0,
+         "units": "nm" if step_y else "px"},
+        {"name": "x", "size": stack.shape[2], "navigate": False, "scale": step_x or 1.0, "offset": 0,
+         "units": "nm" if step_x else "px"},
+    ]
+    md = {"General": {"title": "polarization maps"},
+          "Signal": {"quantity": "map"},
+          "polarstem": {"map_names": names, "provenance_json": json.dumps(prov, default=_json_default)}}
+    sig = hs.signals.Signal2D(stack, axes=axes, metadata=md)
+    p = Path(path)
+    with atomic_path(p) as tmp:
+        named = tmp.with_suffix(".hspy")  # HyperSpy picks the format from the extension
+        try:
+            sig.save(str(named), overwrite=True)
+            named.replace(tmp)
+        finally:
+            named.unlink(missing_ok=True)
+    return p
+
+
+def read_maps(outdir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read ``maps.hspy`` of an export folder back into a dict of named maps."""
+    from rsciio.hspy import file_reader
+
+    p = Path(outdir) / "maps.hspy"
+    if not p.exists():
+        raise PolarstemError(f"{p}: no maps file")
+    sig = file_reader(str(p))[0]
+    names = list(sig["metadata"]["polarstem"]["map_names"])
+    return {n: np.asarray(sig["data"][i]) for i, n in enumerate(names)}
+
+
+def write_overlay(path: str | os.PathLike, classes: np.ndarray, confidence: np.ndarray | None,
+                  background: np.ndarray | None, calibration: Calibration) -> Path:
+    """The class map over the virtual image, with a direction colour wheel as legend."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .classes import CLASS_NAMES, N_CLASSES, direction_colors
+
+    colors = direction_colors()
+    rgba = np.zeros(classes.shape + (4,), np.float32)
+    valid = classes >= 0
+    rgba[valid] = colors[classes[valid]]
+    if confidence is not None:
+        alpha = np.clip(np.nan_to_num(confidence, nan=0.0), 0.0, 1.0)
+        rgba[..., 3] = np.where(valid, 0.35 + 0.5 * alpha, 0.0)
+    else:
+        rgba[..., 3] = np.where(valid, 0.7, 0.0)
+    step_y, step_x = calibration.scan_step_nm
+    extent = None
+    unit = "px"
+    if step_x and step_y:
+        extent = (0, classes.shape[1] * step_x, classes.shape[0] * step_y, 0)
+        unit = "nm"
+    fig = plt.figure(figsize=(8.5, 6), dpi=110)
+    ax = fig.add_axes((0.06, 0.08, 0.62, 0.86))
+    if background is not None:
+        ax.imshow(background, cmap="gray", extent=extent, interpolation="nearest")
+    ax.imshow(rgba, extent=extent, interpolation="nearest")
+    ax.set_xlabel(f"x ({unit})")
+    ax.set_ylabel(f"y ({unit})")
+    ax.set_title("polarization direction")
+    # colour wheel: class k at 45°·k from +x towards +y; +y points down on screen, as in the map
+    wax = fig.add_axes((0.70, 0.45, 0.28, 0.4))
+    wax.set_aspect("equal")
+    wax.axis("off")
+    for k in range(N_CLASSES):
+        ang = np.pi / 4 * k
+        x, y = np.cos(ang), np.sin(ang)
+        wax.add_patch(matplotlib.patches.Wedge((0, 0), 1.0, -np.degrees(ang) - 22.5, -np.degrees(ang) + 22.5,
+                                               color=colors[k][:3]))
+        wax.annotate("", xy=(0.62 * x, -0.62 * y), xytext=(0, 0),
+                     arrowprops=dict(arrowstyle="->", color="black", lw=1.2))
+        wax.text(1.32 * x, -1.32 * y, f"{k} {CLASS_NAMES[k]}", ha="center", va="center", fontsize=7)
+    wax.set_xlim(-1.7, 1.7)
+    wax.set_ylim(-1.7, 1.7)
+    wax.set_title("class: in-plane P\n(+x right, +y down)", fontsize=8)
+    p = Path(path)
+    with atomic_path(p) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return p

@@ -1,0 +1,107 @@
+"""``polarstem classify``, ``polarstem view`` and ``polarstem demo``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .data import _navigation_shape, _tqdm_progress, add_navigation_shape
+
+
+def register(sub) -> None:
+    p = sub.add_parser("classify", help="polarization class, confidence and anomaly maps of a scan")
+    p.add_argument("file")
+    add_navigation_shape(p)
+    p.add_argument("--model", default="cnn", help="registered model name (see `polarstem models`)")
+    p.add_argument("--mode", choices=["auto", "pattern", "cell"], default="auto")
+    p.add_argument("--roi", help="boolean .npy mask (scan_rows, scan_cols) of the positions to classify")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.set_defaults(func=classify)
+
+    p = sub.add_parser("view", help="open a file in napari with the polarstem widgets")
+    p.add_argument("file", nargs="?")
+    add_navigation_shape(p)
+    p.set_defaults(func=view)
+
+    p = sub.add_parser("demo", help="classify the bundled sample and write maps and a screenshot")
+    p.add_argument("-o", "--output", default="demo_output")
+    p.add_argument("--model", default=None, help="model (default: the best shipped model)")
+    p.add_argument("--no-screenshot", action="store_true")
+    p.set_defaults(func=demo)
+
+
+def load_roi(path: str, scan_shape) -> np.ndarray:
+    from ..errors import PolarstemError
+
+    try:
+        roi = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise PolarstemError(f"{path}: cannot read the ROI mask ({exc})") from None
+    if roi.shape != tuple(scan_shape):
+        raise PolarstemError(f"{path}: ROI mask shape {roi.shape} does not match the scan {tuple(scan_shape)}")
+    if roi.dtype != bool and not np.isin(roi, [0, 1]).all():
+        raise PolarstemError(f"{path}: ROI mask must be boolean (or 0/1)")
+    return roi.astype(bool)
+
+
+def run_classification(file, output, model, mode="auto", roi=None, device="auto", batch_size=None,
+                       navigation_shape=None):
+    """Load, classify with a progress bar, and export the folder; returns (dataset, result)."""
+    from ..export import export_result
+    from ..infer import classify_scan
+    from ..io import load
+
+    ds = load(file, navigation_shape=navigation_shape)
+    roi_mask = load_roi(roi, ds.scan_shape) if roi else None
+    warn_acquisition(ds, model)
+    result = classify_scan(ds, model=model, mode=mode, roi=roi_mask, device=device, batch_size=batch_size,
+                           progress=_tqdm_progress(f"classify ({model})"))
+    export_result(output, result, ds, background=result.background)
+    return ds, result
+
+
+def warn_acquisition(ds, model_name: str) -> None:
+    """Print the model card's warnings for a dataset acquired outside the model's ranges."""
+    from ..acquisition import acquisition_warnings
+
+    for w in acquisition_warnings(model_name, ds.calibration, ds.detector_shape):
+        print(f"warning: {w}", file=sys.stderr)
+
+
+def classify(args) -> int:
+    ds, result = run_classification(args.file, args.output, args.model, args.mode, args.roi, args.device,
+                                    args.batch_size, _navigation_shape(args))
+    status = "complete" if result.complete else "interrupted (partial maps written)"
+    rate = result.n_patterns / result.seconds if result.seconds else 0.0
+    print(f"{status}: {result.n_patterns} positions in {result.seconds:.1f} s ({rate:.0f}/s), mode "
+          f"{result.mode}, device {result.device}; maps in {args.output}", file=sys.stderr)
+    return 0 if result.complete else 130
+
+
+def view(args) -> int:
+    from .._napari.app import open_viewer
+
+    open_viewer(args.file, navigation_shape=_navigation_shape(args), run=True)
+    return 0
+
+
+def demo(args) -> int:
+    from ..acquisition import default_model
+    from ..sample import sample_dataset_path
+
+    sample = sample_dataset_path()
+    model = args.model or default_model()
+    out = Path(args.output)
+    ds, result = run_classification(sample, out / "maps", model)
+    print(f"classified the sample {sample.name} with '{model}' ({result.mode} mode): maps in {out / 'maps'}",
+          file=sys.stderr)
+    if not args.no_screenshot:
+        from .._napari.app import demo_screenshot
+
+        shot = demo_screenshot(sample, out / "screenshot.png", model=model)
+        print(f"screenshot: {shot}", file=sys.stderr)
+    return 0

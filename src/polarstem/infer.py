@@ -1,0 +1,237 @@
+"""Classify a lazy 4D-STEM dataset, chunk by chunk, into class / confidence / anomaly maps.
+
+The scan is walked by :func:`polarstem.chunks.iter_frame_blocks`: a reader thread loads and
+preprocesses the next block while the model runs on the current one, so the whole array is never in
+memory. Two modes (see docs/classify.md):
+
+- ``pattern``: every pattern on its own (sub-unit-cell resolution, some positions in the cell carry
+  too little information);
+- ``cell``: each position gets the mean of the raw patterns in a unit-cell-sized window around it (a
+  position-averaged CBED), which removes the probe-position dependence: one cell of resolution, far
+  more reliable. ``auto`` uses ``cell`` when the scan resolves the lattice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .chunks import iter_frame_blocks
+from .classes import N_CLASSES, NO_CLASS
+from .errors import Cancelled, PolarstemError
+from .io import Dataset4D
+from .lattice import Lattice, find_lattice
+
+MODES = ("auto", "pattern", "cell")
+
+
+@dataclass
+class ClassificationResult:
+    """Maps of shape (scan_rows, scan_cols) for one run; valid where ``done`` is True."""
+
+    classes: np.ndarray  # int8, -1 = not classified
+    confidence: np.ndarray  # float32 max probability, NaN where not classified
+    margin: np.ndarray  # float32 top-1 minus top-2 probability
+    proba: np.ndarray  # float32 (rows, cols, 8)
+    embedding_distance: np.ndarray  # float32 distance of the embedding to its class prototype
+    informative: np.ndarray  # bool: preprocessing judged the input usable
+    done: np.ndarray  # bool: positions that were classified
+    anomaly: np.ndarray | None = None  # float32, filled by score_anomaly
+    background: np.ndarray | None = None  # virtual ADF image, when the lattice search made one
+    mode: str = "pattern"
+    lattice: Lattice | None = None
+    model: str = ""
+    model_sha256: str = ""
+    device: str = "cpu"
+    complete: bool = True
+    seconds: float = 0.0
+    n_patterns: int = 0
+    params: dict = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, scan_shape: tuple[int, int], **kw) -> "ClassificationResult":
+        nan = lambda: np.full(scan_shape, np.nan, np.float32)  # noqa: E731
+        return cls(
+            classes=np.full(scan_shape, NO_CLASS, np.int8), confidence=nan(), margin=nan(),
+            proba=np.full(scan_shape + (N_CLASSES,), np.nan, np.float32), embedding_distance=nan(),
+            informative=np.zeros(scan_shape, bool), done=np.zeros(scan_shape, bool), **kw,
+        )
+
+    def maps(self) -> dict[str, np.ndarray]:
+        """All maps by name, as written to ``maps.hspy``."""
+        out = {"class": self.classes, "confidence": self.confidence, "margin": self.margin,
+               "embedding_distance": self.embedding_distance,
+               "informative": self.informative.astype(np.uint8), "done": self.done.astype(np.uint8)}
+        if self.anomaly is not None:
+            out["anomaly"] = self.anomaly
+        return out
+
+
+def choose_mode(mode: str, dataset: Dataset4D, lattice: Lattice | None) -> str:
+    if mode not in MODES:
+        raise PolarstemError(f"unknown mode '{mode}' (use one of {', '.join(MODES)})")
+    if mode == "auto":
+        return "cell" if lattice is not None and lattice.resolved else "pattern"
+    if mode == "cell" and (lattice is None or not lattice.resolved):
+        raise PolarstemError(
+            f"{dataset.name}: cell mode needs a scan that resolves the lattice (no lattice found in the "
+            "virtual image); use --mode pattern")
+    return mode
+
+
+def scan_lattice(dataset: Dataset4D, progress=None, cancel=None) -> tuple[Lattice | None, np.ndarray | None]:
+    """The lattice from the virtual ADF image (atomic columns show best in ADF), and that image."""
+    from .virtual import VirtualDetector, virtual_image
+
+    try:
+        image = virtual_image(dataset, VirtualDetector("adf", units="px"), progress=progress, cancel=cancel)
+    except PolarstemError:
+        return None, None
+    step = dataset.calibration.scan_step_nm
+    return find_lattice(image, step if all(step) else None), image
+
+
+def classify_scan(
+    dataset: Dataset4D,
+    model: str | object = "cnn",
+    mode: str = "auto",
+    roi: np.ndarray | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    lattice: Lattice | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+    on_block: Callable[[ClassificationResult], None] | None = None,
+    anomaly: bool = True,
+) -> ClassificationResult:
+    """Classify every selected scan position. Cancelling returns the result so far (``complete=False``)."""
+    from .device import choose_device, default_batch_size
+    from .models import load_model
+
+    t0 = time.perf_counter()
+    if roi is not None:
+        roi = np.asarray(roi, dtype=bool)
+        if roi.shape != dataset.scan_shape:
+            raise PolarstemError(f"ROI mask shape {roi.shape} does not match the scan {dataset.scan_shape}")
+        if not roi.any():
+            raise PolarstemError("the ROI selects no scan positions")
+    background = None
+    if mode != "pattern" and lattice is None:
+        lattice, background = scan_lattice(dataset, cancel=cancel)
+    mode = choose_mode(mode, dataset, lattice)
+    dev = choose_device(device)
+    if isinstance(model, str):
+        name = model
+        model = load_model(name, mode=mode, device=dev)
+    else:
+        name = getattr(model, "card", {}).get("name", type(model).__name__)
+        if hasattr(model, "to"):
+            model.to(dev)
+    bs = batch_size or default_batch_size(dev, int(np.prod(getattr(model, "input_shape", (64, 64)))))
+    card = getattr(model, "card", {}) or {}
+    result = ClassificationResult.empty(
+        dataset.scan_shape, mode=mode, lattice=lattice, model=name, model_sha256=card.get("sha256", ""),
+        device=dev, params={"mode": mode, "batch_size": bs, "roi": roi is not None}, background=background,
+    )
+    calibration = dataset.calibration
+    window = lattice.window if (mode == "cell" and lattice is not None) else None
+    halo = (window[0] // 2 + 1, window[1] // 2 + 1) if window else (0, 0)
+    prototypes = _prototypes(model)
+
+    def prepare(block):
+        """Runs in the reader thread: select positions, average cells, preprocess."""
+        frames = block.frames
+        if window:
+            frames = cell_average(frames, window)
+        inner = frames[block.inner_rows, block.inner_cols]
+        sel = np.ones(inner.shape[:2], bool) if block.mask is None else block.mask
+        x, informative = model.preprocess(inner[sel], calibration)
+        return sel, x, informative
+
+    try:
+        for block in iter_frame_blocks(
+            dataset, mask=roi, progress=progress, cancel=cancel, halo=halo, transform=prepare,
+        ):
+            sel, x, informative = block.prepared
+            probs = []
+            embs = []
+            for start in range(0, len(x), bs):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("cancelled by the user")
+                out = model.predict(x[start : start + bs])
+                probs.append(out["proba"])
+                embs.append(out["embedding"])
+            if not probs:
+                continue
+            proba = np.concatenate(probs).astype(np.float32)
+            emb = np.concatenate(embs).astype(np.float32)
+            _store(result, block, sel, proba, emb, informative, prototypes)
+            result.n_patterns += int(sel.sum())
+            if on_block is not None:
+                on_block(result)
+    except (Cancelled, KeyboardInterrupt):
+        result.complete = False
+    result.seconds = time.perf_counter() - t0
+    if anomaly and result.done.any():
+        from .anomaly import score_anomaly
+
+        result.anomaly = score_anomaly(result)
+    return result
+
+
+def _store(result, block, sel, proba, emb, informative, prototypes) -> None:
+    rows, cols = block.rows, block.cols
+    cls = np.argmax(proba, axis=1)
+    top2 = np.sort(proba, axis=1)[:, -2:]
+    sub = lambda arr: arr[rows, cols]  # noqa: E731 - views into the result maps
+    c = sub(result.classes)
+    c[sel] = cls.astype(np.int8)
+    sub(result.confidence)[sel] = top2[:, 1]
+    sub(result.margin)[sel] = top2[:, 1] - top2[:, 0]
+    sub(result.proba)[sel] = proba
+    sub(result.informative)[sel] = np.asarray(informative, bool)
+    sub(result.done)[sel] = True
+    if prototypes is not None:
+        dist = np.linalg.norm(emb - prototypes[cls], axis=1)
+    else:
+        dist = np.full(len(cls), np.nan, np.float32)
+    sub(result.embedding_distance)[sel] = dist
+
+
+def _prototypes(model) -> np.ndarray | None:
+    """Class prototypes in the model's embedding space (N_CLASSES, D), if the model has them."""
+    proto = getattr(model, "prototypes", None)
+    if callable(proto):
+        proto = proto()
+    return None if proto is None else np.asarray(proto, dtype=np.float32)
+
+
+def cell_average(frames: np.ndarray, window: tuple[int, int]) -> np.ndarray:
+    """Mean of the raw patterns in a ``window`` (rows, cols) around each scan position (edges: nearest)."""
+    from scipy import ndimage
+
+    f = frames.astype(np.float32, copy=False)
+    f = np.where(np.isfinite(f), f, 0.0) if f.dtype.kind == "f" and not np.isfinite(f).all() else f
+    return ndimage.uniform_filter(f, size=(window[0], window[1], 1, 1), mode="nearest")
+
+
+def file_sha256(path: str | Path, limit: int | None = None) -> str:
+    """sha256 of a file (or of a folder's files, in name order), for provenance."""
+    h = hashlib.sha256()
+    p = Path(path)
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    read = 0
+    for q in files:
+        with open(q, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+                read += len(chunk)
+                if limit is not None and read >= limit:
+                    return h.hexdigest()
+    return h.hexdigest()

@@ -18,6 +18,10 @@ from .errors import PolarstemError
 from .io import Calibration
 
 
+#: TIFF ImageDescription of our maps: this prefix, then JSON (calibration and provenance).
+DESCRIPTION_PREFIX = "polarstem-map "
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
@@ -48,16 +52,15 @@ def write_map(path: str | os.PathLike, image: np.ndarray, calibration: Calibrati
         import tifffile
 
         step_y, step_x = calibration.scan_step_nm
-        meta = {"axes": "YX" if image.ndim == 2 else "CYX"}
         kwargs = {}
-        if step_x and step_y:
-            meta["unit"] = "nm"
+        if step_x and step_y:  # pixels per nm; the unit is in the description
             kwargs["resolution"] = (1.0 / step_x, 1.0 / step_y)
             kwargs["resolutionunit"] = "NONE"
-        desc = json.dumps({"calibration": calibration.to_dict(), "provenance": provenance or {}},
-                          default=_json_default)
+        desc = DESCRIPTION_PREFIX + json.dumps(
+            {"unit": "nm" if step_x else "px", "scale": [step_y or 1.0, step_x or 1.0],
+             "calibration": calibration.to_dict(), "provenance": provenance or {}}, default=_json_default)
         with atomic_path(p) as tmp:
-            tifffile.imwrite(tmp, image, imagej=False, metadata=meta, description=desc, **kwargs)
+            tifffile.imwrite(tmp, image, metadata=None, description=desc, **kwargs)
         return p
     if ext == ".npy":
         with atomic_path(p) as tmp:
@@ -76,7 +79,7 @@ def read_map(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
         data = tf.asarray()
         desc = tf.pages[0].description
     try:
-        meta = json.loads(desc)
+        meta = json.loads(desc[len(DESCRIPTION_PREFIX):]) if desc.startswith(DESCRIPTION_PREFIX) else {}
     except (TypeError, ValueError):
         meta = {}
     return data, meta

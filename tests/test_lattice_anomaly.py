@@ -1,0 +1,106 @@
+"""Lattice finding, cell averaging, anomaly scoring and the export folder, on constructed maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from polarstem.anomaly import class_disagreement, score_anomaly
+from polarstem.export import export_result, read_map, read_maps
+from polarstem.infer import ClassificationResult, cell_average
+from polarstem.io import Calibration, Dataset4D
+from polarstem.lattice import find_lattice
+
+
+def lattice_image(shape=(60, 72), period=(4.6, 4.6), origin=(1.0, 2.0)):
+    rr, cc = np.indices(shape)
+    return (np.cos(2 * np.pi * (rr - origin[0]) / period[0]) + 1) * (np.cos(2 * np.pi * (cc - origin[1]) / period[1]) + 1)
+
+
+def test_find_lattice_period_and_origin():
+    lat = find_lattice(lattice_image())
+    assert lat.period == pytest.approx((4.6, 4.6), abs=0.1)
+    assert lat.origin[0] == pytest.approx(1.0, abs=0.2) and lat.origin[1] == pytest.approx(2.0, abs=0.2)
+    assert lat.resolved and lat.window == (5, 5)
+
+
+def test_find_lattice_uses_scan_step():
+    # 0.0864 nm steps: a KNN cell (0.3975 nm) is 4.6 px
+    lat = find_lattice(lattice_image(), scan_step_nm=(0.0864, 0.0864))
+    assert lat.period == pytest.approx((4.6, 4.6), abs=0.15)
+    assert find_lattice(lattice_image(), scan_step_nm=(0.5, 0.5)) is None  # cell < 2 steps: unresolved
+
+
+def test_no_lattice_in_noise():
+    assert find_lattice(np.random.default_rng(0).random((40, 40))) is None
+    assert find_lattice(np.zeros((40, 40))) is None
+
+
+def test_cell_average_is_a_box_mean():
+    f = np.random.default_rng(1).random((9, 9, 3, 3)).astype(np.float32)
+    avg = cell_average(f, (3, 3))
+    np.testing.assert_allclose(avg[4, 4], f[3:6, 3:6].mean(axis=(0, 1)), rtol=1e-5)
+
+
+def synthetic_result(shape=(40, 48), period=4):
+    """Two domains; confidence dips periodically (hard positions) and at a 4x4 defect."""
+    rng = np.random.default_rng(2)
+    res = ClassificationResult.empty(shape)
+    res.classes[:] = 1
+    res.classes[:, shape[1] // 2:] = 5
+    rr, cc = np.indices(shape)
+    hard = ((rr % period) == 0) & ((cc % period) == 0)
+    conf = 0.95 - 0.4 * hard + rng.normal(0, 0.02, shape)
+    defect = (slice(18, 23), slice(10, 15))
+    conf[defect] = 0.4
+    res.classes[defect] = rng.integers(0, 8, (5, 5))
+    res.confidence[:] = conf
+    res.margin[:] = conf - 0.05
+    res.embedding_distance[:] = rng.normal(1.0, 0.1, shape)
+    res.embedding_distance[defect] = 3.0
+    res.proba[:] = (1 - conf[..., None]) / 7
+    res.done[:] = True
+    res.informative[:] = True
+    from polarstem.lattice import Lattice
+
+    res.lattice = Lattice(period=(period, period))
+    truth = np.zeros(shape, bool)
+    truth[defect] = True
+    return res, truth
+
+
+def test_anomaly_highest_at_defect_not_at_hard_positions():
+    res, truth = synthetic_result()
+    a = score_anomaly(res)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(truth.ravel(), a.ravel()) > 0.95
+    rr, cc = np.indices(a.shape)
+    hard = ((rr % 4) == 0) & ((cc % 4) == 0) & ~truth
+    assert np.nanmax(a[~truth]) < np.nanmax(a[truth])
+    assert np.nanmean(a[hard]) < 0.5 * np.nanmean(a[truth])
+
+
+def test_class_disagreement_zero_in_domain():
+    c = np.ones((10, 10), np.int8)
+    assert np.allclose(class_disagreement(c, (3, 3)), 0)
+
+
+def test_export_folder_roundtrip(tmp_path):
+    res, _ = synthetic_result()
+    res.anomaly = score_anomaly(res)
+    res.model, res.model_sha256 = "cnn", "ab" * 32
+    ds = Dataset4D(data=np.zeros(res.classes.shape + (4, 4)), source="",
+                   calibration=Calibration(scan_step_nm=(0.08, 0.08)))
+    export_result(tmp_path, res, ds, background=lattice_image(res.classes.shape))
+    for name in ("class.tif", "confidence.tif", "anomaly.tif", "maps.hspy", "provenance.json", "overlay.png"):
+        assert (tmp_path / name).exists(), name
+    cls, meta = read_map(tmp_path / "class.tif")
+    np.testing.assert_array_equal(cls, res.classes)
+    assert meta["calibration"]["scan_step_nm"] == [0.08, 0.08]
+    assert meta["provenance"]["model"]["sha256"] == "ab" * 32
+    maps = read_maps(tmp_path)
+    np.testing.assert_allclose(maps["confidence"], res.confidence)
+    np.testing.assert_allclose(maps["anomaly"], res.anomaly, equal_nan=True)
+    np.testing.assert_allclose(maps["p3"], res.proba[..., 3])
+    assert not list(tmp_path.glob("*.partial"))

@@ -1,0 +1,67 @@
+"""``polarstem models``, ``polarstem train`` and ``polarstem evaluate``."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="list the pretrained models and their cards")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=_models)
+
+    p = sub.add_parser("train", help="train a model from a YAML config (configs/train/*.yaml)")
+    p.add_argument("config")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--mode", choices=["pattern", "cell"], action="append", help="train only this mode")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="accuracy of a model on a labeled 4D-STEM dataset")
+    p.add_argument("file")
+    p.add_argument("--labels", help="labels.npy (default: beside the file)")
+    p.add_argument("--defects", help="defects.npy (bool): adds anomaly_auc and accuracy_outside_defects")
+    p.add_argument("--model", default="resnet")
+    p.add_argument("--mode", default="pattern", choices=["pattern", "cell", "auto"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_evaluate)
+
+
+def _models(args) -> int:
+    from ..models import list_models
+
+    entries = list_models()
+    if args.json:
+        print(json.dumps(entries, indent=1))
+        return 0
+    for e in entries:
+        acc = e.get("accuracy") or {}
+        accs = ", ".join(f"{m} {a:.2f}" if isinstance(a, float) else f"{m} -" for m, a in acc.items())
+        modes = ",".join(e["modes"]) or "no weights"
+        print(f"{e['name']:<13} {e['family']:<8} [{modes}] {e['summary']}" + (f"  (held-out acc: {accs})" if accs else ""))
+    return 0
+
+
+def _train(args) -> int:
+    from ..train import TrainConfig, run
+
+    cfg = TrainConfig.from_yaml(args.config)
+    if args.mode:
+        cfg.modes = list(args.mode)
+    run(cfg, progress=not args.no_progress)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from ..evaluate import evaluate
+
+    res = evaluate(args.file, args.labels, args.model, args.mode, args.defects, args.device)
+    if args.json:
+        print(json.dumps(res, indent=1))
+    else:
+        print(f"{res['model']} ({res['mode']}): accuracy {res['accuracy']} on {res['n']} labeled patterns")
+        print("per class: " + " ".join("-" if a is None else f"{a:.2f}" for a in res["per_class"]))
+        for k in ("accuracy_outside_defects", "anomaly_auc"):
+            if k in res:
+                print(f"{k}: {res[k]}")
+    return 0

@@ -1,0 +1,95 @@
+"""Score a model on a labeled dataset: ``polarstem evaluate FILE --labels labels.npy --model NAME``.
+
+A labeled dataset is any 4D-STEM file plus a ``labels.npy`` class map (-1 = ignore) and optionally a
+``defects.npy`` mask (conventions.md). The scan is classified by the same code the plugin uses
+(:func:`polarstem.infer.classify_scan`), so the figures describe what a user gets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .classes import N_CLASSES
+from .errors import PolarstemError
+
+
+def _load_map(path, shape, dtype, what: str) -> np.ndarray:
+    p = Path(path)
+    if not p.exists():
+        raise PolarstemError(f"{p}: no such {what} file")
+    try:
+        a = np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise PolarstemError(f"{p}: not a plain .npy array ({' '.join(str(exc).split())[:120]})") from None
+    if a.shape != tuple(shape):
+        if a.size == int(np.prod(shape)):
+            a = a.reshape(shape)
+        else:
+            raise PolarstemError(f"{p}: {what} of shape {a.shape} does not match the scan {tuple(shape)}")
+    return a.astype(dtype)
+
+
+def scores(pred: np.ndarray, labels: np.ndarray, valid: np.ndarray | None = None) -> dict:
+    """Accuracy over labels >= 0 (unclassified predictions count as wrong), per class, confusion (rows = truth)."""
+    pred = np.asarray(pred).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    sel = labels >= 0
+    if valid is not None:
+        sel &= np.asarray(valid).reshape(-1)
+    p, t = pred[sel], labels[sel]
+    conf = np.zeros((N_CLASSES, N_CLASSES), dtype=np.int64)
+    ok = (p >= 0) & (p < N_CLASSES)
+    np.add.at(conf, (t[ok], p[ok]), 1)
+    per_class = []
+    for k in range(N_CLASSES):
+        n = int((t == k).sum())
+        per_class.append(round(float((p[t == k] == k).mean()), 4) if n else None)
+    return {"accuracy": round(float((p == t).mean()), 4) if len(t) else None, "n": int(len(t)),
+            "per_class": per_class, "confusion": conf.tolist(), "unclassified": int((~ok).sum())}
+
+
+def evaluate(path, labels_path=None, model: str = "cnn", mode: str = "pattern", defects_path=None,
+             device: str = "auto", progress=None) -> dict:
+    """Classify the file and compare with the labels; with defects, the anomaly ROC AUC too."""
+    from .infer import classify_scan
+    from .io import load
+
+    ds = load(path)
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    labels_path = labels_path or folder / "labels.npy"
+    labels = _load_map(labels_path, ds.scan_shape, np.int64, "labels")
+    if labels.min() < -1 or labels.max() >= N_CLASSES:
+        raise PolarstemError(f"{labels_path}: labels must be -1..{N_CLASSES - 1}")
+    roi = labels >= 0
+    if not roi.any():
+        raise PolarstemError(f"{labels_path}: no labeled position (all -1)")
+    defects = _load_map(defects_path, ds.scan_shape, bool, "defects") if defects_path else None
+    # pattern mode only needs the labeled positions; cell windows need their neighbours, so run everywhere
+    res = classify_scan(ds, model=model, mode=mode, roi=roi if mode == "pattern" else None, device=device,
+                        progress=progress, anomaly=defects is not None)
+    out = {"file": str(path), "model": res.model, "model_sha256": res.model_sha256, "mode": res.mode}
+    out.update(scores(res.classes, labels))
+    out["informative_fraction"] = round(float(res.informative[roi].mean()), 4)
+    out["accuracy_informative"] = scores(res.classes, labels, res.informative)["accuracy"]
+    out["patterns_per_s"] = round(res.n_patterns / res.seconds, 1) if res.seconds else None
+    if defects is not None:
+        out["accuracy_outside_defects"] = scores(res.classes, labels, ~defects)["accuracy"]
+        out["accuracy_at_defects"] = scores(res.classes, labels, defects)["accuracy"]
+        out["anomaly_auc"] = anomaly_auc(res.anomaly, defects, res.done)
+    return out
+
+
+def anomaly_auc(score, defects, valid=None) -> float | None:
+    """ROC AUC of the anomaly score for the defect mask (None when only one class is present)."""
+    from sklearn.metrics import roc_auc_score
+
+    if score is None:
+        return None
+    s = np.asarray(score, float).reshape(-1)
+    d = np.asarray(defects, bool).reshape(-1)
+    sel = np.isfinite(s) if valid is None else np.isfinite(s) & np.asarray(valid).reshape(-1)
+    if d[sel].all() or not d[sel].any():
+        return None
+    return round(float(roc_auc_score(d[sel], s[sel])), 4)

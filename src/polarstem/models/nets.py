@@ -1,0 +1,173 @@
+"""Network architectures of the study (ResNet-18, VGG-11/16, a compact CNN) for 1-channel patterns.
+
+Every network is an ``nn.Module`` with ``embed(x) -> (N, D)`` (the representation the prototype regime
+and the anomaly score use) and ``forward(x) -> (N, 8)`` logits. Build them by name with
+:func:`create_model`; weights are state dicts stored as safetensors (see ``registry``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ..classes import N_CLASSES
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convs with a projected shortcut when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class Classifier(nn.Module):
+    """Backbone -> global average pool -> embedding (D) -> linear head (8 classes)."""
+
+    embed_dim: int
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.backbone(x)
+        h = torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
+        return self.neck(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+class ResNet18(Classifier):
+    """ResNet-18 topology ([2, 2, 2, 2] basic blocks), 1-channel input, base width ``width``.
+
+    Width 32 keeps the weights at ~11 MB. The stem (5x5 stride-2 conv, 2x2 max-pool) brings a 64 px
+    pattern to 16x16 maps, as the original stem does for 64 px inputs; CPU training stays affordable.
+    """
+
+    def __init__(self, width: int = 32, embed_dim: int = 128, n_classes: int = N_CLASSES):
+        super().__init__()
+        w = width
+        layers = [nn.Conv2d(1, w, 5, 2, 2, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        cin = w
+        for i, cout in enumerate([w, 2 * w, 4 * w, 8 * w]):
+            stride = 1 if i == 0 else 2
+            layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.backbone = nn.Sequential(*layers)
+        self.embed_dim = embed_dim
+        self.neck = nn.Sequential(nn.Linear(cin, embed_dim), nn.BatchNorm1d(embed_dim), nn.ReLU(inplace=True))
+        self.head = nn.Linear(embed_dim, n_classes)
+
+
+VGG_CONFIGS = {
+    "vgg11": [1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8],
+    "vgg16": [1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8],
+}
+
+
+class VGG(Classifier):
+    """VGG-style stacks of 3x3 conv + BN + ReLU with max-pools, then global average pooling (no big FC)."""
+
+    def __init__(self, config: str = "vgg11", width: int = 16, embed_dim: int = 128, n_classes: int = N_CLASSES):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 1
+        for v in VGG_CONFIGS[config]:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                cout = int(v) * width
+                layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+                cin = cout
+        self.backbone = nn.Sequential(*layers)
+        self.embed_dim = embed_dim
+        self.neck = nn.Sequential(nn.Dropout(0.2), nn.Linear(cin, embed_dim), nn.BatchNorm1d(embed_dim),
+                                  nn.ReLU(inplace=True))
+        self.head = nn.Linear(embed_dim, n_classes)
+
+
+class CompactCNN(Classifier):
+    """The study's custom CNN, compact: four conv blocks (16-32-64-128), each conv-BN-ReLU-pool."""
+
+    def __init__(self, widths=(16, 32, 64, 128), embed_dim: int = 64, n_classes: int = N_CLASSES):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 1
+        for i, cout in enumerate(widths):
+            layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            if i < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+            cin = cout
+        self.backbone = nn.Sequential(*layers)
+        self.embed_dim = embed_dim
+        self.neck = nn.Sequential(nn.Linear(cin, embed_dim), nn.BatchNorm1d(embed_dim), nn.ReLU(inplace=True))
+        self.head = nn.Linear(embed_dim, n_classes)
+
+
+class PrototypeHead(nn.Module):
+    """Class prototypes on the unit sphere; logits from cosine similarity (see ``prototype.py``)."""
+
+    def __init__(self, embed_dim: int, n_classes: int = N_CLASSES, per_class: int = 4, scale: float = 16.0):
+        super().__init__()
+        self.n_classes = n_classes
+        self.per_class = per_class
+        self.scale = scale
+        self.prototypes = nn.Parameter(torch.randn(n_classes * per_class, embed_dim) * 0.1)
+
+    def similarities(self, z: torch.Tensor) -> torch.Tensor:
+        """(N, n_classes, per_class) cosine similarity of each embedding to each prototype."""
+        zn = F.normalize(z, dim=1)
+        pn = F.normalize(self.prototypes, dim=1)
+        return (zn @ pn.t()).view(-1, self.n_classes, self.per_class)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp(self.scale * self.similarities(z), dim=2)
+
+
+class PrototypeNet(nn.Module):
+    """A backbone network whose linear head is replaced by a :class:`PrototypeHead`."""
+
+    def __init__(self, base: Classifier, per_class: int = 4, scale: float = 16.0):
+        super().__init__()
+        self.base = base
+        self.embed_dim = base.embed_dim
+        self.head = PrototypeHead(base.embed_dim, N_CLASSES, per_class, scale)
+        base.head = nn.Identity()
+
+    def embed(self, x):
+        return F.normalize(self.base.embed(x), dim=1)
+
+    def forward(self, x):
+        return self.head(self.base.embed(x))
+
+
+ARCHITECTURES = {
+    "resnet18": lambda **kw: ResNet18(**kw),
+    "vgg11": lambda **kw: VGG("vgg11", **kw),
+    "vgg16": lambda **kw: VGG("vgg16", **kw),
+    "cnn": lambda **kw: CompactCNN(**kw),
+}
+
+
+def create_model(arch: str, prototype: dict | None = None, **kwargs) -> nn.Module:
+    """Build a network by architecture name; ``prototype={"per_class": 4, "scale": 16}`` makes the prototype variant."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture '{arch}' (known: {', '.join(ARCHITECTURES)})")
+    net = ARCHITECTURES[arch](**kwargs)
+    if prototype:
+        net = PrototypeNet(net, **prototype)
+    return net
+
+
+def n_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())

@@ -1,0 +1,65 @@
+"""The square symmetry (D4) of [001]pc patterns and what it does to the 8 polarization classes.
+
+Rotating or mirroring a pattern is the pattern of the rotated or mirrored crystal: class k (at 45°·k
+from +x towards +y, x = column, y = row) goes to another class. Training uses this as exact data
+augmentation (8x the data for free); prediction may average over it (test-time augmentation).
+The class permutations follow the conventions unless measured otherwise from the training data
+(:func:`measure_generators`), so a simulator with other detector axes still trains consistently.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..classes import N_CLASSES
+
+#: The 8 elements as (number of np.rot90 quarter turns on (row, col), then transpose?).
+ELEMENTS = [(r, t) for t in (False, True) for r in range(4)]
+
+
+def transform(x: np.ndarray, element: tuple[int, bool]) -> np.ndarray:
+    """Apply a D4 element to the last two axes of ``x``."""
+    r, t = element
+    y = np.rot90(x, k=r, axes=(-2, -1))
+    if t:
+        y = np.swapaxes(y, -1, -2)
+    return np.ascontiguousarray(y)
+
+
+#: Class permutations of the two generators under the conventions (x = column, y = row):
+#: np.rot90 by one quarter turn on (row, col) maps (x, y) -> (y, -x), angle -90°: class k -> k-2;
+#: transposing swaps x and y, angle θ -> 90° - θ: class k -> 2-k.
+CONVENTION_GENERATORS = {"rot": [(k - 2) % N_CLASSES for k in range(N_CLASSES)],
+                         "transpose": [(2 - k) % N_CLASSES for k in range(N_CLASSES)]}
+
+
+def class_permutation(element: tuple[int, bool], generators: dict | None = None) -> np.ndarray:
+    """perm[k] = the class of a class-k pattern after ``transform(., element)``."""
+    g = generators or CONVENTION_GENERATORS
+    rot = np.asarray(g["rot"])
+    k = np.arange(N_CLASSES)
+    for _ in range(element[0]):
+        k = rot[k]
+    if element[1]:
+        k = np.asarray(g["transpose"])[k]
+    return k.astype(np.int64)
+
+
+def measure_generators(class_means: np.ndarray) -> tuple[dict, float]:
+    """Generator permutations measured on (8, H, W) class-mean patterns, and the worst match error.
+
+    The data define the labels: if a simulator's detector axes differ from the conventions, the
+    augmentation must follow the data. Returns the conventions when the match is not a permutation.
+    """
+    out, worst = {}, 0.0
+    for name, element in (("rot", (1, False)), ("transpose", (0, True))):
+        perm = []
+        for k in range(N_CLASSES):
+            a = transform(class_means[k], element)
+            d = [np.linalg.norm(a - class_means[j]) / max(np.linalg.norm(class_means[j]), 1e-12) for j in range(N_CLASSES)]
+            perm.append(int(np.argmin(d)))
+            worst = max(worst, float(min(d)))
+        out[name] = perm
+    if any(sorted(p) != list(range(N_CLASSES)) for p in out.values()):
+        return dict(CONVENTION_GENERATORS), float("inf")
+    return out, worst

@@ -1,0 +1,253 @@
+"""Calibration-aware preprocessing shared by every model: raw detector frames -> canonical inputs.
+
+Detectors differ (64-256 px, 0.5-2 mrad/px, descan offsets, hot pixels, any dose), the models see one
+thing: a ``size`` x ``size`` pattern sampled at ``mrad_per_px`` about the centre of the bright-field disk,
+with dose-independent, variance-stabilised intensities. The steps, in order:
+
+1. ``clean_pixels``: hot pixels (far above their 3x3 median) and dead pixels (zero inside bright areas)
+   take the local median; NaN/inf become 0 (and the pattern is flagged).
+2. ``find_disk_centers``: the bright-field disk of each pattern (binary threshold centroid, not an
+   intensity centroid, so the polarization-dependent asymmetry inside the disk barely moves it). This
+   removes descan offsets.
+3. ``resample``: separable area-weighted (triangle) interpolation from the file's mrad/px to the canonical
+   grid, centred on the disk; no aliasing when downsampling, linear interpolation when upsampling,
+   zeros outside the detector.
+4. ``normalize``: divide by the mean (dose), ``sqrt`` (Poisson variance stabilisation) or ``log1p``,
+   then per-pattern standardisation and clipping.
+5. ``informative_mask``: flags patterns that are non-finite, empty, too weak (few counts), or featureless
+   (no bright-field disk contrast); the classifier output for those should not be trusted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import CalibrationError
+
+#: The canonical acquisition of the shipped models (shared spec, physics.md).
+CANONICAL_ENERGY_KEV = 200.0
+CANONICAL_CONVERGENCE_MRAD = 20.0
+
+
+@dataclass(frozen=True)
+class InputGrid:
+    """The angular grid a model sees: ``size`` x ``size`` pixels of ``mrad_per_px`` about the disk centre."""
+
+    size: int = 64
+    mrad_per_px: float = 1.0
+    intensity: str = "sqrt"  # "sqrt" | "log"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InputGrid":
+        return cls(**{k: d[k] for k in ("size", "mrad_per_px", "intensity") if k in d})
+
+
+# --------------------------------------------------------------------------------------------------
+# cleaning and centring
+
+
+def _as_float_frames(frames) -> tuple[np.ndarray, np.ndarray]:
+    """(N, ky, kx) float32 with non-finite values as 0, and a (N,) bool "all finite" flag."""
+    f = np.asarray(frames)
+    if f.ndim == 2:
+        f = f[None]
+    if f.ndim != 3:
+        raise ValueError(f"frames must be (N, ky, kx), got shape {f.shape}")
+    f = f.astype(np.float32, copy=True)
+    finite = np.isfinite(f)
+    ok = finite.reshape(len(f), -1).all(axis=1)
+    if not ok.all():
+        f[~finite] = 0.0
+    return f, ok
+
+
+def clean_pixels(frames: np.ndarray) -> np.ndarray:
+    """Replace hot and dead pixels by the mean of their 8 neighbours (in place, returned).
+
+    Hot: more than 5x the neighbour mean plus 5x the frame mean (a real diffraction feature is never a
+    single pixel that bright against its neighbours). Dead: 0 where the neighbours are well above the
+    frame mean (cannot happen by counting noise at the doses of interest).
+    """
+    from scipy import ndimage
+
+    nb = (ndimage.uniform_filter(frames, size=(1, 3, 3), mode="nearest") * 9.0 - frames) / 8.0
+    mean = frames.reshape(len(frames), -1).mean(axis=1)[:, None, None]
+    mean = np.maximum(mean, 1e-12)
+    bad = (frames > 5.0 * nb + 5.0 * mean) | ((frames <= 0) & (nb > 5.0 * mean))
+    if bad.any():
+        frames[bad] = nb[bad]
+    return frames
+
+
+def bin_frames(frames: np.ndarray, factor: int) -> np.ndarray:
+    """Sum ``factor`` x ``factor`` blocks (edges that do not fill a block are dropped)."""
+    if factor <= 1:
+        return frames
+    n, ky, kx = frames.shape
+    by, bx = ky // factor, kx // factor
+    f = frames[:, : by * factor, : bx * factor]
+    return f.reshape(n, by, factor, bx, factor).sum(axis=(2, 4))
+
+
+def find_disk_centers(frames: np.ndarray, sigma: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    """Centre (row, col) in px and radius in px of the bright-field disk of each (cleaned) frame.
+
+    Threshold halfway between the background (10th percentile) and the bright level (99th percentile)
+    of the smoothed pattern; the centroid of the thresholded area is the centre, the radius that of a
+    disk of equal area. Flat frames get the detector centre and radius 0.
+    """
+    from scipy import ndimage
+
+    n, ky, kx = frames.shape
+    smooth = ndimage.gaussian_filter(frames, sigma=(0, sigma, sigma), mode="nearest")
+    flat = smooth.reshape(n, -1)
+    lo = np.percentile(flat[:, ::7], 10, axis=1)
+    hi = flat.max(axis=1)
+    thr = (lo + 0.5 * (hi - lo))[:, None, None]
+    mask = (smooth > thr) & ((hi - lo) > 0)[:, None, None]
+    area = mask.reshape(n, -1).sum(axis=1).astype(np.float64)
+    yy = np.arange(ky, dtype=np.float64)
+    xx = np.arange(kx, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy = (mask.sum(axis=2) @ yy) / area
+        cx = (mask.sum(axis=1) @ xx) / area
+    empty = area == 0
+    cy[empty] = (ky - 1) / 2
+    cx[empty] = (kx - 1) / 2
+    centers = np.stack([cy, cx], axis=1)
+    radius = np.sqrt(area / np.pi)
+    return centers, radius
+
+
+# --------------------------------------------------------------------------------------------------
+# resampling
+
+
+def _axis_weights(centers: np.ndarray, n_in: int, n_out: int, step: float) -> np.ndarray:
+    """(N, n_out, n_in) interpolation weights along one axis.
+
+    Output pixel i sits at input coordinate ``c + (i - (n_out-1)/2) * step``; the kernel is a triangle
+    of half-width ``max(step, 1)`` input px (linear interpolation when upsampling, an anti-aliasing
+    filter when downsampling), normalised by its full integral so that off-detector pixels read 0.
+    """
+    width = max(float(step), 1.0)
+    u = centers[:, None] + (np.arange(n_out) - (n_out - 1) / 2.0)[None, :] * step  # (N, n_out)
+    r = np.arange(n_in, dtype=np.float64)
+    w = np.maximum(0.0, 1.0 - np.abs(r[None, None, :] - u[:, :, None]) / width)
+    return (w / width).astype(np.float32)
+
+
+def resample(frames: np.ndarray, centers: np.ndarray, in_mrad_per_px: float, size: int,
+             out_mrad_per_px: float) -> np.ndarray:
+    """Resample (N, ky, kx) frames onto ``size`` x ``size`` pixels of ``out_mrad_per_px`` about ``centers``."""
+    n, ky, kx = frames.shape
+    step = float(out_mrad_per_px) / float(in_mrad_per_px)  # input px per output px
+    wy = _axis_weights(centers[:, 0], ky, size, step)
+    wx = _axis_weights(centers[:, 1], kx, size, step)
+    tmp = np.matmul(wy, frames)  # (N, size, kx)
+    return np.matmul(tmp, wx.transpose(0, 2, 1))  # (N, size, size)
+
+
+# --------------------------------------------------------------------------------------------------
+# intensity
+
+
+def normalize(x: np.ndarray, kind: str = "sqrt") -> np.ndarray:
+    """Dose-independent, variance-stabilised, standardised intensities (float32, in place allowed)."""
+    n = len(x)
+    mean = x.reshape(n, -1).mean(axis=1)[:, None, None]
+    x = np.maximum(x, 0.0) / np.maximum(mean, 1e-12)
+    if kind == "sqrt":
+        x = np.sqrt(x)
+    elif kind == "log":
+        x = np.log1p(x * 10.0)
+    else:
+        raise ValueError(f"unknown intensity normalisation '{kind}' (use sqrt or log)")
+    m = x.reshape(n, -1).mean(axis=1)[:, None, None]
+    s = x.reshape(n, -1).std(axis=1)[:, None, None]
+    x = (x - m) / np.maximum(s, 1e-6)
+    return np.clip(x, -5.0, 10.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# the whole chain
+
+
+def resolve_mrad_per_px(calibration, radius_px: float | None = None) -> float:
+    """The detector sampling: from the calibration, else from the disk radius and convergence angle."""
+    mrad = getattr(calibration, "mrad_per_px", None) if calibration is not None else None
+    if mrad:
+        return float(mrad)
+    conv = getattr(calibration, "convergence_mrad", None) if calibration is not None else None
+    if radius_px and radius_px > 1:
+        return float(conv or CANONICAL_CONVERGENCE_MRAD) / float(radius_px)
+    raise CalibrationError("the detector has no mrad/px calibration and no bright-field disk to derive it from")
+
+
+def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: str = "each",
+               return_info: bool = False):
+    """Raw frames (N, ky, kx) -> (float32 (N, size, size), informative mask (N,) bool).
+
+    ``center``: "each" finds the disk in every frame (removes per-pattern descan), "mean" uses the
+    disk of the mean frame for all (steadier at very low dose), "calibration" uses
+    ``calibration.detector_center_px``. With ``return_info`` a dict of centres/radii/counts is added.
+    """
+    grid = grid or InputGrid()
+    f, finite = _as_float_frames(frames)
+    n = len(f)
+    if n == 0:
+        out = np.zeros((0, grid.size, grid.size), np.float32)
+        return (out, np.zeros(0, bool), {}) if return_info else (out, np.zeros(0, bool))
+    totals = f.reshape(n, -1).sum(axis=1, dtype=np.float64)
+    integer_like = bool(np.issubdtype(np.asarray(frames).dtype, np.integer))
+    mrad_in = getattr(calibration, "mrad_per_px", None) if calibration is not None else None
+    factor = int(np.floor(grid.mrad_per_px / mrad_in)) if mrad_in else 1
+    if factor >= 2:  # cheap exact block-binning first: everything after runs on fewer pixels
+        f = bin_frames(f, factor)
+        calibration = calibration.with_(mrad_per_px=mrad_in * factor)
+    f = clean_pixels(f)
+    centers, radius = find_disk_centers(f)
+    if center == "mean":
+        c, r = find_disk_centers(f.mean(axis=0, keepdims=True))
+        centers = np.repeat(c, n, axis=0)
+    elif center == "calibration" and calibration is not None and calibration.detector_center_px:
+        centers = np.repeat(np.asarray(calibration.detector_center_px, float)[None], n, axis=0)
+    med_r = float(np.median(radius[radius > 0])) if (radius > 0).any() else None
+    mrad = resolve_mrad_per_px(calibration, med_r)
+    x = resample(f, centers, mrad, grid.size, grid.mrad_per_px)
+    info = informative_mask(f, x, finite, totals, radius * mrad, integer_like, calibration)
+    x = normalize(x, grid.intensity)
+    x[~info] = 0.0
+    if return_info:
+        return x, info, {"centers": centers, "radius_mrad": radius * mrad, "totals": totals, "mrad_per_px": mrad}
+    return x, info
+
+
+def informative_mask(frames: np.ndarray, resampled: np.ndarray, finite: np.ndarray, totals: np.ndarray,
+                     radius_mrad: np.ndarray, integer_like: bool = False, calibration=None,
+                     min_counts: float = 500.0) -> np.ndarray:
+    """True where a pattern carries enough information to classify.
+
+    False for: any NaN/inf; no intensity; fewer than ``min_counts`` electrons (counting data only);
+    no bright-field disk of plausible size (radius 0.4-2.5x the convergence angle); featureless
+    (the canonical-grid pattern varies by less than 5% of its mean after smoothing out counting noise).
+    """
+    from scipy import ndimage
+
+    n = len(frames)
+    ok = finite.copy() & (totals > 0)
+    looks_counted = integer_like or bool(np.all(np.mod(frames[:min(n, 4)], 1.0) == 0))
+    if looks_counted:
+        ok &= totals >= min_counts
+    conv = float(getattr(calibration, "convergence_mrad", None) or CANONICAL_CONVERGENCE_MRAD)
+    ok &= (radius_mrad > 0.4 * conv) & (radius_mrad < 2.5 * conv)
+    sm = ndimage.gaussian_filter(resampled, sigma=(0, 2, 2))
+    mean = np.abs(sm.reshape(n, -1).mean(axis=1))
+    contrast = sm.reshape(n, -1).std(axis=1) / np.maximum(mean, 1e-12)
+    ok &= contrast > 0.05
+    return ok

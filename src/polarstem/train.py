@@ -1,0 +1,788 @@
+"""Train the shipped models on simulated data: ``polarstem train CONFIG.yaml``.
+
+The chain: simulated raw patterns (a labeled folder as ``polarstem simulate`` writes) -> experiment-like
+corruptions (dose, blur, background, detector resampling and descan, hot/dead pixels) -> the shared
+preprocessing -> a cached array of canonical inputs (``.cache/train/``, reused by every model of the same
+mode) -> training with the square symmetry as exact augmentation, early stopping on a validation split
+by thickness, checkpoints every epoch (a rerun resumes), temperature calibration on the validation split,
+then held-out accuracy per thickness, weights (safetensors / npz) and a model card.
+
+``pattern`` mode learns single patterns; ``cell`` mode learns position-averaged patterns (PACBED): the
+mean over the probe grid of one (structure, thickness), and means of random subsets of it, so that a
+cell-sized window of a real scan that does not sample the cell evenly still looks familiar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .classes import N_CLASSES
+from .errors import PolarstemError
+from .io import Calibration
+from .preprocess import CANONICAL_CONVERGENCE_MRAD, CANONICAL_ENERGY_KEV, InputGrid, preprocess, resample
+
+CACHE = Path(os.environ.get("POLARSTEM_CACHE", ".cache"))
+
+#: Acquisition ranges the shipped models are meant for (physics.md, "canonical acquisition").
+ACQUISITION = {
+    "beam_energy_kev": [195.0, 205.0],
+    "convergence_mrad": [17.0, 23.0],
+    "zone_axis": "[001]pc",
+    "thickness_nm": [4.0, 45.0],
+    "mistilt_mrad": [0.0, 1.5],
+    "defocus_nm": [-5.0, 5.0],
+    "dose_electrons_per_pattern": [1e4, None],
+    "detector_px": [64, 256],
+    "mrad_per_px": [0.5, 2.0],
+    "descan_px": 3,
+    "elliptical_distortion": 0.01,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class TrainConfig:
+    """One training run; the YAML keys are these field names."""
+
+    name: str = "cnn"  # registry name
+    arch: str | None = "cnn"  # None for pca-knn
+    arch_kwargs: dict = field(default_factory=dict)
+    prototype: dict | None = None  # {"per_class": 4, "scale": 16} -> prototype regime
+    warm_start: str | None = None  # registry name whose trained backbone starts this one
+    modes: list = field(default_factory=lambda: ["pattern", "cell"])
+    data: str = ".cache/sim/canonical"
+    heldout: str | None = ".cache/sim/heldout"
+    grid: dict = field(default_factory=lambda: {"size": 64, "mrad_per_px": 1.0, "intensity": "sqrt"})
+    augment: dict = field(default_factory=dict)
+    copies: int = 2  # augmented copies of every raw pattern (copy 0 is only resampled)
+    cell_subsets: bool = True
+    val_every: int = 4  # every 4th distinct thickness goes to validation
+    epochs: int = 20
+    cell_epochs: int = 60
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.05
+    patience: int = 4
+    max_minutes: float = 30.0
+    seed: int = 0
+    threads: int | None = None
+    device: str = "cpu"
+    pca_components: int = 50
+    knn_neighbors: int = 10
+    knn_max_train: int = 40000
+    out: str = "src/polarstem/weights"
+
+    @classmethod
+    def from_yaml(cls, path) -> "TrainConfig":
+        import yaml
+
+        p = Path(path)
+        try:
+            d = yaml.safe_load(p.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise PolarstemError(f"{p}: unreadable training config ({' '.join(str(exc).split())[:160]})") from None
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise PolarstemError(f"{p}: unknown keys {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class SimSet:
+    """Raw simulated patterns, flattened: frames (N, ky, kx) lazy, per-pattern labels and parameters."""
+
+    frames: object  # dask array (N, ky, kx)
+    labels: np.ndarray
+    thickness: np.ndarray
+    structure: np.ndarray
+    calibration: Calibration
+    folder: Path
+    manifest: dict
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _per_pattern(folder: Path, names: list[str], shape) -> np.ndarray | None:
+    for n in names:
+        p = folder / n
+        if p.exists():
+            return np.load(p, allow_pickle=False).reshape(-1)
+    return None
+
+
+def load_simset(folder) -> SimSet:
+    """A simulated labeled folder (``manifest.json``, data file, ``labels.npy``, per-pattern arrays)."""
+    from .io import load
+
+    folder = Path(folder)
+    if not folder.exists():
+        raise PolarstemError(f"{folder}: no simulated data there (run polarstem simulate first)")
+    ds = load(folder)
+    manifest = {}
+    if (folder / "manifest.json").exists():
+        manifest = json.loads((folder / "manifest.json").read_text())
+    sy, sx, ky, kx = ds.shape
+    labels = np.load(folder / "labels.npy", allow_pickle=False).reshape(-1).astype(np.int64)
+    n = sy * sx
+    thick = _per_pattern(folder, ["thickness_nm.npy", "thickness.npy"], n)
+    struct = _per_pattern(folder, ["structure.npy", "structure_id.npy"], n)
+    if thick is None:
+        thick = np.zeros(n)
+    if struct is None:
+        struct = np.arange(n)
+    cal = ds.calibration
+    if not cal.mrad_per_px:
+        raise PolarstemError(f"{folder}: the simulated data carry no mrad/px calibration")
+    frames = ds.data.reshape(n, ky, kx)
+    return SimSet(frames, labels, thick.astype(float), struct.astype(np.int64), cal, folder, manifest)
+
+
+def _fingerprint(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _folder_stamp(folder: Path) -> dict:
+    return {str(p.name): p.stat().st_mtime for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+# --------------------------------------------------------------------------------------------------
+# augmentation: experiment-like corruptions of raw simulated patterns
+
+
+DEFAULT_AUGMENT = {
+    "dose": [1e4, 1e6],  # electrons per pattern, log-uniform (copy 0 of every pattern stays ideal)
+    "blur_px": [0.0, 1.0],
+    "background": [0.0, 0.05],  # fraction of the intensity in a smooth Lorentzian background
+    "descan_px": 3.0,
+    "detector_mrad_per_px": [0.6, 1.8],
+    "detector_px": [64, 160],
+    "ellipticity": 0.01,
+    "hot_pixels": [0, 4],
+    "dead_pixels": [0, 4],
+}
+
+
+def corrupt(frames: np.ndarray, mrad_per_px: float, rng: np.random.Generator, aug: dict | None = None,
+            ideal: bool = False) -> tuple[np.ndarray, float]:
+    """Experiment-like versions of raw simulated frames -> (detector frames, detector mrad/px).
+
+    Per pattern: blur, a smooth background, elliptical distortion and a descan offset, then resampling
+    to a random detector (size, mrad/px), Poisson counts at a random dose, hot and dead pixels. With
+    ``ideal`` only the resampling to another detector and the descan offset are applied.
+    """
+    from scipy import ndimage
+
+    a = dict(DEFAULT_AUGMENT, **(aug or {}))
+    n, ky, kx = frames.shape
+    f = np.asarray(frames, dtype=np.float32)
+    f = f / np.maximum(f.reshape(n, -1).sum(axis=1), 1e-12)[:, None, None]
+    lo, hi = a["detector_mrad_per_px"]
+    det_mrad = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    fov = min(ky, kx) * mrad_per_px  # never ask for angles the simulation does not have
+    det_px = int(rng.integers(a["detector_px"][0], a["detector_px"][1] + 1))
+    det_px = max(32, min(det_px, int(fov / det_mrad)))
+    if not ideal:
+        sig = rng.uniform(*a["blur_px"], size=n)
+        for i in np.nonzero(sig > 0.05)[0]:
+            f[i] = ndimage.gaussian_filter(f[i], sig[i])
+        bg = rng.uniform(*a["background"], size=n)
+        yy, xx = np.indices((ky, kx), dtype=np.float32)
+        r2 = ((yy - (ky - 1) / 2) ** 2 + (xx - (kx - 1) / 2) ** 2) * mrad_per_px ** 2
+        lor = 1.0 / (1.0 + r2 / (25.0 ** 2))
+        lor /= lor.sum()
+        f = f * (1 - bg)[:, None, None] + bg[:, None, None] * lor[None]
+    # elliptical distortion and descan: the detector grid samples the pattern at stretched, shifted positions
+    centers = np.full((n, 2), [(ky - 1) / 2, (kx - 1) / 2], dtype=np.float64)
+    centers += rng.uniform(-a["descan_px"], a["descan_px"], size=(n, 2)) * det_mrad / mrad_per_px
+    eps = 0.0 if ideal else rng.uniform(-a["ellipticity"], a["ellipticity"])
+    out = np.empty((n, det_px, det_px), np.float32)
+    # stretching one axis by (1 + eps): sample rows at a slightly different step than columns
+    step_y = det_mrad * (1 + eps)
+    from .preprocess import _axis_weights
+
+    wy = _axis_weights(centers[:, 0], ky, det_px, step_y / mrad_per_px)
+    wx = _axis_weights(centers[:, 1], kx, det_px, det_mrad / mrad_per_px)
+    out[:] = np.matmul(np.matmul(wy, f), wx.transpose(0, 2, 1))
+    out = np.maximum(out, 0)
+    out /= np.maximum(out.reshape(n, -1).sum(axis=1), 1e-12)[:, None, None]
+    if ideal:
+        return out * 1e6, det_mrad
+    dose = np.exp(rng.uniform(np.log(a["dose"][0]), np.log(a["dose"][1]), size=n))
+    counts = rng.poisson(out * dose[:, None, None]).astype(np.float32)
+    for i in range(n):
+        nh = int(rng.integers(a["hot_pixels"][0], a["hot_pixels"][1] + 1))
+        nd = int(rng.integers(a["dead_pixels"][0], a["dead_pixels"][1] + 1))
+        if nh:
+            counts[i].flat[rng.integers(0, det_px * det_px, nh)] = counts[i].max() * rng.uniform(3, 20)
+        if nd:
+            counts[i].flat[rng.integers(0, det_px * det_px, nd)] = 0
+    return counts, det_mrad
+
+
+# --------------------------------------------------------------------------------------------------
+# building the preprocessed, cached training arrays
+
+
+def _thickness_split(thickness: np.ndarray, val_every: int) -> np.ndarray:
+    """True for validation: every ``val_every``-th distinct thickness (by rank), never the thinnest/thickest."""
+    t = np.round(thickness, 2)
+    values = np.unique(t)
+    if len(values) < 3:
+        return np.zeros(len(t), bool)
+    val_values = values[1:-1][(np.arange(len(values) - 2) % val_every) == (val_every // 2)]
+    if len(val_values) == 0:
+        val_values = values[len(values) // 2: len(values) // 2 + 1]
+    return np.isin(t, val_values)
+
+
+def build_arrays(sim: SimSet, mode: str, grid: InputGrid, copies: int, aug: dict, seed: int,
+                 cell_subsets: bool = True, progress: bool = True, corrupted_only: bool = False) -> dict:
+    """Preprocessed inputs for ``mode``: x (M, H, W) float16, y, thickness, group, copy index, informative.
+
+    Cached in ``.cache/train/`` by a fingerprint of the data folder, mode, grid and augmentation.
+    """
+    key = _fingerprint(str(sim.folder.resolve()), _folder_stamp(sim.folder), mode, grid.to_dict(), copies, aug, seed,
+                       cell_subsets, corrupted_only, "v3")
+    cache = CACHE / "train" / f"arrays-{mode}-{key}.npz"
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    rng = np.random.default_rng(seed)
+    mrad = float(sim.calibration.mrad_per_px)
+    raw_iter = _raw_inputs(sim, mode, cell_subsets, rng)
+    xs, ys, ts, gs, cs, oks = [], [], [], [], [], []
+    total = len(sim) if mode == "pattern" else None
+    bar = _progress(total, f"preprocess {mode}", progress)
+    for frames, y, t, g in raw_iter:
+        for c in range(copies):
+            ideal = c == 0 and not corrupted_only
+            det, det_mrad = corrupt(frames, mrad, rng, aug, ideal=ideal)
+            x, ok = preprocess(det, Calibration(mrad_per_px=det_mrad, convergence_mrad=CANONICAL_CONVERGENCE_MRAD), grid)
+            xs.append(x.astype(np.float16))
+            ys.append(y); ts.append(t); gs.append(g); cs.append(np.full(len(y), c)); oks.append(ok)
+        bar.update(len(y))
+    bar.close()
+    out = {"x": np.concatenate(xs), "y": np.concatenate(ys), "thickness": np.concatenate(ts),
+           "group": np.concatenate(gs), "copy": np.concatenate(cs), "informative": np.concatenate(oks)}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".partial")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **out)
+    os.replace(tmp, cache)
+    return out
+
+
+def _raw_inputs(sim: SimSet, mode: str, cell_subsets: bool, rng, chunk: int = 512):
+    """Yield (raw frames, labels, thickness, group) blocks: single patterns or per-group means."""
+    n = len(sim)
+    if mode == "pattern":
+        for i in range(0, n, chunk):
+            f = np.asarray(sim.frames[i:i + chunk].compute() if hasattr(sim.frames, "compute") else sim.frames[i:i + chunk])
+            yield f, sim.labels[i:i + chunk], sim.thickness[i:i + chunk], sim.structure[i:i + chunk]
+        return
+    # cell: mean over the probe grid of each (structure, thickness); 4 folds give subset means too
+    t_round = np.round(sim.thickness, 3)
+    keys = np.stack([sim.structure, (t_round * 1000).astype(np.int64)], 1)
+    uniq, group = np.unique(keys, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    n_folds = 4
+    fold = rng.integers(0, n_folds, size=n)
+    ky, kx = sim.frames.shape[1:]
+    sums = np.zeros((len(uniq), n_folds, ky, kx), np.float64)
+    counts = np.zeros((len(uniq), n_folds))
+    for i in range(0, n, 2048):
+        f = np.asarray(sim.frames[i:i + 2048].compute() if hasattr(sim.frames, "compute") else sim.frames[i:i + 2048], np.float64)
+        f /= np.maximum(f.reshape(len(f), -1).sum(axis=1), 1e-12)[:, None, None]
+        np.add.at(sums, (group[i:i + 2048], fold[i:i + 2048]), f)
+        np.add.at(counts, (group[i:i + 2048], fold[i:i + 2048]), 1)
+    first = np.zeros(len(uniq), dtype=np.int64)
+    first[group[::-1]] = np.arange(n)[::-1]
+    lab, thk = sim.labels[first], sim.thickness[first]
+    subsets = [tuple(range(n_folds))]
+    if cell_subsets:
+        subsets += [tuple(j for j in range(n_folds) if j != k) for k in range(n_folds)]
+        subsets += [(0, 1), (2, 3), (0, 2), (1, 3)]
+    for sub in subsets:
+        s = sums[:, list(sub)].sum(axis=1)
+        c = counts[:, list(sub)].sum(axis=1)
+        ok = c > 0
+        means = (s[ok] / c[ok][:, None, None]).astype(np.float32)
+        yield means, lab[ok], thk[ok], np.nonzero(ok)[0]
+
+
+def _progress(total, desc, enabled=True):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, mininterval=5.0, unit="pat")
+
+
+# --------------------------------------------------------------------------------------------------
+# training a network
+
+
+def _set_threads(threads):
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def _d4_batch(xb, yb, rng, generators):
+    """One random symmetry element per batch (a batch-wide op is as good and much cheaper)."""
+    from .models.symmetry import ELEMENTS, class_permutation, transform
+
+    e = ELEMENTS[int(rng.integers(0, len(ELEMENTS)))]
+    perm = class_permutation(e, generators)
+    return transform(xb, e), perm[yb]
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The softmax temperature that minimises the validation negative log-likelihood (golden search)."""
+    if len(y) == 0:
+        return 1.0
+
+    def nll(t):
+        z = logits / t
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return -logp[np.arange(len(y)), y].mean()
+
+    lo, hi = np.log(0.05), np.log(20.0)
+    g = (math.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    for _ in range(60):
+        if nll(np.exp(a)) < nll(np.exp(b)):
+            hi = b
+        else:
+            lo = a
+        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    return float(np.exp((lo + hi) / 2))
+
+
+def train_network(cfg: TrainConfig, mode: str, arrays: dict, generators: dict, progress: bool = True,
+                  max_steps: int | None = None, log=print):
+    """Train one network on cached arrays; returns (net, history, temperature, val metrics)."""
+    import torch
+    import torch.nn.functional as F
+
+    from .models.nets import create_model
+    from .models.prototype import init_prototypes, prototype_loss
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    x, y, thick = arrays["x"], arrays["y"], arrays["thickness"]
+    keep = (y >= 0) & arrays["informative"]
+    val = _thickness_split(thick, cfg.val_every) & keep
+    tr = keep & ~val
+    if not val.any():  # too few thicknesses: hold out a random 15 % of groups instead
+        groups = np.unique(arrays["group"])
+        vg = rng.choice(groups, size=max(1, len(groups) // 7), replace=False)
+        val = np.isin(arrays["group"], vg) & keep
+        tr = keep & ~val
+    tr_idx, val_idx = np.nonzero(tr)[0], np.nonzero(val)[0]
+    if len(tr_idx) == 0:
+        raise PolarstemError("no training patterns left after filtering")
+    net = create_model(cfg.arch, prototype=cfg.prototype, **cfg.arch_kwargs)
+    device = torch.device(cfg.device)
+    ckdir = CACHE / "train" / f"{cfg.name}-{mode}"
+    ckdir.mkdir(parents=True, exist_ok=True)
+    if cfg.warm_start:
+        _warm_start(net, cfg.warm_start, mode, log)
+    net.to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    epochs = cfg.epochs if mode == "pattern" else cfg.cell_epochs
+    steps_per_epoch = max(1, len(tr_idx) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch,
+                                                pct_start=0.15)
+    state = {"epoch": 0, "best_acc": -1.0, "bad_epochs": 0, "history": []}
+    ck = ckdir / "last.pt"
+    if ck.exists() and max_steps is None:
+        saved = torch.load(ck, map_location="cpu", weights_only=True)
+        if saved.get("fingerprint") == _run_fingerprint(cfg, mode, arrays):
+            net.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["opt"])
+            sched.load_state_dict(saved["sched"])
+            state = json.loads(saved["state"])
+            rng = np.random.default_rng(cfg.seed + 1000 * state["epoch"])
+            log(f"resumed {cfg.name}/{mode} at epoch {state['epoch']}")
+    if cfg.prototype and state["epoch"] == 0 and not ck.exists():
+        z = _embed_numpy(net, x[tr_idx[:4000]], device)
+        init_prototypes(net, z, y[tr_idx[:4000]], cfg.seed)
+    t_start = time.time()
+    steps = 0
+    while state["epoch"] < epochs:
+        net.train()
+        perm = rng.permutation(tr_idx)
+        losses = []
+        bar = _progress(len(perm), f"{cfg.name}/{mode} epoch {state['epoch'] + 1}/{epochs}", progress)
+        for b in range(steps_per_epoch):
+            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            if len(idx) < 2:
+                continue
+            xb, yb = _d4_batch(x[idx].astype(np.float32), y[idx], rng, generators)
+            xt = torch.from_numpy(xb)[:, None].to(device)
+            yt = torch.from_numpy(yb).to(device)
+            if cfg.prototype:
+                z = net.base.embed(xt)
+                logits = net.head(z)
+                loss = prototype_loss(net, logits, z, yt)
+            else:
+                logits = net(xt)
+                loss = F.cross_entropy(logits, yt, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            bar.update(len(idx))
+            steps += 1
+            if max_steps is not None and steps >= max_steps:
+                break
+        bar.close()
+        logits_v = _logits_numpy(net, x[val_idx], device)
+        acc = float((logits_v.argmax(1) == y[val_idx]).mean()) if len(val_idx) else float("nan")
+        state["epoch"] += 1
+        state["history"].append({"epoch": state["epoch"], "loss": float(np.mean(losses)) if losses else None,
+                                 "val_accuracy": acc, "minutes": (time.time() - t_start) / 60})
+        log(f"{cfg.name}/{mode} epoch {state['epoch']}: loss {np.mean(losses) if losses else float('nan'):.4f} "
+            f"val acc {acc:.4f}")
+        if acc > state["best_acc"]:
+            state["best_acc"], state["bad_epochs"] = acc, 0
+            _save_state_dict(net, ckdir / "best.safetensors")
+        else:
+            state["bad_epochs"] += 1
+        torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "state": json.dumps(state), "fingerprint": _run_fingerprint(cfg, mode, arrays)}, ck)
+        if max_steps is not None and steps >= max_steps:
+            break
+        if state["bad_epochs"] >= cfg.patience:
+            log(f"{cfg.name}/{mode}: early stop (no validation gain for {cfg.patience} epochs)")
+            break
+        if (time.time() - t_start) / 60 > cfg.max_minutes:
+            log(f"{cfg.name}/{mode}: time budget of {cfg.max_minutes} min reached")
+            break
+    if (ckdir / "best.safetensors").exists() and max_steps is None:
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(str(ckdir / "best.safetensors"), device="cpu"))
+        net.to(device)
+    logits_v = _logits_numpy(net, x[val_idx], device)
+    temp = fit_temperature(logits_v, y[val_idx])
+    val_acc = float((logits_v.argmax(1) == y[val_idx]).mean()) if len(val_idx) else float("nan")
+    return net.cpu().eval(), state["history"], temp, {"val_accuracy": val_acc, "n_train": int(len(tr_idx)),
+                                                      "n_val": int(len(val_idx)),
+                                                      "val_thickness_nm": sorted(set(np.round(thick[val_idx], 2).tolist()))}
+
+
+def _run_fingerprint(cfg, mode, arrays) -> str:
+    return _fingerprint(cfg.to_dict(), mode, int(len(arrays["y"])), float(np.asarray(arrays["x"][:8], np.float32).sum()))
+
+
+def _save_state_dict(net, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".partial")
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _warm_start(net, name: str, mode: str, log) -> None:
+    """Start a prototype network from a trained plain network's backbone (same architecture)."""
+    from safetensors.torch import load_file
+
+    from .models.registry import verified_weights_path
+
+    try:
+        path = verified_weights_path(name, mode)
+    except PolarstemError as exc:
+        log(f"no warm start ({exc})")
+        return
+    state = {k: v for k, v in load_file(str(path), device="cpu").items() if not k.startswith("head.")}
+    missing, unexpected = net.base.load_state_dict(state, strict=False)
+    log(f"warm start from {name}/{mode} ({len(state)} tensors, missing {len(missing)})")
+
+
+def _logits_numpy(net, x, device, batch=512) -> np.ndarray:
+    import torch
+
+    net.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            xb = torch.from_numpy(np.asarray(x[i:i + batch], np.float32))[:, None].to(device)
+            out.append(net(xb).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, N_CLASSES), np.float32)
+
+
+def _embed_numpy(net, x, device, batch=512) -> np.ndarray:
+    import torch
+
+    net.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            xb = torch.from_numpy(np.asarray(x[i:i + batch], np.float32))[:, None].to(device)
+            emb = net.base.embed(xb) if hasattr(net, "base") else net.embed(xb)
+            out.append(emb.float().cpu().numpy())
+    return np.concatenate(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# PCA + kNN
+
+
+def train_pca_knn(cfg: TrainConfig, arrays: dict, generators: dict, log=print):
+    """Fit the Pipeline on D4-expanded training inputs; temperature on the thickness validation split."""
+    from .models.pca_knn import make_pipeline, vote_logits
+    from .models.symmetry import ELEMENTS, class_permutation, transform
+
+    rng = np.random.default_rng(cfg.seed)
+    x, y, thick = arrays["x"], arrays["y"], arrays["thickness"]
+    keep = (y >= 0) & arrays["informative"]
+    val = _thickness_split(thick, cfg.val_every) & keep
+    tr = keep & ~val
+    if not val.any():
+        val = keep & (rng.random(len(y)) < 0.15)
+        tr = keep & ~val
+    tr_idx = np.nonzero(tr)[0]
+    per = max(1, cfg.knn_max_train // len(ELEMENTS))
+    if len(tr_idx) > per:
+        tr_idx = rng.choice(tr_idx, per, replace=False)
+    xs, ys = [], []
+    for e in ELEMENTS:
+        xs.append(transform(x[tr_idx].astype(np.float32), e).reshape(len(tr_idx), -1))
+        ys.append(class_permutation(e, generators)[y[tr_idx]])
+    X, Y = np.concatenate(xs), np.concatenate(ys)
+    pipe = make_pipeline(min(cfg.pca_components, X.shape[0] - 1, X.shape[1]), cfg.knn_neighbors, cfg.seed)
+    t0 = time.time()
+    pipe.fit(X, Y)
+    log(f"pca-knn fit on {len(X)} inputs in {time.time() - t0:.1f} s")
+    vx = x[val].astype(np.float32).reshape(int(val.sum()), -1)
+    logits, _ = vote_logits(pipe, vx)
+    temp = fit_temperature(logits, y[val])
+    val_acc = float((logits.argmax(1) == y[val]).mean()) if val.any() else float("nan")
+    log(f"pca-knn val accuracy {val_acc:.4f}")
+    return pipe, temp, {"val_accuracy": val_acc, "n_train": int(len(X)), "n_val": int(val.sum())}
+
+
+# --------------------------------------------------------------------------------------------------
+# held-out evaluation, cards, the whole run
+
+
+def heldout_accuracy(model, sim: SimSet | None, mode: str, grid: InputGrid, seed: int = 123,
+                     max_patterns: int = 4000, aug: dict | None = None) -> dict:
+    """Accuracy per thickness on held-out simulations, ideal and with experiment-like corruptions."""
+    if sim is None:
+        return {}
+    rng = np.random.default_rng(seed)
+    res = {}
+    for cond in ("ideal", "corrupted"):
+        xs, ys, ts = [], [], []
+        count = 0
+        for frames, y, t, _ in _raw_inputs(sim, mode, cell_subsets=False, rng=np.random.default_rng(seed)):
+            if mode == "pattern" and count >= max_patterns:
+                break
+            det, det_mrad = corrupt(frames, float(sim.calibration.mrad_per_px), rng, aug, ideal=(cond == "ideal"))
+            x, ok = model.preprocess(det, Calibration(mrad_per_px=det_mrad, convergence_mrad=CANONICAL_CONVERGENCE_MRAD))
+            xs.append(x); ys.append(y); ts.append(t)
+            count += len(y)
+        x, y, t = np.concatenate(xs), np.concatenate(ys), np.concatenate(ts)
+        pred = model.predict(x)["proba"].argmax(1)
+        keep = y >= 0
+        per_t = {}
+        for tv in np.unique(np.round(t[keep], 1)):
+            sel = keep & (np.round(t, 1) == tv)
+            per_t[f"{tv:g}"] = round(float((pred[sel] == y[sel]).mean()), 4)
+        res[cond] = {"accuracy": round(float((pred[keep] == y[keep]).mean()), 4), "n": int(keep.sum()),
+                     "per_thickness_nm": per_t}
+    return res
+
+
+def make_card(cfg: TrainConfig, mode: str, weights_file: str, grid: InputGrid, temperature: float,
+              train_info: dict, heldout: dict, sim: SimSet, generators: dict, architecture: dict | None,
+              history=None, extra: dict | None = None) -> dict:
+    from .models.registry import MODEL_DEFS
+
+    d = MODEL_DEFS.get(cfg.name, {})
+    card = {
+        "name": cfg.name, "family": d.get("family"), "mode": mode, "summary": d.get("summary"),
+        "weights_file": weights_file, "format": "npz" if weights_file.endswith(".npz") else "safetensors",
+        "architecture": architecture, "input_grid": grid.to_dict(), "temperature": round(float(temperature), 4),
+        "symmetry_generators": generators,
+        "acquisition": dict(ACQUISITION, canonical={"beam_energy_kev": CANONICAL_ENERGY_KEV,
+                                                    "convergence_mrad": CANONICAL_CONVERGENCE_MRAD}),
+        "training": {"config": cfg.to_dict(), "data": str(sim.folder), "n_patterns_raw": len(sim),
+                     "data_manifest": {k: v for k, v in sim.manifest.items() if isinstance(v, (str, int, float, list, dict))},
+                     **train_info, "history": history or []},
+        "heldout": heldout_summary(heldout),
+        "heldout_detail": heldout,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    card.update(extra or {})
+    return card
+
+
+def heldout_summary(heldout: dict) -> dict:
+    if not heldout:
+        return {}
+    return {"accuracy": heldout.get("ideal", {}).get("accuracy"),
+            "accuracy_corrupted": heldout.get("corrupted", {}).get("accuracy")}
+
+
+def class_mean_embeddings(model, arrays: dict, per_class: int = 500) -> list:
+    """(8, D) mean embedding of each class over (up to ``per_class``) training inputs, rounded for the card."""
+    y = arrays["y"]
+    means = []
+    for k in range(N_CLASSES):
+        idx = np.nonzero((y == k) & arrays["informative"])[0][:per_class]
+        if len(idx) == 0:
+            return None
+        emb = model.predict(arrays["x"][idx].astype(np.float32))["embedding"]
+        means.append(np.round(emb.mean(0), 5).tolist())
+    return means
+
+
+def write_synthetic_simset(folder, n_structures: int = 8, n_positions: int = 16, thicknesses=(5, 10, 15, 20, 25, 30),
+                           det_px: int = 64, mrad_per_px: float = 1.5, seed: int = 0, signal: float = 0.3) -> Path:
+    """A cheap stand-in for a simulated labeled folder (tests, smoke runs): same layout, fake physics.
+
+    Each pattern is a 20 mrad bright-field disk whose intensity tilts along the class direction
+    (strength oscillating with thickness, as dynamical contrast does) plus a larger probe-position
+    dependent pattern shared by all classes: single patterns are hard, position averages easy.
+    """
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    c = (det_px - 1) / 2
+    yy, xx = (np.indices((det_px, det_px)) - c) * mrad_per_px
+    r = np.hypot(yy, xx)
+    disk = (r <= 20.0).astype(np.float32)
+    frames, labels, thick, struct, pos = [], [], [], [], []
+    basis = [np.cos(0.31 * (i + 1) * xx + 0.17 * (i + 2) * yy + i) for i in range(4)]
+    for s in range(n_structures):
+        k = s % N_CLASSES
+        ang = np.pi / 4 * k
+        tilt = (np.cos(ang) * xx + np.sin(ang) * yy) / 20.0
+        for t in thicknesses:
+            amp = signal * np.sin(t / 8.0 + 0.5)
+            for p in range(n_positions):
+                phase = 2 * np.pi * p / n_positions
+                probe = sum(np.cos(phase * (i + 1) + i) * b for i, b in enumerate(basis)) * 0.15
+                img = disk * (1.0 + amp * tilt + probe) + 0.02 * np.exp(-r / 30.0)
+                frames.append(np.maximum(img, 0) * 1000.0)
+                labels.append(k); thick.append(t); struct.append(s); pos.append(p)
+    n = len(frames)
+    cols = n_positions
+    rows = n // cols
+    data = np.stack(frames).astype(np.float32).reshape(rows, cols, det_px, det_px)
+    np.save(folder / "data.npy", data)
+    (folder / "data.json").write_text(json.dumps({"mrad_per_px": mrad_per_px, "beam_energy_kev": 200.0,
+                                                  "convergence_mrad": 20.0}))
+    np.save(folder / "labels.npy", np.asarray(labels, np.int8).reshape(rows, cols))
+    np.save(folder / "thickness_nm.npy", np.asarray(thick, np.float32).reshape(rows, cols))
+    np.save(folder / "structure.npy", np.asarray(struct, np.int32).reshape(rows, cols))
+    (folder / "manifest.json").write_text(json.dumps({"data_file": "data.npy", "synthetic": True}))
+    return folder
+
+
+def class_mean_generators(arrays: dict, log=print) -> dict:
+    """Class permutations of the symmetry generators, measured on the training data (see symmetry.py)."""
+    from .models.symmetry import CONVENTION_GENERATORS, measure_generators
+
+    y = arrays["y"]
+    if not all((y == k).any() for k in range(N_CLASSES)):
+        return dict(CONVENTION_GENERATORS)
+    means = np.stack([arrays["x"][y == k][:5000].astype(np.float32).mean(0) for k in range(N_CLASSES)])
+    gens, err = measure_generators(means)
+    if gens != CONVENTION_GENERATORS:
+        log(f"WARNING: the data's symmetry differs from the conventions: {gens} (error {err:.3f})")
+    else:
+        log(f"symmetry check: data follow the conventions (class-mean match error {err:.3f})")
+    return gens
+
+
+def run(cfg: TrainConfig, progress: bool = True, log=print) -> list[dict]:
+    """Train every mode of one config, write weights + card + index; returns the cards."""
+    from .models.registry import write_index
+
+    if cfg.threads and cfg.arch:
+        _set_threads(cfg.threads)
+    grid = InputGrid.from_dict(cfg.grid)
+    aug = dict(DEFAULT_AUGMENT, **cfg.augment)
+    sim = load_simset(cfg.data)
+    held = load_simset(cfg.heldout) if cfg.heldout and Path(cfg.heldout).exists() else None
+    out_dir = Path(cfg.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cards = []
+    for mode in cfg.modes:
+        log(f"== {cfg.name} / {mode}: {len(sim)} raw patterns from {sim.folder}")
+        arrays = build_arrays(sim, mode, grid, cfg.copies, aug, cfg.seed, cfg.cell_subsets, progress)
+        log(f"{len(arrays['y'])} inputs, {int((~arrays['informative']).sum())} flagged uninformative")
+        gens = class_mean_generators(arrays, log)
+        t0 = time.time()
+        if cfg.arch is None:
+            from .models.pca_knn import PcaKnnModel, save_npz
+
+            pipe, temp, info = train_pca_knn(cfg, arrays, gens, log)
+            fname = f"{cfg.name}-{mode}.npz"
+            save_npz(pipe, out_dir / fname)
+            architecture = {"kind": "pca_knn", "n_components": int(pipe.named_steps["pca"].n_components_),
+                            "n_neighbors": int(pipe.named_steps["knn"].n_neighbors)}
+            card = make_card(cfg, mode, fname, grid, temp, info, {}, sim, gens, architecture)
+            model = PcaKnnModel(pipe, card)
+            history = None
+        else:
+            from .models.base import NetModel
+            from .models.nets import n_parameters
+
+            net, history, temp, info = train_network(cfg, mode, arrays, gens, progress, log=log)
+            fname = f"{cfg.name}-{mode}.safetensors"
+            _save_state_dict(net, out_dir / fname)
+            architecture = {"arch": cfg.arch, "kwargs": cfg.arch_kwargs, "prototype": cfg.prototype,
+                            "parameters": n_parameters(net)}
+            card = make_card(cfg, mode, fname, grid, temp, info, {}, sim, gens, architecture, history)
+            model = NetModel(net, card)
+        info["train_minutes"] = round((time.time() - t0) / 60, 2)
+        card["class_mean_embeddings"] = class_mean_embeddings(model, arrays)
+        held_res = heldout_accuracy(model, held, mode, grid, aug=aug)
+        card["heldout"] = heldout_summary(held_res)
+        card["heldout_detail"] = held_res
+        card["training"]["train_minutes"] = info["train_minutes"]
+        card["training"]["val_accuracy"] = info.get("val_accuracy")
+        (out_dir / f"{cfg.name}-{mode}.json").write_text(json.dumps(card, indent=1, default=_json_default) + "\n")
+        write_index(out_dir)
+        log(f"{cfg.name}/{mode}: val {info.get('val_accuracy')}, held-out {card['heldout']} -> {out_dir / fname}")
+        cards.append(card)
+    return cards
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

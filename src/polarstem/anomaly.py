@@ -76,7 +76,9 @@ def score_anomaly(result, lattice: Lattice | None = None) -> np.ndarray:
     if np.isfinite(result.embedding_distance[valid]).any():
         terms.append(np.clip(_robust_z(result.embedding_distance.astype(np.float64), bins, valid, 1e-3), 0, None))
     terms.append(np.clip(_robust_z(class_disagreement(result.classes, window), bins, valid, 0.05), 0, None))
-    score = np.nanmean(np.stack(terms), axis=0)
+    stacked = np.stack(terms)
+    n = np.isfinite(stacked).sum(axis=0)
+    score = np.where(n > 0, np.nansum(stacked, axis=0) / np.maximum(n, 1), 0.0)
     score = np.where(valid, score, 0.0)
     # smooth over one unit cell, normalising by the valid fraction so ROI edges are not penalised
     num = ndimage.uniform_filter(score, size=window, mode="nearest")

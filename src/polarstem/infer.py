@@ -25,7 +25,7 @@ import numpy as np
 from .chunks import iter_frame_blocks
 from .classes import N_CLASSES, NO_CLASS
 from .errors import Cancelled, PolarstemError
-from .io import Dataset4D
+from .io import CHUNK_BYTES, Dataset4D
 from .lattice import Lattice, find_lattice
 
 MODES = ("auto", "pattern", "cell")
@@ -109,6 +109,7 @@ def classify_scan(
     cancel: threading.Event | None = None,
     on_block: Callable[[ClassificationResult], None] | None = None,
     anomaly: bool = True,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> ClassificationResult:
     """Classify every selected scan position. Cancelling returns the result so far (``complete=False``)."""
     from .device import choose_device, default_batch_size
@@ -156,7 +157,7 @@ def classify_scan(
 
     try:
         for block in iter_frame_blocks(
-            dataset, mask=roi, progress=progress, cancel=cancel, halo=halo, transform=prepare,
+            dataset, mask=roi, budget=chunk_bytes, progress=progress, cancel=cancel, halo=halo, transform=prepare,
         ):
             sel, x, informative = block.prepared
             probs = []

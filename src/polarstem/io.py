@@ -176,7 +176,7 @@ def load(path: str | os.PathLike, navigation_shape: tuple[int, int] | None = Non
     suffix = p.suffix.lower()
     try:
         if suffix == ".npy":
-            ds = _load_npy(p)
+            ds = _load_npy(p, chunk_bytes)
         elif suffix == ".zarr" or (p.is_dir() and _is_zarr_dir(p) and suffix != ".zspy"):
             ds = _load_zarr(p)
         else:
@@ -220,7 +220,7 @@ def _data_file_in_folder(p: Path) -> Path:
     return candidates[0]
 
 
-def _load_npy(p: Path) -> Dataset4D:
+def _load_npy(p: Path, chunk_bytes: int = CHUNK_BYTES) -> Dataset4D:
     import dask.array as da
 
     try:
@@ -229,7 +229,7 @@ def _load_npy(p: Path) -> Dataset4D:
         raise PolarstemError(f"{p}: not a plain numeric .npy array ({_one_line(exc)})") from None
     _check_4d(arr.shape, p, signal_dims=None)
     source = NpyFrames(p, arr) if arr.flags.c_contiguous else arr
-    data = da.from_array(source, chunks=frame_chunks(arr.shape, arr.dtype.itemsize), name=f"npy-{p}",
+    data = da.from_array(source, chunks=frame_chunks(arr.shape, arr.dtype.itemsize, chunk_bytes), name=f"npy-{p}-{chunk_bytes}",
                          asarray=False, fancy=False)
     cal = _sidecar_calibration(p)
     return Dataset4D(data=data, calibration=cal, source=str(p))

@@ -1,0 +1,112 @@
+"""classify_scan mechanics with a real (untrained) network: shapes, ROI, cancel, chunking, CLI export."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from polarstem.infer import classify_scan
+from polarstem.io import load
+
+
+def disk_patterns(shape=(12, 14), det=64, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices((det, det))
+    cy, cx = det / 2 + rng.normal(0, 0.3, shape), det / 2 + rng.normal(0, 0.3, shape)
+    r = np.hypot(yy - cy[..., None, None], xx - cx[..., None, None])
+    lam = 200 * (r < det / 6) + 5 * np.exp(-r / 10)
+    return rng.poisson(lam).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scan")
+    np.save(d / "scan.npy", disk_patterns())
+    (d / "scan.json").write_text(json.dumps({"scan_step_nm": 0.1, "mrad_per_px": 1.2, "beam_energy_kev": 200,
+                                             "convergence_mrad": 20}))
+    return d / "scan.npy"
+
+
+@pytest.fixture(scope="module")
+def model():
+    import torch
+
+    from polarstem.models.base import NetModel
+    from polarstem.models.nets import create_model
+
+    torch.manual_seed(0)
+    card = {"name": "untrained-cnn", "mode": "pattern", "input_grid": {"size": 32, "mrad_per_px": 2.0},
+            "sha256": "0" * 64}
+    return NetModel(create_model("cnn"), card)
+
+
+def test_maps_shapes_and_ranges(scan, model):
+    ds = load(scan, chunk_bytes=64 * 64 * 2 * 14 * 3)  # 3 scan rows per chunk -> several blocks
+    res = classify_scan(ds, model=model, mode="pattern", device="cpu")
+    assert res.classes.shape == ds.scan_shape and res.classes.dtype == np.int8
+    assert res.complete and res.done.all()
+    assert res.classes.min() >= 0 and res.classes.max() <= 7
+    assert np.all((res.confidence >= 1 / 8 - 1e-6) & (res.confidence <= 1))
+    np.testing.assert_allclose(res.proba.sum(axis=-1), 1, atol=1e-5)
+    assert res.anomaly.shape == ds.scan_shape and np.isfinite(res.anomaly).all()
+
+
+def test_same_result_whatever_the_chunking(scan, model):
+    a = classify_scan(load(scan, chunk_bytes=64 * 64 * 2 * 14), model=model, mode="pattern", device="cpu",
+                      chunk_bytes=64 * 64 * 2 * 14 * 2)
+    b = classify_scan(load(scan), model=model, mode="pattern", device="cpu")
+    np.testing.assert_array_equal(a.classes, b.classes)
+    np.testing.assert_allclose(a.proba, b.proba, atol=1e-5)
+
+
+def test_roi_restricts_work(scan, model):
+    ds = load(scan)
+    roi = np.zeros(ds.scan_shape, bool)
+    roi[2:5, 3:9] = True
+    res = classify_scan(ds, model=model, mode="pattern", roi=roi, device="cpu")
+    assert res.n_patterns == roi.sum()
+    np.testing.assert_array_equal(res.done, roi)
+    assert (res.classes[~roi] == -1).all() and np.isnan(res.confidence[~roi]).all()
+
+
+def test_cancel_leaves_valid_partial_map(scan, model):
+    ds = load(scan, chunk_bytes=64 * 64 * 2 * 14)  # one scan row per block
+    cancel = threading.Event()
+
+    def progress(done, total):
+        if done == 4:
+            cancel.set()
+
+    res = classify_scan(ds, model=model, mode="pattern", device="cpu", progress=progress, cancel=cancel,
+                        chunk_bytes=64 * 64 * 2 * 14)
+    assert not res.complete
+    assert 0 < res.done.sum() < res.done.size
+    assert (res.classes[res.done] >= 0).all() and (res.classes[~res.done] == -1).all()
+    full = classify_scan(ds, model=model, mode="pattern", device="cpu")
+    np.testing.assert_array_equal(res.classes[res.done], full.classes[res.done])
+
+
+def test_cell_mode_needs_a_lattice(scan, model):
+    from polarstem.errors import PolarstemError
+    from polarstem.lattice import Lattice
+
+    ds = load(scan)
+    with pytest.raises(PolarstemError, match="lattice"):
+        classify_scan(ds, model=model, mode="cell", device="cpu")
+    res = classify_scan(ds, model=model, mode="cell", device="cpu", lattice=Lattice(period=(4.0, 4.0)))
+    assert res.mode == "cell" and res.done.all()
+
+
+def test_bad_roi_and_device(scan, model):
+    from polarstem.errors import PolarstemError
+
+    ds = load(scan)
+    with pytest.raises(PolarstemError, match="does not match"):
+        classify_scan(ds, model=model, roi=np.ones((3, 3), bool), device="cpu")
+    with pytest.raises(PolarstemError, match="no scan positions"):
+        classify_scan(ds, model=model, roi=np.zeros(ds.scan_shape, bool), device="cpu")
+    with pytest.raises(PolarstemError, match="not available|unknown device"):
+        classify_scan(ds, model=model, mode="pattern", device="tpu")

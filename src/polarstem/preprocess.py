@@ -76,11 +76,15 @@ def clean_pixels(frames: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     nb = (ndimage.uniform_filter(frames, size=(1, 3, 3), mode="nearest") * 9.0 - frames) / 8.0
-    mean = frames.reshape(len(frames), -1).mean(axis=1)[:, None, None]
-    mean = np.maximum(mean, 1e-12)
-    bad = (frames > 5.0 * nb + 5.0 * mean) | ((frames <= 0) & (nb > 5.0 * mean))
-    if bad.any():
-        frames[bad] = nb[bad]
+    mean = np.maximum(frames.reshape(len(frames), -1).mean(axis=1)[:, None, None], 1e-12)
+    hot = frames > 5.0 * nb + 5.0 * mean
+    if hot.any():
+        frames[hot] = nb[hot]
+        nb = (ndimage.uniform_filter(frames, size=(1, 3, 3), mode="nearest") * 9.0 - frames) / 8.0
+        mean = np.maximum(frames.reshape(len(frames), -1).mean(axis=1)[:, None, None], 1e-12)
+    dead = (frames <= 0) & (nb > 5.0 * mean)
+    if dead.any():
+        frames[dead] = nb[dead]
     return frames
 
 
@@ -94,12 +98,13 @@ def bin_frames(frames: np.ndarray, factor: int) -> np.ndarray:
     return f.reshape(n, by, factor, bx, factor).sum(axis=(2, 4))
 
 
-def find_disk_centers(frames: np.ndarray, sigma: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+def find_disk_centers(frames: np.ndarray, sigma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Centre (row, col) in px and radius in px of the bright-field disk of each (cleaned) frame.
 
-    Threshold halfway between the background (10th percentile) and the bright level (99th percentile)
-    of the smoothed pattern; the centroid of the thresholded area is the centre, the radius that of a
-    disk of equal area. Flat frames get the detector centre and radius 0.
+    The disk level is the mean of the smoothed pattern where it is above half its maximum. The centre
+    is the centroid of the area above a quarter of that level (a low threshold: the disk edge moves
+    little with the polarization-dependent tilt of the intensity inside), the radius that of a disk
+    with the area above half the level. Flat frames get the detector centre and radius 0.
     """
     from scipy import ndimage
 
@@ -108,8 +113,12 @@ def find_disk_centers(frames: np.ndarray, sigma: float = 1.5) -> tuple[np.ndarra
     flat = smooth.reshape(n, -1)
     lo = np.percentile(flat[:, ::7], 10, axis=1)
     hi = flat.max(axis=1)
-    thr = (lo + 0.5 * (hi - lo))[:, None, None]
-    mask = (smooth > thr) & ((hi - lo) > 0)[:, None, None]
+    upper = flat > (lo + 0.5 * (hi - lo))[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        level = (flat * upper).sum(axis=1) / upper.sum(axis=1)
+    level = np.where(np.isfinite(level), level, hi)
+    valid = (hi - lo) > 0
+    mask = (smooth > (lo + 0.25 * (level - lo))[:, None, None]) & valid[:, None, None]
     area = mask.reshape(n, -1).sum(axis=1).astype(np.float64)
     yy = np.arange(ky, dtype=np.float64)
     xx = np.arange(kx, dtype=np.float64)
@@ -120,7 +129,8 @@ def find_disk_centers(frames: np.ndarray, sigma: float = 1.5) -> tuple[np.ndarra
     cy[empty] = (ky - 1) / 2
     cx[empty] = (kx - 1) / 2
     centers = np.stack([cy, cx], axis=1)
-    radius = np.sqrt(area / np.pi)
+    half = ((flat > (lo + 0.5 * (level - lo))[:, None]) & valid[:, None]).sum(axis=1)
+    radius = np.sqrt(half / np.pi)
     return centers, radius
 
 
@@ -220,7 +230,7 @@ def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: 
     med_r = float(np.median(radius[radius > 0])) if (radius > 0).any() else None
     mrad = resolve_mrad_per_px(calibration, med_r)
     x = resample(f, centers, mrad, grid.size, grid.mrad_per_px)
-    info = informative_mask(f, x, finite, totals, radius * mrad, integer_like, calibration)
+    info = informative_mask(f, x, finite, totals, radius * mrad, grid.mrad_per_px, integer_like, calibration)
     x = normalize(x, grid.intensity)
     x[~info] = 0.0
     if return_info:
@@ -229,25 +239,31 @@ def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: 
 
 
 def informative_mask(frames: np.ndarray, resampled: np.ndarray, finite: np.ndarray, totals: np.ndarray,
-                     radius_mrad: np.ndarray, integer_like: bool = False, calibration=None,
+                     radius_mrad: np.ndarray, grid_mrad_per_px: float, integer_like: bool = False, calibration=None,
                      min_counts: float = 500.0) -> np.ndarray:
     """True where a pattern carries enough information to classify.
 
     False for: any NaN/inf; no intensity; fewer than ``min_counts`` electrons (counting data only);
-    no bright-field disk of plausible size (radius 0.4-2.5x the convergence angle); featureless
-    (the canonical-grid pattern varies by less than 5% of its mean after smoothing out counting noise).
+    no bright-field disk of plausible size (radius 0.5-1.5x the convergence angle); featureless
+    (the disk is less than 1.3x brighter than a ring just outside it on the canonical grid).
     """
-    from scipy import ndimage
-
     n = len(frames)
     ok = finite.copy() & (totals > 0)
     looks_counted = integer_like or bool(np.all(np.mod(frames[:min(n, 4)], 1.0) == 0))
     if looks_counted:
         ok &= totals >= min_counts
     conv = float(getattr(calibration, "convergence_mrad", None) or CANONICAL_CONVERGENCE_MRAD)
-    ok &= (radius_mrad > 0.4 * conv) & (radius_mrad < 2.5 * conv)
-    sm = ndimage.gaussian_filter(resampled, sigma=(0, 2, 2))
-    mean = np.abs(sm.reshape(n, -1).mean(axis=1))
-    contrast = sm.reshape(n, -1).std(axis=1) / np.maximum(mean, 1e-12)
-    ok &= contrast > 0.05
+    ok &= (radius_mrad > 0.5 * conv) & (radius_mrad < 1.5 * conv)
+    # featureless: the bright-field disk must stand out from its surroundings on the canonical grid
+    size = resampled.shape[-1]
+    r_px = radius_mrad / grid_mrad_per_px
+    yy, xx = np.indices(resampled.shape[1:], dtype=np.float64) - (size - 1) / 2
+    rr = np.hypot(yy, xx)[None]
+    inner = rr <= 0.7 * r_px[:, None, None]
+    ring = (rr >= 1.25 * r_px[:, None, None]) & (rr <= 1.6 * r_px[:, None, None])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m_in = (resampled * inner).sum(axis=(1, 2)) / inner.sum(axis=(1, 2))
+        m_ring = (resampled * ring).sum(axis=(1, 2)) / ring.sum(axis=(1, 2))
+        ratio = np.where(ring.any(axis=(1, 2)), m_in / np.maximum(m_ring, 1e-12), np.inf)
+    ok &= np.nan_to_num(ratio, nan=0.0) > 1.3
     return ok

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -41,8 +42,9 @@ _LOCK = threading.Lock()
 
 
 def weights_dir() -> Path:
-    """The folder of the shipped weights (inside the installed package)."""
-    return Path(__file__).resolve().parent.parent / "weights"
+    """The folder of the shipped weights (inside the package), or ``$POLARSTEM_WEIGHTS`` when set."""
+    env = os.environ.get("POLARSTEM_WEIGHTS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -159,7 +161,8 @@ def load_model(name: str, mode: str = "pattern", device: str = "cpu", folder: Pa
         raise PolarstemError(f"unknown model '{name}' (known: {', '.join(MODEL_DEFS)})")
     if mode not in MODES:
         raise PolarstemError(f"unknown mode '{mode}' (use one of {', '.join(MODES)})")
-    key = (name, mode, str(folder or ""), str(device))
+    folder = Path(folder) if folder else weights_dir()
+    key = (name, mode, str(folder), str(device))
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]

@@ -110,8 +110,14 @@ def classify_scan(
     on_block: Callable[[ClassificationResult], None] | None = None,
     anomaly: bool = True,
     chunk_bytes: int = CHUNK_BYTES,
+    scheduler: str | None = None,
 ) -> ClassificationResult:
-    """Classify every selected scan position. Cancelling returns the result so far (``complete=False``)."""
+    """Classify every selected scan position. Cancelling returns the result so far (``complete=False``).
+
+    With ``scheduler`` (a dask.distributed address) the blocks are classified on the cluster's
+    workers, each loading the model by name (hash-checked) from its own installation; the maps are
+    the same as a local run.
+    """
     from .device import choose_device, default_batch_size
     from .models import load_model
 
@@ -147,35 +153,26 @@ def classify_scan(
 
     def prepare(block):
         """Runs in the reader thread: select positions, average cells, preprocess."""
-        frames = block.frames
-        if window:
-            frames = cell_average(frames, window)
-        inner = frames[block.inner_rows, block.inner_cols]
-        sel = np.ones(inner.shape[:2], bool) if block.mask is None else block.mask
-        x, informative = model.preprocess(inner[sel], calibration)
-        return sel, x, informative
+        return prepare_block(model, block.frames, block.inner_rows, block.inner_cols, block.mask, window, calibration)
 
     try:
-        for block in iter_frame_blocks(
-            dataset, mask=roi, budget=chunk_bytes, progress=progress, cancel=cancel, halo=halo, transform=prepare,
-        ):
-            sel, x, informative = block.prepared
-            probs = []
-            embs = []
-            for start in range(0, len(x), bs):
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled("cancelled by the user")
-                out = model.predict(x[start : start + bs])
-                probs.append(out["proba"])
-                embs.append(out["embedding"])
-            if not probs:
-                continue
-            proba = np.concatenate(probs).astype(np.float32)
-            emb = np.concatenate(embs).astype(np.float32)
-            _store(result, block, sel, proba, emb, informative, prototypes)
-            result.n_patterns += int(sel.sum())
-            if on_block is not None:
-                on_block(result)
+        if scheduler:
+            if not isinstance(name, str) or name not in _registered_names():
+                raise PolarstemError("a cluster run needs a registered model name (workers load it themselves)")
+            _classify_on_cluster(result, dataset, name, mode, roi, window, halo, chunk_bytes, bs, scheduler,
+                                 prototypes, progress, cancel, on_block)
+        else:
+            for block in iter_frame_blocks(
+                dataset, mask=roi, budget=chunk_bytes, progress=progress, cancel=cancel, halo=halo, transform=prepare,
+            ):
+                sel, x, informative = block.prepared
+                proba, emb = predict_batches(model, x, bs, cancel)
+                if proba is None:
+                    continue
+                _store(result, block.rows, block.cols, sel, proba, emb, informative, prototypes)
+                result.n_patterns += int(sel.sum())
+                if on_block is not None:
+                    on_block(result)
     except (Cancelled, KeyboardInterrupt):
         result.complete = False
     result.seconds = time.perf_counter() - t0
@@ -186,13 +183,101 @@ def classify_scan(
     return result
 
 
-def _store(result, block, sel, proba, emb, informative, prototypes) -> None:
-    rows, cols = block.rows, block.cols
+def prepare_block(model, frames, inner_rows, inner_cols, mask, window, calibration):
+    """Select the requested positions of a block (with halo), average cells, preprocess."""
+    if window:
+        frames = cell_average(frames, window)
+    inner = frames[inner_rows, inner_cols]
+    sel = np.ones(inner.shape[:2], bool) if mask is None else np.asarray(mask, bool)
+    x, informative = model.preprocess(inner[sel], calibration)
+    return sel, x, informative
+
+
+def predict_batches(model, x, batch_size, cancel=None):
+    """Probabilities and embeddings of preprocessed inputs, batch by batch (cancel between batches)."""
+    probs, embs = [], []
+    for start in range(0, len(x), batch_size):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("cancelled by the user")
+        out = model.predict(x[start : start + batch_size])
+        probs.append(out["proba"])
+        embs.append(out["embedding"])
+    if not probs:
+        return None, None
+    return np.concatenate(probs).astype(np.float32), np.concatenate(embs).astype(np.float32)
+
+
+def _registered_names() -> list[str]:
+    from .models import model_names
+
+    return model_names()
+
+
+def _classify_remote(frames, inner_rows, inner_cols, mask, window, calibration, name, mode, batch_size):
+    """One block on a cluster worker: load the model there (cached per process) and classify."""
+    from .models import load_model
+
+    model = load_model(name, mode=mode, device="cpu")
+    sel, x, informative = prepare_block(model, frames, inner_rows, inner_cols, mask, window, calibration)
+    proba, emb = predict_batches(model, x, batch_size)
+    return sel, proba, emb, informative
+
+
+def _classify_on_cluster(result, dataset, name, mode, roi, window, halo, chunk_bytes, batch_size, scheduler,
+                         prototypes, progress, cancel, on_block) -> None:
+    """Submit one task per block to a dask.distributed scheduler and fill the maps as they finish."""
+    from distributed import Client, as_completed
+
+    from .chunks import block_grid
+
+    blocks = block_grid(dataset, chunk_bytes)
+    if roi is not None:
+        blocks = [(r, c) for r, c in blocks if roi[r, c].any()]
+    sy, sx = dataset.scan_shape
+    hy, hx = halo
+    try:
+        client = Client(scheduler, timeout="20s")
+    except (OSError, TimeoutError) as exc:
+        raise PolarstemError(f"cannot reach the dask scheduler at {scheduler} ({exc})") from None
+    with client:
+        futures = {}
+        for r, c in blocks:
+            r0, r1 = max(0, r.start - hy), min(sy, r.stop + hy)
+            c0, c1 = max(0, c.start - hx), min(sx, c.stop + hx)
+            frames = dataset.data[r0:r1, c0:c1]
+            inner = (slice(r.start - r0, r.stop - r0), slice(c.start - c0, c.stop - c0))
+            mask = None if roi is None else roi[r, c]
+            fut = client.compute(frames)
+            task = client.submit(_classify_remote, fut, inner[0], inner[1], mask, window, dataset.calibration,
+                                 name, mode, batch_size, pure=False)
+            futures[task] = (r, c)
+        if progress:
+            progress(0, len(futures))
+        done = 0
+        try:
+            for fut in as_completed(list(futures)):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("cancelled by the user")
+                sel, proba, emb, informative = fut.result()
+                r, c = futures[fut]
+                if proba is not None:
+                    _store(result, r, c, sel, proba, emb, informative, prototypes)
+                    result.n_patterns += int(sel.sum())
+                done += 1
+                if progress:
+                    progress(done, len(futures))
+                if on_block is not None:
+                    on_block(result)
+        finally:
+            client.cancel(list(futures))
+
+
+def _store(result, rows, cols, sel, proba, emb, informative, prototypes) -> None:
+    """Write one block's predictions into the result maps."""
     cls = np.argmax(proba, axis=1)
     top2 = np.sort(proba, axis=1)[:, -2:]
     sub = lambda arr: arr[rows, cols]  # noqa: E731 - views into the result maps
-    c = sub(result.classes)
-    c[sel] = cls.astype(np.int8)
+    sub(result.classes)[sel] = cls.astype(np.int8)
     sub(result.confidence)[sel] = top2[:, 1]
     sub(result.margin)[sel] = top2[:, 1] - top2[:, 0]
     sub(result.proba)[sel] = proba

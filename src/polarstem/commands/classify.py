@@ -19,6 +19,7 @@ def register(sub) -> None:
     p.add_argument("--roi", help="boolean .npy mask (scan_rows, scan_cols) of the positions to classify")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--scheduler", help="dask.distributed scheduler address (tcp://HOST:PORT) to run on a cluster")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.set_defaults(func=classify)
 
@@ -49,7 +50,7 @@ def load_roi(path: str, scan_shape) -> np.ndarray:
 
 
 def run_classification(file, output, model, mode="auto", roi=None, device="auto", batch_size=None,
-                       navigation_shape=None):
+                       navigation_shape=None, scheduler=None):
     """Load, classify with a progress bar, and export the folder; returns (dataset, result)."""
     from ..export import export_result
     from ..infer import classify_scan
@@ -59,7 +60,7 @@ def run_classification(file, output, model, mode="auto", roi=None, device="auto"
     roi_mask = load_roi(roi, ds.scan_shape) if roi else None
     warn_acquisition(ds, model)
     result = classify_scan(ds, model=model, mode=mode, roi=roi_mask, device=device, batch_size=batch_size,
-                           progress=_tqdm_progress(f"classify ({model})"))
+                           progress=_tqdm_progress(f"classify ({model})"), scheduler=scheduler)
     export_result(output, result, ds, background=result.background)
     return ds, result
 
@@ -74,7 +75,7 @@ def warn_acquisition(ds, model_name: str) -> None:
 
 def classify(args) -> int:
     ds, result = run_classification(args.file, args.output, args.model, args.mode, args.roi, args.device,
-                                    args.batch_size, _navigation_shape(args))
+                                    args.batch_size, _navigation_shape(args), args.scheduler)
     status = "complete" if result.complete else "interrupted (partial maps written)"
     rate = result.n_patterns / result.seconds if result.seconds else 0.0
     print(f"{status}: {result.n_patterns} positions in {result.seconds:.1f} s ({rate:.0f}/s), mode "

@@ -1,0 +1,71 @@
+"""`polarstem classify` with shipped weights: the export folder, ROI, errors, and a LocalCluster run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from polarstem.cli import main
+from polarstem.export import read_map, read_maps
+from polarstem.models import list_models
+
+SHIPPED = [m["name"] for m in list_models() if "pattern" in m.get("modes", [])]
+pytestmark = pytest.mark.skipif(not SHIPPED, reason="no shipped pattern-mode weights yet")
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+    from tests.test_infer import disk_patterns
+
+    d = tmp_path_factory.mktemp("scan")
+    np.save(d / "scan.npy", disk_patterns((10, 12)))
+    (d / "scan.json").write_text(json.dumps({"scan_step_nm": 0.1, "mrad_per_px": 1.2, "beam_energy_kev": 200,
+                                             "convergence_mrad": 20}))
+    return d / "scan.npy"
+
+
+def test_classify_writes_the_export_folder(scan, tmp_path, capsys):
+    out = tmp_path / "maps"
+    roi = np.zeros((10, 12), bool)
+    roi[2:6, 3:9] = True
+    np.save(tmp_path / "roi.npy", roi)
+    assert main(["classify", str(scan), "--model", SHIPPED[0], "--mode", "pattern", "--roi",
+                 str(tmp_path / "roi.npy"), "-o", str(out)]) == 0
+    cls, meta = read_map(out / "class.tif")
+    assert cls.shape == (10, 12) and (cls[~roi] == -1).all() and (cls[roi] >= 0).all()
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["model"]["name"] == SHIPPED[0] and len(prov["model"]["sha256"]) == 64
+    assert prov["input"]["sha256"] and prov["parameters"]["mode"] == "pattern"
+    maps = read_maps(out)
+    np.testing.assert_array_equal(maps["class"].astype(np.int8), cls)
+    assert (out / "overlay.png").stat().st_size > 1000
+
+
+def test_classify_bad_inputs_exit_2(scan, tmp_path, capsys):
+    np.save(tmp_path / "roi.npy", np.ones((3, 3), bool))
+    assert main(["classify", str(scan), "--model", SHIPPED[0], "--roi", str(tmp_path / "roi.npy"),
+                 "-o", str(tmp_path / "o")]) == 2
+    assert "does not match" in capsys.readouterr().err
+    assert main(["classify", str(scan), "--model", "no-such-model", "-o", str(tmp_path / "o")]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "class.tif").exists()
+
+
+@pytest.mark.slow
+def test_local_cluster_gives_the_same_maps(scan):
+    from distributed import LocalCluster
+
+    from polarstem.infer import classify_scan
+    from polarstem.io import load
+
+    ds = load(scan, chunk_bytes=64 * 64 * 2 * 12 * 3)
+    local = classify_scan(ds, model=SHIPPED[0], mode="pattern", device="cpu", chunk_bytes=64 * 64 * 2 * 12 * 3)
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+                      processes=True) as cluster:
+        remote = classify_scan(ds, model=SHIPPED[0], mode="pattern", device="cpu",
+                               chunk_bytes=64 * 64 * 2 * 12 * 3, scheduler=cluster.scheduler_address)
+    np.testing.assert_array_equal(local.classes, remote.classes)
+    np.testing.assert_allclose(local.proba, remote.proba, atol=1e-5)
+    np.testing.assert_allclose(local.anomaly, remote.anomaly, atol=1e-4, equal_nan=True)

@@ -237,7 +237,7 @@ def corrupt(frames: np.ndarray, mrad_per_px: float, rng: np.random.Generator, au
         nh = int(rng.integers(a["hot_pixels"][0], a["hot_pixels"][1] + 1))
         nd = int(rng.integers(a["dead_pixels"][0], a["dead_pixels"][1] + 1))
         if nh:
-            counts[i].flat[rng.integers(0, det_px * det_px, nh)] = counts[i].max() * rng.uniform(3, 20)
+            counts[i].flat[rng.integers(0, det_px * det_px, nh)] = np.round(counts[i].max() * rng.uniform(3, 20))
         if nd:
             counts[i].flat[rng.integers(0, det_px * det_px, nd)] = 0
     return counts, det_mrad

@@ -1,0 +1,158 @@
+"""Model registry, weights files and the model interface: hashes, no code execution, shapes."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from polarstem.errors import ModelFileError, PolarstemError
+from polarstem.models import list_models, load_model
+from polarstem.models.registry import MODEL_DEFS, clear_cache, write_index
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "polarstem"
+
+
+def _card(name, mode, fname, arch=None, prototype=None):
+    return {"name": name, "mode": mode, "weights_file": fname, "input_grid": {"size": 32, "mrad_per_px": 2.0},
+            "temperature": 1.5, "architecture": {"arch": arch, "kwargs": {}, "prototype": prototype},
+            "acquisition": {"beam_energy_kev": [195, 205], "convergence_mrad": [17, 23]}}
+
+
+@pytest.fixture
+def weights(tmp_path):
+    """A weights folder with a small CNN (pattern), a prototype CNN and a PCA+kNN, with index."""
+    from safetensors.torch import save_file
+
+    from polarstem.models.nets import create_model
+    from polarstem.models.pca_knn import make_pipeline, save_npz
+
+    for name, proto in (("cnn", None), ("cnn-proto", {"per_class": 2, "scale": 16.0})):
+        net = create_model("cnn", prototype=proto)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / f"{name}-pattern.safetensors"))
+        (tmp_path / f"{name}-pattern.json").write_text(json.dumps(_card(name, "pattern", f"{name}-pattern.safetensors", "cnn", proto)))
+    rng = np.random.default_rng(0)
+    pipe = make_pipeline(n_components=5, n_neighbors=3).fit(rng.normal(size=(80, 32 * 32)), np.arange(80) % 8)
+    save_npz(pipe, tmp_path / "pca-knn-cell.npz")
+    (tmp_path / "pca-knn-cell.json").write_text(json.dumps(_card("pca-knn", "cell", "pca-knn-cell.npz")))
+    write_index(tmp_path)
+    clear_cache()
+    yield tmp_path
+    clear_cache()
+
+
+def test_registry_lists_every_model(weights):
+    entries = {e["name"]: e for e in list_models(weights)}
+    assert set(MODEL_DEFS) <= set(entries)
+    assert {"resnet", "vgg", "cnn", "pca-knn"} <= set(entries)
+    assert entries["cnn"]["modes"] == ["pattern"] and entries["pca-knn"]["modes"] == ["cell"]
+    assert entries["cnn"]["acquisition"]["convergence_mrad"] == [17, 23]
+
+
+def test_load_predict_and_cache(weights):
+    m = load_model("cnn", mode="pattern", folder=weights)
+    assert m is load_model("cnn", mode="pattern", folder=weights)
+    assert m.input_shape == (32, 32) and len(m.card["sha256"]) == 64
+    yy, xx = np.indices((80, 80)) - 39.5
+    frames = np.stack([np.where(np.hypot(yy, xx) < 10, 50.0, 1.0)] * 3)
+    from polarstem.io import Calibration
+
+    x, ok = m.preprocess(frames, Calibration(mrad_per_px=2.0))
+    assert x.shape == (3, 32, 32) and x.dtype == np.float32 and ok.shape == (3,)
+    out = m.predict(x)
+    assert out["proba"].shape == (3, 8) and np.allclose(out["proba"].sum(1), 1, atol=1e-5)
+    assert out["embedding"].dtype == np.float32 and out["embedding"].shape[0] == 3
+    tta = m.predict(x, tta=True)
+    assert np.allclose(tta["proba"].sum(1), 1, atol=1e-5)
+    proto = load_model("cnn-proto", mode="pattern", folder=weights).predict(x)
+    assert np.allclose(np.linalg.norm(proto["embedding"], axis=1), 1, atol=1e-4)
+    knn = load_model("pca-knn", mode="cell", folder=weights).predict(np.zeros((2, 32, 32), np.float32))
+    assert knn["proba"].shape == (2, 8) and knn["embedding"].shape == (2, 5)
+
+
+def test_wrong_hash_fails_clearly(weights):
+    f = weights / "cnn-pattern.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="sha256"):
+        load_model("cnn", mode="pattern", folder=weights)
+
+
+def test_weights_that_do_not_fit_fail_clearly(weights):
+    card = json.loads((weights / "cnn-pattern.json").read_text())
+    card["architecture"]["arch"] = "vgg11"
+    (weights / "cnn-pattern.json").write_text(json.dumps(card))
+    with pytest.raises(ModelFileError, match="do not fit"):
+        load_model("cnn", mode="pattern", folder=weights)
+
+
+def test_missing_mode_and_unknown_model(weights):
+    with pytest.raises(ModelFileError, match="no weights"):
+        load_model("cnn", mode="cell", folder=weights)
+    with pytest.raises(PolarstemError, match="unknown model"):
+        load_model("alexnet", folder=weights)
+
+
+def test_npz_with_objects_cannot_load(weights):
+    """A model file holding a pickled object is refused (allow_pickle=False), even with a matching hash."""
+    f = weights / "pca-knn-cell.npz"
+    arrays = dict(np.load(f))
+    arrays["knn_X"] = np.array([{"evil": 1}], dtype=object)
+    np.savez(f, **arrays)
+    write_index(weights)
+    with pytest.raises(ModelFileError):
+        load_model("pca-knn", mode="cell", folder=weights)
+
+
+def test_safetensors_file_holds_only_tensors(weights):
+    raw = (weights / "cnn-pattern.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])  # plain JSON header, then raw tensor bytes: nothing to execute
+    assert all(set(v) >= {"dtype", "shape", "data_offsets"} for k, v in header.items() if k != "__metadata__")
+
+
+def test_no_pickle_anywhere_in_src():
+    bad = []
+    for p in SRC.rglob("*.py"):
+        text = p.read_text()
+        if re.search(r"^\s*(import|from)\s+(pickle|joblib|cloudpickle|dill)\b", text, re.M):
+            bad.append(str(p))
+        for m in re.finditer(r"torch\.load\(([^)]*)\)", text):
+            if "weights_only=True" not in m.group(1):
+                bad.append(f"{p}: {m.group(0)}")
+        if re.search(r"allow_pickle\s*=\s*True", text):
+            bad.append(f"{p}: allow_pickle=True")
+    assert not bad, bad
+
+
+def test_importing_registry_does_not_import_torch():
+    code = "import sys, polarstem, polarstem.models, polarstem.models.registry; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_shipped_weights_verify_and_are_small():
+    """Every shipped weights file matches its sha256, is under 15 MB and has a card."""
+    from polarstem.models.registry import read_index, sha256_file, weights_dir
+
+    index = read_index()["files"]
+    for key, e in index.items():
+        f = weights_dir() / e["file"]
+        assert f.stat().st_size < 15e6, key
+        assert sha256_file(f) == e["sha256"], key
+        card = json.loads((weights_dir() / e["card"]).read_text())
+        assert card["name"] == e["name"] and card["mode"] == e["mode"]
+        assert "acquisition" in card and "input_grid" in card
+
+
+def test_models_cli_json(capsys):
+    from polarstem.cli import main
+
+    assert main(["models", "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert isinstance(entries, list) and all("name" in e for e in entries)
+    assert {"resnet", "vgg", "cnn", "pca-knn"} <= {e["name"] for e in entries}

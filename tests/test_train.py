@@ -1,0 +1,101 @@
+"""Training on a small synthetic labeled folder (the real pipeline: corruptions, preprocessing, nets),
+and ``polarstem evaluate`` on it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from polarstem import train
+from polarstem.models.registry import clear_cache
+
+
+@pytest.fixture(scope="module")
+def simfolder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sim")
+    train.write_synthetic_simset(root / "train", n_structures=8, n_positions=8, thicknesses=(6, 12, 18, 24), det_px=48)
+    return root
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "CACHE", tmp_path / "cache")
+    return tmp_path / "cache"
+
+
+def _cfg(simfolder, out, **kw):
+    base = dict(name="cnn", arch="cnn", data=str(simfolder / "train"), heldout=None, copies=1, epochs=2,
+                cell_epochs=2, batch_size=16, lr=3e-3, out=str(out), threads=1,
+                grid={"size": 32, "mrad_per_px": 2.0, "intensity": "sqrt"})
+    base.update(kw)
+    return train.TrainConfig(**base)
+
+
+def test_corrupt_is_seeded_and_counts():
+    f = np.random.default_rng(0).random((3, 40, 40)).astype(np.float32)
+    a, ma = train.corrupt(f, 1.5, np.random.default_rng(1))
+    b, mb = train.corrupt(f, 1.5, np.random.default_rng(1))
+    assert ma == mb and np.array_equal(a, b)
+    assert np.all(a == np.round(a)) and a.min() >= 0
+
+
+def test_short_training_reduces_loss(simfolder, cache, tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    cfg = _cfg(simfolder, tmp_path / "w", val_every=3)
+    sim = train.load_simset(cfg.data)
+    arrays = train.build_arrays(sim, "pattern", train.InputGrid.from_dict(cfg.grid), 1, train.DEFAULT_AUGMENT, 0)
+    assert arrays["x"].shape[1:] == (32, 32) and len(arrays["y"]) == len(sim)
+    x = torch.from_numpy(arrays["x"][:128].astype(np.float32))[:, None]
+    y = torch.from_numpy(arrays["y"][:128])
+    torch.manual_seed(0)
+    from polarstem.models.nets import create_model
+
+    before = create_model("cnn")
+    before.eval()
+    with torch.no_grad():
+        loss0 = F.cross_entropy(before(x), y).item()
+    net, history, temp, info = train.train_network(cfg, "pattern", arrays, None, progress=False, log=lambda *_: None)
+    net.eval()
+    with torch.no_grad():
+        loss1 = F.cross_entropy(net(x), y).item()
+    assert loss1 < loss0
+    assert 0.05 < temp < 20 and history and info["n_val"] > 0
+
+
+def test_train_run_writes_weights_cards_index_and_evaluate(simfolder, cache, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "weights"
+    cfg = _cfg(simfolder, out, modes=["pattern", "cell"])
+    cards = train.run(cfg, progress=False, log=lambda *_: None)
+    assert [c["mode"] for c in cards] == ["pattern", "cell"]
+    index = json.loads((out / "index.json").read_text())["files"]
+    assert set(index) == {"cnn-pattern", "cnn-cell"}
+    card = json.loads((out / "cnn-pattern.json").read_text())
+    assert card["input_grid"]["size"] == 32 and len(card["class_mean_embeddings"]) == 8
+    # a rerun resumes from the checkpoint instead of starting again
+    assert (cache / "train" / "cnn-pattern" / "last.pt").exists()
+
+    cfg2 = _cfg(simfolder, out, name="pca-knn", arch=None, modes=["pattern"], pca_components=8, knn_neighbors=3)
+    train.run(cfg2, progress=False, log=lambda *_: None)
+
+    monkeypatch.setenv("POLARSTEM_WEIGHTS", str(out))
+    clear_cache()
+    d = simfolder / "train"
+    labels = np.load(d / "labels.npy")
+    defects = np.zeros(labels.shape, bool)
+    defects[:2, :3] = True
+    np.save(simfolder / "defects.npy", defects)
+    from polarstem.cli import main
+
+    for model in ("cnn", "pca-knn"):
+        assert main(["evaluate", str(d), "--labels", str(d / "labels.npy"), "--defects", str(simfolder / "defects.npy"),
+                     "--model", model, "--mode", "pattern", "--device", "cpu", "--json"]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert 0 <= res["accuracy"] <= 1 and len(res["per_class"]) == 8
+        assert np.array(res["confusion"]).shape == (8, 8) and np.array(res["confusion"]).sum() == (labels >= 0).sum()
+        assert "anomaly_auc" in res and "accuracy_outside_defects" in res
+    assert main(["models", "--json"]) == 0
+    listed = {e["name"]: e for e in json.loads(capsys.readouterr().out)}
+    assert listed["cnn"]["modes"] == ["pattern", "cell"]
+    clear_cache()

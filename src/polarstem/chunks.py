@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .errors import Cancelled
+from .errors import Cancelled, PolarstemError
 from .io import CHUNK_BYTES, Dataset4D
 
 ProgressCallback = Callable[[int, int], None]
@@ -36,6 +36,18 @@ class FrameBlock:
     inner_rows: slice = field(default_factory=lambda: slice(None))
     inner_cols: slice = field(default_factory=lambda: slice(None))
     prepared: object = None
+
+
+def read_region(dataset: Dataset4D, rows, cols) -> np.ndarray:
+    """Read part of the scan into memory; a truncated or corrupt file becomes a one-line error."""
+    try:
+        return np.asarray(dataset.data[rows, cols].compute(scheduler="synchronous"))
+    except PolarstemError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt files fail only when read, with any exception
+        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise PolarstemError(f"{dataset.source or 'dataset'}: cannot read scan data at rows {_span(rows)}, cols {_span(cols)} "
+                             f"(truncated or corrupt file? {msg})") from exc
 
 
 def block_grid(dataset: Dataset4D, budget: int = CHUNK_BYTES) -> list[tuple[slice, slice]]:
@@ -81,8 +93,6 @@ def iter_frame_blocks(
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != dataset.scan_shape:
-            from .errors import PolarstemError
-
             raise PolarstemError(f"ROI mask shape {mask.shape} does not match the scan {dataset.scan_shape}")
         blocks = [(r, c) for r, c in blocks if mask[r, c].any()]
     total = len(blocks)
@@ -93,7 +103,7 @@ def iter_frame_blocks(
         r, c = rc
         r0, r1 = max(0, r.start - hy), min(sy, r.stop + hy)
         c0, c1 = max(0, c.start - hx), min(sx, c.stop + hx)
-        frames = np.asarray(dataset.data[r0:r1, c0:c1].compute(scheduler="synchronous"))
+        frames = read_region(dataset, slice(r0, r1), slice(c0, c1))
         block = FrameBlock(r, c, frames, None if mask is None else mask[r, c],
                            slice(r.start - r0, r.stop - r0), slice(c.start - c0, c.stop - c0))
         if transform is not None:
@@ -127,3 +137,11 @@ def iter_frame_blocks(
 def _check(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled("cancelled by the user")
+
+
+def _span(index) -> str:
+    if isinstance(index, slice):
+        if index.start is None and index.stop is None:
+            return "all"
+        return f"{index.start or 0}-{(index.stop or 0) - 1}"
+    return str(index)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .chunks import ProgressCallback, iter_frame_blocks
+from .chunks import ProgressCallback, iter_frame_blocks, read_region
 from .errors import CalibrationError, PolarstemError
 from .io import Dataset4D
 
@@ -168,7 +168,7 @@ def sampled_mean_pattern(dataset: Dataset4D, n: int = 1024) -> np.ndarray:
     n_rows = int(min(rows, max(1, n // cols), 32))
     total = np.zeros(dataset.detector_shape, dtype=np.float64)
     for r in np.unique(np.linspace(0, rows - 1, n_rows).round().astype(int)):
-        frames = np.asarray(dataset.data[int(r)].compute(scheduler="synchronous"))
+        frames = read_region(dataset, int(r), slice(None))
         total += _finite(frames).sum(axis=0, dtype=np.float64)
     return total / (len(np.unique(np.linspace(0, rows - 1, n_rows).round().astype(int))) * cols)
 

@@ -321,7 +321,14 @@ class PolarizationMapWidget(QWidget):
     def show_position(self, r: int, c: int) -> None:
         layer = self.dataset_layer()
         dataset = layer.metadata[DATASET_KEY]
-        pattern = np.asarray(dataset.data[r, c].compute())
+        from ..chunks import read_region
+        from ..errors import PolarstemError
+
+        try:
+            pattern = read_region(dataset, r, c)
+        except PolarstemError as exc:
+            self._notify(str(exc))
+            return
         self.pattern_view.setPixmap(pattern_pixmap(pattern))
         text = f"scan position (row {r}, col {c})"
         res = self.result

@@ -1,0 +1,459 @@
+"""Generate a labeled dataset folder from a config: planned on the client, computed task by task.
+
+Every random choice is drawn from ``default_rng([seed, task])`` on the client, so the data depend on
+the config and seed only, never on the number of workers or the order tasks finish. Tasks return a
+block of patterns; the client writes it into one chunk of the zarr-backed ``data.zspy`` and records
+it in ``progress.json``, so memory stays at a few blocks, a re-run skips finished blocks, and a
+partial folder is readable at any time (unfinished rows: zero patterns, label -1).
+
+Folder layout (conventions.md "Labeled data"):
+    data.zspy            4D (rows, cols, ky, kx) float32, calibrated axes (RosettaSciIO/HyperSpy)
+    labels.npy           int8 (rows, cols): class, -1 = not polar or not computed yet
+    manifest.json        every parameter, "data_file", layout, calibration, software versions
+    progress.json        finished task indices
+    training: thickness_nm.npy (rows, cols) float32, probe_frac.npy (rows, cols, 2) float32 (x, y
+              fraction of the cell from the A column), structure.npy (rows, cols) int32,
+              variant.npy (rows, cols, 3) int8, structures.json (per-structure parameters)
+    scan:     defects.npy (rows, cols) bool
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..classes import class_of_variant
+from ..errors import PolarstemError
+from .config import DEFAULTS
+from .multislice import Optics, detector_geometry, native_mrad_per_px
+from .structures import domain_cells, variant_for_class
+
+DATA_FILE = "data.zspy"
+FORMAT_VERSION = 1
+
+
+def _draw(v, rng: np.random.Generator) -> float:
+    if isinstance(v, (list, tuple)):
+        return float(rng.uniform(float(v[0]), float(v[1])))
+    return float(v)
+
+
+def _mid(v) -> float:
+    return 0.5 * (float(v[0]) + float(v[1])) if isinstance(v, (list, tuple)) else float(v)
+
+
+def config_hash(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+# planning (client side, cheap, no abTEM)
+
+
+def _optics_for(cfg: dict, rng: np.random.Generator) -> dict:
+    o = cfg["optics"]
+    tilt = _draw(o["mistilt_mrad"], rng)
+    phi = rng.uniform(0, 2 * np.pi)
+    return {
+        "energy_kev": float(o["energy_kev"]), "convergence_mrad": float(o["convergence_mrad"]),
+        "defocus_nm": _draw(o["defocus_nm"], rng),
+        "tilt_mrad": [float(tilt * np.cos(phi)), float(tilt * np.sin(phi))],
+        "gpts_per_cell": cfg["numerics"]["gpts_per_cell"], "slices_per_cell": cfg["numerics"]["slices_per_cell"],
+        "max_mrad": float(cfg["detector"]["max_mrad"]), "bin": int(cfg["detector"]["bin"]),
+    }
+
+
+def _thickness_cells(cfg_t: dict, a: float, rng: np.random.Generator) -> list[int]:
+    th, n = cfg_t["thickness_nm"], cfg_t["thicknesses"]
+    if isinstance(th, list) and len(th) == 2:
+        lo, hi = max(1, math.ceil(th[0] * 10 / a - 1e-9)), max(1, math.floor(th[1] * 10 / a + 1e-9))
+        choices = np.arange(lo, max(lo, hi) + 1)
+        if n >= len(choices):
+            return [int(c) for c in choices]
+        # stratified: one thickness from each of n equal bins, so every structure spans the range
+        edges = np.linspace(0, len(choices), n + 1)
+        idx = [int(rng.integers(int(edges[i]), max(int(edges[i]) + 1, int(edges[i + 1])))) for i in range(n)]
+        return sorted({int(choices[i]) for i in idx})
+    vals = th if isinstance(th, list) else [th]
+    cells = sorted({max(1, int(round(v * 10 / a))) for v in vals})
+    if n < len(cells):
+        cells = sorted(int(c) for c in rng.choice(cells, n, replace=False))
+    return cells
+
+
+def _training_thickness_count(cfg: dict) -> int:
+    t = cfg["training"]
+    th = t["thickness_nm"]
+    if isinstance(th, list) and len(th) == 2:
+        return int(t["thicknesses"])
+    return min(int(t["thicknesses"]), len(th) if isinstance(th, list) else 1)
+
+
+def plan(cfg: dict) -> dict:
+    """Tasks, output shape, per-pattern arrays and calibration of a config (deterministic)."""
+    seed = int(cfg["seed"])
+    s = cfg["structure"]
+    if cfg["kind"] == "training":
+        t = cfg["training"]
+        n_struct = int(t["structures"])
+        pr = t["probes"]
+        n_pos = int(pr["grid"]) ** 2 if "grid" in pr else int(pr["random"])
+        n_th = _training_thickness_count(cfg)
+        extent = s["cells"] * _mid(s["a_angstrom"])
+        mrad_fixed = isinstance(s["a_angstrom"], (list, tuple)) and s["a_angstrom"][0] != s["a_angstrom"][1]
+        optics = Optics(energy_kev=cfg["optics"]["energy_kev"], max_mrad=cfg["detector"]["max_mrad"],
+                        bin=cfg["detector"]["bin"])
+        size, mrad, center = detector_geometry(extent, optics)
+        rows, cols = n_struct * n_th, n_pos
+        labels = np.full((rows, cols), -1, np.int8)
+        thick = np.zeros((rows, cols), np.float32)
+        frac = np.zeros((rows, cols, 2), np.float32)
+        struct = np.zeros((rows, cols), np.int32)
+        variant = np.zeros((rows, cols, 3), np.int8)
+        tasks = []
+        for i in range(n_struct):
+            rng = np.random.default_rng([seed, i])
+            k = int(s["classes"][i % len(s["classes"])])
+            sign = s["out_of_plane_sign"]
+            v = variant_for_class(k, rng) if sign == "random" else variant_for_class(k, z_sign=1 if sign == "+" else -1)
+            a = _draw(s["a_angstrom"], rng)
+            nb = _draw(s["nb_shift_angstrom"], rng)
+            opt = _optics_for(cfg, rng)
+            cells = _thickness_cells(t, a, rng)
+            if len(cells) != n_th:  # a range too narrow for distinct thicknesses: repeat the last
+                cells = (cells + [cells[-1]] * n_th)[:n_th]
+            if "grid" in pr:
+                g = int(pr["grid"])
+                off = rng.random(2) / g if pr.get("offset", "random") == "random" else np.asarray(pr["offset"], float)
+                gy, gx = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
+                pos = (np.stack([gx.ravel(), gy.ravel()], 1) / g + off) % 1.0
+            else:
+                pos = rng.random((n_pos, 2))
+            task = {
+                "kind": "training", "index": i, "rows": [i * n_th, (i + 1) * n_th], "class": k,
+                "variant": list(v), "a": a, "nb_shift": nb, "a_ratio": float(s["a_ratio"]),
+                "k_fraction": float(s["k_fraction"]), "cells": int(s["cells"]), "exit_cells": cells,
+                "positions_frac": pos.tolist(), "optics": opt,
+                "phonons": {"configs": int(cfg["phonons"]["configs"]), "sigmas": cfg["phonons"]["sigmas"],
+                            "seed": int(rng.integers(2**31))},
+                "structure_seed": int(rng.integers(2**31)),
+                "out_mrad_per_px": mrad if mrad_fixed else None,
+            }
+            tasks.append(task)
+            r0, r1 = task["rows"]
+            labels[r0:r1] = k
+            thick[r0:r1] = (np.asarray(cells, np.float32) * a / 10.0)[:, None]
+            frac[r0:r1] = pos[None].astype(np.float32)
+            struct[r0:r1] = i
+            variant[r0:r1] = np.asarray(v, np.int8)
+        arrays = {"labels": labels, "thickness_nm": thick, "probe_frac": frac, "structure": struct,
+                  "variant": variant}
+        calib = {"scan_step_nm": [None, None], "mrad_per_px": mrad, "detector_center_px": [center, center]}
+        return {"shape": [rows, cols, size, size], "chunk_rows": n_th, "tasks": tasks, "arrays": arrays,
+                "calibration": calib}
+
+    sc = cfg["scan"]
+    n = int(sc["cells"][0])
+    rng = np.random.default_rng([seed, 0])
+    a = _draw(s["a_angstrom"], rng)
+    nb = _draw(s["nb_shift_angstrom"], rng)
+    opt = _optics_for(cfg, rng)
+    phonon_seed, structure_seed = int(rng.integers(2**31)), int(rng.integers(2**31))
+    _, cell_labels, cell_defects = domain_cells(n, n, sc["domains"], nb, sc["defects"])
+    spc = int(sc["steps_per_cell"])
+    rows = cols = n * spc
+    off = np.asarray(sc["offset_frac"], float)  # (x, y)
+    ys = (off[1] + np.arange(rows) / spc) * a
+    xs = (off[0] + np.arange(cols) / spc) * a
+    cr = np.floor(ys / a + 1e-9).astype(int) % n
+    cc = np.floor(xs / a + 1e-9).astype(int) % n
+    labels = cell_labels[cr[:, None], cc[None, :]].astype(np.int8)
+    defects = cell_defects[cr[:, None], cc[None, :]]
+    optics = Optics(energy_kev=cfg["optics"]["energy_kev"], max_mrad=cfg["detector"]["max_mrad"],
+                    bin=cfg["detector"]["bin"])
+    size, mrad, center = detector_geometry(n * a, optics)
+    n_cells_z = max(1, int(round(float(sc["thickness_nm"]) * 10 / a)))
+    tasks = []
+    rpt = int(sc["rows_per_task"])
+    for i, r0 in enumerate(range(0, rows, rpt)):
+        r1 = min(rows, r0 + rpt)
+        tasks.append({
+            "kind": "scan", "index": i, "rows": [r0, r1], "a": a, "nb_shift": nb,
+            "a_ratio": float(s["a_ratio"]), "k_fraction": float(s["k_fraction"]), "cells": n,
+            "domains": sc["domains"], "defects": sc["defects"], "exit_cells": [n_cells_z],
+            "ys": ys[r0:r1].tolist(), "xs": xs.tolist(), "optics": opt,
+            "phonons": {"configs": int(cfg["phonons"]["configs"]), "sigmas": cfg["phonons"]["sigmas"],
+                        "seed": phonon_seed},
+            "structure_seed": structure_seed, "out_mrad_per_px": None,
+        })
+    step_nm = a / spc / 10.0
+    calib = {"scan_step_nm": [step_nm, step_nm], "mrad_per_px": mrad, "detector_center_px": [center, center]}
+    return {"shape": [rows, cols, size, size], "chunk_rows": rpt, "tasks": tasks,
+            "arrays": {"labels": labels, "defects": defects}, "calibration": calib,
+            "cell_labels": cell_labels.tolist(), "thickness_nm": n_cells_z * a / 10.0}
+
+
+# --------------------------------------------------------------------------------------------------
+# one task (runs on a worker)
+
+
+def run_task(task: dict) -> np.ndarray:
+    """Simulate one block of rows: (rows, cols, ky, kx) float32."""
+    from .multislice import diffraction_series
+    from .structures import THERMAL_SIGMAS, knn_supercell, uniform_cells
+
+    rng = np.random.default_rng(task["structure_seed"])
+    a, n = float(task["a"]), int(task["cells"])
+    nz = int(max(task["exit_cells"]))
+    if task["kind"] == "training":
+        cells = uniform_cells(tuple(task["variant"]), n, n, task["nb_shift"])
+        # probes in the middle cell, so the O cage around them is the one the fractions refer to
+        pos = (np.asarray(task["positions_frac"], float) + n // 2) * a
+    else:
+        cells, _, _ = domain_cells(n, n, task["domains"], task["nb_shift"], task["defects"])
+        ys, xs = np.asarray(task["ys"]), np.asarray(task["xs"])
+        yy, xx = np.meshgrid(ys, xs, indexing="ij")
+        pos = np.stack([xx.ravel(), yy.ravel()], 1)
+    atoms = knn_supercell(cells, a, nz, rng, k_fraction=task["k_fraction"], a_ratio=task["a_ratio"])
+    o = task["optics"]
+    optics = Optics(energy_kev=o["energy_kev"], convergence_mrad=o["convergence_mrad"],
+                    defocus_nm=o["defocus_nm"], tilt_mrad=tuple(o["tilt_mrad"]),
+                    gpts_per_cell=o["gpts_per_cell"], slices_per_cell=o["slices_per_cell"],
+                    max_mrad=o["max_mrad"], bin=o["bin"])
+    ph = task["phonons"]
+    pats = diffraction_series(atoms, a, pos, task["exit_cells"], optics, phonon_configs=ph["configs"],
+                              phonon_sigmas=ph["sigmas"] or THERMAL_SIGMAS, phonon_seed=ph["seed"],
+                              out_mrad_per_px=task["out_mrad_per_px"])
+    if task["kind"] == "training":
+        return pats  # (thickness, position, ky, kx) = (rows, cols, ...)
+    r = task["rows"][1] - task["rows"][0]
+    return pats[0].reshape((r, len(task["xs"])) + pats.shape[-2:])
+
+
+# --------------------------------------------------------------------------------------------------
+# output folder
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    def w(tmp):
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+
+    _atomic_write(path, w)
+
+
+def _save_json(path: Path, obj) -> None:
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
+
+
+def _create_data_file(path: Path, shape, chunk_rows: int, calibration, title: str):
+    """An empty calibrated .zspy of the full shape (chunks of whole task blocks, fill value 0)."""
+    import zarr
+
+    from ..io import save
+
+    rows, cols, ky, kx = shape
+    save(path, np.zeros((1, 1, ky, kx), np.float32), calibration, title=title)
+    store = zarr.storage.NestedDirectoryStore(str(path))
+    group = zarr.open_group(store, mode="r+")
+    exp = group["Experiments"]
+    name = next(iter(exp.group_keys()))
+    node = exp[name]
+    old = node["data"]
+    compressor = old.compressor
+    del node["data"]
+    node.create_dataset("data", shape=tuple(shape), chunks=(chunk_rows, cols, ky, kx), dtype="float32",
+                        compressor=compressor, fill_value=0.0, dimension_separator="/")
+    for i, size in enumerate((rows, cols)):
+        node[f"axis-{i}"].attrs["size"] = int(size)
+    return node["data"]
+
+
+def _open_data(path: Path):
+    import zarr
+
+    group = zarr.open_group(zarr.storage.NestedDirectoryStore(str(path)), mode="r+")
+    exp = group["Experiments"]
+    return exp[next(iter(exp.group_keys()))]["data"]
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("napari-polarstem", "abtem", "ase", "numpy", "dask", "zarr", "rosettasciio"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def simulate(cfg: dict, out: str | Path, workers: int = 1, scheduler: str | None = None,
+             progress: bool = True, config_path: str | None = None, max_tasks: int | None = None) -> dict:
+    """Write (or resume) the labeled dataset of ``cfg`` into folder ``out``; returns the manifest.
+
+    ``max_tasks`` stops after that many new tasks (for measuring rates); the folder stays resumable.
+    """
+    from ..io import Calibration
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PolarstemError(f"{out}: exists and is not a folder")
+    p = plan(cfg)
+    h = config_hash(cfg)
+    cal = Calibration(scan_step_nm=tuple(p["calibration"]["scan_step_nm"]),
+                      mrad_per_px=p["calibration"]["mrad_per_px"], beam_energy_kev=cfg["optics"]["energy_kev"],
+                      convergence_mrad=cfg["optics"]["convergence_mrad"],
+                      detector_center_px=tuple(p["calibration"]["detector_center_px"]))
+    progress_path = out / "progress.json"
+    done: set[int] = set()
+    if progress_path.exists():
+        try:
+            prog = json.loads(progress_path.read_text())
+        except ValueError:
+            raise PolarstemError(f"{progress_path}: unreadable; delete the folder to start again") from None
+        if prog.get("config_hash") != h:
+            raise PolarstemError(f"{out}: holds a different simulation (config or seed changed); "
+                                 "choose another folder or delete it")
+        done = set(int(i) for i in prog.get("done", []))
+        data = _open_data(out / DATA_FILE)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        data = _create_data_file(out / DATA_FILE, p["shape"], p["chunk_rows"], cal,
+                                 title=f"KNN simulation ({cfg['kind']})")
+        _save_json(progress_path, {"config_hash": h, "done": []})
+    arrays = p["arrays"]
+    full_labels = arrays["labels"]
+    for name, arr in arrays.items():
+        if name != "labels":
+            _save_npy(out / f"{name}.npy", arr)
+    row_done = np.zeros(p["shape"][0], bool)
+    for t in p["tasks"]:
+        if t["index"] in done:
+            row_done[t["rows"][0]:t["rows"][1]] = True
+
+    def write_labels():
+        lab = np.where(row_done[:, None], full_labels, np.int8(-1)).astype(np.int8)
+        _save_npy(out / "labels.npy", lab)
+
+    manifest = {
+        "format": "polarstem-simulation", "format_version": FORMAT_VERSION, "data_file": DATA_FILE,
+        "kind": cfg["kind"], "config": cfg, "config_file": config_path, "config_hash": h,
+        "shape": p["shape"], "chunk_rows": p["chunk_rows"], "layout": (
+            "rows = structure x thickness (chunk_rows thicknesses per structure), cols = probe positions"
+            if cfg["kind"] == "training" else "real scan: rows = y, cols = x"),
+        "calibration": cal.to_dict(), "n_tasks": len(p["tasks"]), "software": _versions(),
+        "arrays": sorted(["labels"] + [k for k in arrays if k != "labels"]),
+        "defaults": DEFAULTS,
+    }
+    if cfg["kind"] == "training":
+        manifest["structures"] = "structures.json"
+        _save_json(out / "structures.json", [{k: t[k] for k in ("index", "class", "variant", "a", "nb_shift",
+                                                                  "exit_cells", "optics", "structure_seed")}
+                                             | {"phonon_seed": t["phonons"]["seed"]} for t in p["tasks"]])
+    else:
+        manifest["cell_labels"] = p["cell_labels"]
+        manifest["thickness_nm"] = p["thickness_nm"]
+
+    def write_manifest(status):
+        manifest["status"] = status
+        manifest["tasks_done"] = len(done)
+        manifest["patterns_done"] = int(row_done.sum()) * p["shape"][1]
+        _save_json(out / "manifest.json", manifest)
+
+    write_labels()
+    write_manifest("running" if len(done) < len(p["tasks"]) else "complete")
+    todo = [t for t in p["tasks"] if t["index"] not in done]
+    if max_tasks is not None:
+        todo = todo[: int(max_tasks)]
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(p["tasks"]), initial=len(done), unit="task", file=sys.stderr, disable=not progress,
+               desc=f"simulate {out.name}")
+    t0 = time.perf_counter()
+    n_new = 0
+
+    def finish(task, block):
+        nonlocal n_new
+        r0, r1 = task["rows"]
+        data[r0:r1] = np.asarray(block, np.float32)
+        done.add(task["index"])
+        row_done[r0:r1] = True
+        _save_json(progress_path, {"config_hash": h, "done": sorted(done)})
+        write_labels()
+        n_new += 1
+        if n_new % 10 == 0:
+            write_manifest("running")
+        bar.update(1)
+
+    try:
+        if scheduler is None and workers <= 1:
+            for task in todo:
+                finish(task, run_task(task))
+        else:
+            _run_distributed(todo, finish, workers, scheduler)
+    finally:
+        bar.close()
+        write_manifest("complete" if len(done) == len(p["tasks"]) else "running")
+    elapsed = time.perf_counter() - t0
+    manifest["last_run"] = {"seconds": elapsed, "tasks": n_new, "workers": workers, "scheduler": scheduler,
+                            "patterns_per_s": n_new * p["chunk_rows"] * p["shape"][1] / elapsed if elapsed else None}
+    _save_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _run_distributed(todo: list[dict], finish, workers: int, scheduler: str | None) -> None:
+    """Tasks on a dask.distributed cluster (given, or a local one with ``workers`` processes),
+    a bounded number in flight so results never pile up in memory."""
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    try:
+        if scheduler:
+            try:
+                client = Client(scheduler, timeout="20s")
+            except (OSError, TimeoutError) as exc:
+                raise PolarstemError(f"cannot reach the dask scheduler at {scheduler} ({exc})") from None
+        else:
+            cluster = LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                                   dashboard_address=None, host="127.0.0.1")
+            client = Client(cluster)
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})) or int(workers))
+        in_flight = 2 * n_workers
+        queue = list(todo)
+        futures = {}
+        ac = as_completed()
+        while queue and len(futures) < in_flight:
+            t = queue.pop(0)
+            f = client.submit(run_task, t, pure=False)
+            futures[f.key] = t
+            ac.add(f)
+        for f in ac:
+            task = futures.pop(f.key)
+            block = f.result()
+            f.release()
+            finish(task, block)
+            if queue:
+                t = queue.pop(0)
+                nf = client.submit(run_task, t, pure=False)
+                futures[nf.key] = t
+                ac.add(nf)
+        client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,494 @@
+"""The "Virtual detector" dock widget: see the mean pattern and the detector on it, pick BF / ADF / CoM.
+
+The widget only lays out controls and reacts to updates. Every pass over the file (mean pattern,
+virtual image) runs in a ``thread_worker`` over :func:`._workers.virtual_detector_updates`, which
+yields typed updates; the image layer is updated in place when the result arrives.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from qtpy.QtCore import QPointF, Qt, QTimer
+from qtpy.QtGui import QBrush, QColor, QImage, QPainter, QPen, QPixmap
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import PolarstemError
+from ..virtual import DetectorGeometry, VirtualDetector
+from ._state import DETECTOR_KEY, active_dataset_layer, dataset_layers, dataset_of, state_for
+from ._workers import (
+    ImageReady,
+    JobCancelled,
+    JobFailed,
+    PatternReady,
+    Progress,
+    detector_label,
+    virtual_detector_updates,
+)
+
+KIND_LABELS = {"bf": "bright field (BF)", "adf": "annular dark field (ADF)", "com": "centre of mass (CoM)"}
+COM_COMPONENTS = ("magnitude", "x", "y")
+
+
+def com_component(com: np.ndarray, component: str) -> np.ndarray:
+    """One 2D view of a (2, rows, cols) centre-of-mass result (com_y, com_x)."""
+    if component == "x":
+        return com[1]
+    if component == "y":
+        return com[0]
+    return np.hypot(com[0], com[1])
+
+
+def pattern_image(pattern: np.ndarray) -> QImage:
+    """A diffraction pattern as a log-scaled greyscale QImage (percentile-clipped, so hot pixels don't matter)."""
+    img = np.log1p(np.clip(np.nan_to_num(np.asarray(pattern, np.float64)), 0, None))
+    lo, hi = np.percentile(img, [1, 99.8])
+    img = np.clip((img - lo) / max(hi - lo, 1e-12), 0, 1)
+    data = np.ascontiguousarray((img * 255).astype(np.uint8))
+    return QImage(data.data, data.shape[1], data.shape[0], data.strides[0], QImage.Format_Grayscale8).copy()
+
+
+def detector_radii_px(detector: VirtualDetector, geometry: DetectorGeometry,
+                      det_shape: tuple[int, int]) -> tuple[float, float | None]:
+    """(inner, outer) radius in px of what ``detector`` integrates, with the same defaults as the core."""
+    inner = geometry.to_px(detector.inner, detector.units)
+    outer = geometry.to_px(detector.outer, detector.units)
+    if detector.kind == "adf":
+        return (1.1 * geometry.disk_radius_px if inner is None else inner), outer
+    return 0.0, (geometry.disk_radius_px if outer is None else outer)
+
+
+def detector_pixmap(pattern: np.ndarray, geometry: DetectorGeometry | None, detector: VirtualDetector | None,
+                    size: int = 240) -> QPixmap:
+    """The mean pattern with the detector drawn on it: BF disk (green), ADF annulus (orange), CoM centre."""
+    qimg = pattern_image(pattern)
+    ky, kx = pattern.shape
+    s = size / max(ky, kx)
+    pm = QPixmap.fromImage(qimg).scaled(max(1, round(kx * s)), max(1, round(ky * s)),
+                                        Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
+    if geometry is None or detector is None:
+        return pm
+    p = QPainter(pm)
+    p.setRenderHint(QPainter.Antialiasing)
+    c = QPointF((geometry.center[1] + 0.5) * s, (geometry.center[0] + 0.5) * s)
+    try:
+        inner, outer = detector_radii_px(detector, geometry, (ky, kx))
+    except PolarstemError:
+        inner, outer = 0.0, None
+    if detector.kind == "bf":
+        color = QColor(60, 220, 90)
+        p.setPen(QPen(color, 2))
+        fill = QColor(color)
+        fill.setAlpha(60)
+        p.setBrush(QBrush(fill))
+        p.drawEllipse(c, outer * s, outer * s)
+    elif detector.kind == "adf":
+        color = QColor(255, 150, 40)
+        edge = float(np.hypot(ky, kx))
+        hi = edge if outer is None else outer
+        fill = QColor(color)
+        fill.setAlpha(70)
+        from qtpy.QtGui import QPainterPath
+
+        ring = QPainterPath()
+        ring.addEllipse(c, hi * s, hi * s)
+        hole = QPainterPath()
+        hole.addEllipse(c, inner * s, inner * s)
+        p.setClipRect(0, 0, pm.width(), pm.height())
+        p.fillPath(ring.subtracted(hole), QBrush(fill))
+        p.setPen(QPen(color, 2))
+        p.setBrush(Qt.NoBrush)
+        p.drawEllipse(c, inner * s, inner * s)
+        if outer is not None:
+            p.drawEllipse(c, outer * s, outer * s)
+    else:  # centre of mass: the 0-mrad point and the bright-field disk for reference
+        color = QColor(80, 180, 255)
+        p.setPen(QPen(color, 1, Qt.DashLine))
+        r = geometry.disk_radius_px * s
+        p.drawEllipse(c, r, r)
+        p.setPen(QPen(color, 2))
+        arm = max(6.0, 0.4 * r)
+        p.drawLine(QPointF(c.x() - arm, c.y()), QPointF(c.x() + arm, c.y()))
+        p.drawLine(QPointF(c.x(), c.y() - arm), QPointF(c.x(), c.y() + arm))
+    p.end()
+    return pm
+
+
+class VirtualDetectorWidget(QWidget):
+    """Dock widget: dataset, mean pattern with the detector drawn on it, detector controls, progress."""
+
+    #: Delay before a changed control recomputes, so dragging a spin box starts one job, not twenty.
+    DEBOUNCE_MS = 300
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self._worker = None
+        self._worker_layer = None
+        self._cancel = threading.Event()
+        self._progress = None
+        self._rerun = False  # a newer request arrived while a job was running
+
+        self.dataset_combo = QComboBox()
+        self.pattern_view = QLabel("open a 4D-STEM file or File ▸ Open Sample ▸ napari-polarstem")
+        self.pattern_view.setAlignment(Qt.AlignCenter)
+        self.pattern_view.setMinimumSize(240, 240)
+        self.pattern_view.setWordWrap(True)
+        self.geometry_label = QLabel()
+        self.geometry_label.setWordWrap(True)
+        self.kind_combo = QComboBox()
+        for kind, text in KIND_LABELS.items():
+            self.kind_combo.addItem(text, kind)
+        self.units_combo = QComboBox()
+        self.units_combo.addItems(["mrad", "px"])
+        self.inner_spin = self._angle_spin("inner angle; 'auto' = just outside the bright-field disk")
+        self.outer_spin = self._angle_spin("outer angle; 'auto' = the bright-field disk (BF) or the detector edge (ADF)")
+        self.component_combo = QComboBox()
+        self.component_combo.addItems(COM_COMPONENTS)
+        self.apply_button = QPushButton("Apply")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setMaximum(1)
+        self.status_label = QLabel()
+        self.status_label.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("dataset", self.dataset_combo)
+        form.addRow("detector", self.kind_combo)
+        form.addRow("angles in", self.units_combo)
+        form.addRow("inner", self.inner_spin)
+        form.addRow("outer", self.outer_spin)
+        form.addRow("show", self.component_combo)
+        self._form = form
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.apply_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.pattern_view)
+        layout.addWidget(self.geometry_label)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status_label)
+        layout.addStretch(1)
+
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(self.DEBOUNCE_MS)
+        self._debounce.timeout.connect(self.apply)
+
+        self.dataset_combo.currentIndexChanged.connect(self._on_dataset_changed)
+        self.kind_combo.currentIndexChanged.connect(self._on_controls_changed)
+        self.units_combo.currentIndexChanged.connect(self._on_units_changed)
+        self.inner_spin.valueChanged.connect(self._on_controls_changed)
+        self.outer_spin.valueChanged.connect(self._on_controls_changed)
+        self.component_combo.currentIndexChanged.connect(self._on_component_changed)
+        self.apply_button.clicked.connect(self.apply)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.selection.events.active.connect(self._on_selection)
+        self._units_shown = "mrad"
+        self._sync_enabled()
+        self._refresh_layers()
+
+    @staticmethod
+    def _angle_spin(tip: str) -> QDoubleSpinBox:
+        spin = QDoubleSpinBox()
+        spin.setRange(0.0, 1e5)
+        spin.setDecimals(2)
+        spin.setSpecialValueText("auto")  # 0 = let the core choose from the bright-field disk
+        spin.setKeyboardTracking(False)
+        spin.setToolTip(tip)
+        return spin
+
+    # ---------------------------------------------------------------------------------------------
+    # which dataset
+
+    def layer(self):
+        """The dataset layer the controls act on."""
+        name = self.dataset_combo.currentText()
+        if name and name in self.viewer.layers and dataset_of(self.viewer.layers[name]) is not None:
+            return self.viewer.layers[name]
+        return None
+
+    def _refresh_layers(self, *_) -> None:
+        current = self.dataset_combo.currentText()
+        names = [ly.name for ly in dataset_layers(self.viewer)]
+        self.dataset_combo.blockSignals(True)
+        self.dataset_combo.clear()
+        self.dataset_combo.addItems(names)
+        active = active_dataset_layer(self.viewer)
+        pick = current if current in names else (active.name if active is not None else "")
+        if pick:
+            self.dataset_combo.setCurrentIndex(names.index(pick))
+        self.dataset_combo.blockSignals(False)
+        if self._worker is not None and self._worker_layer is not None and self._worker_layer not in self.viewer.layers:
+            self.cancel()
+        if pick != current or not names:
+            self._on_dataset_changed()
+
+    def _on_selection(self, event=None) -> None:
+        layer = self.viewer.layers.selection.active
+        if layer is not None and dataset_of(layer) is not None and layer.name != self.dataset_combo.currentText():
+            self.dataset_combo.setCurrentIndex(self.dataset_combo.findText(layer.name))
+
+    def _on_dataset_changed(self, *_) -> None:
+        """Show the new dataset's detector in the controls; compute its mean pattern if not known yet."""
+        layer = self.layer()
+        if layer is None:
+            self.pattern_view.setPixmap(QPixmap())
+            self.pattern_view.setText("open a 4D-STEM file or File ▸ Open Sample ▸ napari-polarstem")
+            self.geometry_label.setText("")
+            self._sync_enabled()
+            return
+        state = state_for(dataset_of(layer))
+        self._show_detector_in_controls(state.detector, state.geometry)
+        self._draw()
+        if state.mean_pattern is None and self._worker is None:
+            self._start(layer, None)
+
+    def _show_detector_in_controls(self, det: VirtualDetector, geometry: DetectorGeometry | None) -> None:
+        has_mrad = geometry is not None and bool(geometry.mrad_per_px)
+        units = det.units if (det.units == "px" or has_mrad) else "px"
+        for w in (self.kind_combo, self.units_combo, self.inner_spin, self.outer_spin):
+            w.blockSignals(True)
+        self.kind_combo.setCurrentIndex(self.kind_combo.findData(det.kind))
+        self.units_combo.setCurrentText(units)
+        self._units_shown = units
+        self.inner_spin.setValue(det.inner or 0.0)
+        self.outer_spin.setValue(det.outer or 0.0)
+        for w in (self.kind_combo, self.units_combo, self.inner_spin, self.outer_spin):
+            w.blockSignals(False)
+        self._sync_enabled()
+
+    # ---------------------------------------------------------------------------------------------
+    # controls
+
+    def detector(self) -> VirtualDetector:
+        """The detector the controls describe (raises PolarstemError for impossible angles)."""
+        kind = self.kind_combo.currentData()
+        inner = self.inner_spin.value() or None
+        outer = self.outer_spin.value() or None
+        if kind == "bf":
+            inner = None
+        if kind == "com":
+            inner = outer = None
+        return VirtualDetector(kind=kind, inner=inner, outer=outer, units=self.units_combo.currentText())
+
+    def set_detector(self, kind: str, inner: float | None = None, outer: float | None = None,
+                     units: str | None = None) -> None:
+        """Set the controls (as a user would) and recompute; for scripts and tests."""
+        for w in (self.kind_combo, self.units_combo, self.inner_spin, self.outer_spin):
+            w.blockSignals(True)
+        self.kind_combo.setCurrentIndex(self.kind_combo.findData(kind))
+        if units is not None:
+            self.units_combo.setCurrentText(units)
+            self._units_shown = units
+        self.inner_spin.setValue(inner or 0.0)
+        self.outer_spin.setValue(outer or 0.0)
+        for w in (self.kind_combo, self.units_combo, self.inner_spin, self.outer_spin):
+            w.blockSignals(False)
+        self._sync_enabled()
+        self._draw()
+        self.apply()
+
+    def _sync_enabled(self) -> None:
+        kind = self.kind_combo.currentData()
+        layer = self.layer()
+        geometry = state_for(dataset_of(layer)).geometry if layer is not None else None
+        has_mrad = geometry is not None and bool(geometry.mrad_per_px)
+        self.units_combo.model().item(0).setEnabled(has_mrad)  # mrad needs a calibration
+        self.inner_spin.setEnabled(kind == "adf")
+        self.outer_spin.setEnabled(kind in ("bf", "adf"))
+        self.units_combo.setEnabled(kind in ("bf", "adf"))
+        self.component_combo.setEnabled(kind == "com")
+        self._form.labelForField(self.component_combo).setEnabled(kind == "com")
+        for w in (self.kind_combo, self.apply_button):
+            w.setEnabled(layer is not None)
+
+    def _on_units_changed(self, *_) -> None:
+        """Convert the angles shown to the new units, so the detector stays where it was."""
+        layer = self.layer()
+        new = self.units_combo.currentText()
+        geometry = state_for(dataset_of(layer)).geometry if layer is not None else None
+        if geometry is not None and geometry.mrad_per_px and new != self._units_shown:
+            f = 1 / geometry.mrad_per_px if new == "px" else geometry.mrad_per_px
+            for spin in (self.inner_spin, self.outer_spin):
+                spin.blockSignals(True)
+                spin.setValue(spin.value() * f)
+                spin.blockSignals(False)
+        self._units_shown = new
+        self._on_controls_changed()
+
+    def _on_controls_changed(self, *_) -> None:
+        self._sync_enabled()
+        self._draw()
+        self._debounce.start()
+
+    def _on_component_changed(self, *_) -> None:
+        layer = self.layer()
+        if layer is None:
+            return
+        state = state_for(dataset_of(layer))
+        if state.com is not None and state.detector.kind == "com":
+            self._put_image(layer, state.detector, state.com)
+
+    def _draw(self) -> None:
+        layer = self.layer()
+        if layer is None:
+            return
+        state = state_for(dataset_of(layer))
+        if state.mean_pattern is None:
+            self.pattern_view.setPixmap(QPixmap())
+            self.pattern_view.setText("computing the mean pattern…")
+            return
+        try:
+            det = self.detector()
+        except PolarstemError:
+            det = None
+        self.pattern_view.setPixmap(detector_pixmap(state.mean_pattern, state.geometry, det))
+        g = state.geometry
+        if g is not None:
+            cal = f"{g.mrad_per_px:.3g} mrad/px" if g.mrad_per_px else "no mrad calibration: angles in px"
+            disk = (f"bright-field disk r = {g.disk_radius_px:.1f} px" if state.geometry_found
+                    else "no bright-field disk found (centre = detector centre)")
+            self.geometry_label.setText(f"mean pattern · {disk} at ({g.center[0]:.1f}, {g.center[1]:.1f}) · {cal}")
+
+    # ---------------------------------------------------------------------------------------------
+    # running
+
+    def apply(self) -> None:
+        """Recompute the layer with the detector in the controls (cancels a job already running)."""
+        self._debounce.stop()
+        layer = self.layer()
+        if layer is None:
+            return
+        try:
+            det = self.detector()
+            state = state_for(dataset_of(layer))
+            if state.geometry is not None:
+                detector_radii_px(det, state.geometry, dataset_of(layer).detector_shape)  # mrad without calibration
+        except PolarstemError as exc:
+            self._fail(str(exc))
+            return
+        if self._worker is not None:
+            self._rerun = True
+            self._cancel.set()
+            return
+        self._start(layer, det)
+
+    def _start(self, layer, det: VirtualDetector | None) -> None:
+        from napari.qt.threading import thread_worker
+        from napari.utils import progress
+
+        ds = dataset_of(layer)
+        state = state_for(ds)
+        self._rerun = False
+        self._cancel = threading.Event()
+        what = "mean pattern" if det is None else detector_label(det)
+        self._progress = progress(total=0, desc=f"{layer.name}: {what}")
+        worker = thread_worker(virtual_detector_updates, start_thread=False)(
+            ds, det, self._cancel, geometry=state.geometry, pattern=state.mean_pattern)
+        worker.yielded.connect(lambda update, layer=layer: self._on_update(layer, update))
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._worker_layer = layer
+        self.cancel_button.setEnabled(True)
+        self.status_label.setText(f"computing {what}…")
+        worker.start()
+
+    def cancel(self) -> None:
+        """Stop the running job after its current chunk; the layer keeps its previous image."""
+        self._rerun = False
+        self._debounce.stop()
+        self._cancel.set()
+
+    def is_busy(self) -> bool:
+        return self._worker is not None or self._debounce.isActive()
+
+    def _on_update(self, layer, update) -> None:
+        state = state_for(dataset_of(layer))
+        if isinstance(update, Progress):
+            self.progress_bar.setMaximum(max(update.total, 1))
+            self.progress_bar.setValue(update.done)
+            self.status_label.setText(f"computing {update.stage}… {update.done}/{update.total}")
+            bar = self._progress
+            if bar is not None:
+                desc = f"{layer.name}: {update.stage}"
+                if bar.desc != desc:
+                    bar.set_description(desc)
+                bar.total = update.total
+                bar.n = update.done
+                bar.refresh()
+        elif isinstance(update, PatternReady):
+            state.mean_pattern = update.pattern
+            if state.geometry is None:
+                state.geometry, state.geometry_found = update.geometry, update.disk_found
+            if self.layer() is not None and dataset_of(layer) is dataset_of(self.layer()):  # napari proxies layers
+                self._sync_enabled()
+                self._draw()
+            self.status_label.setText("mean pattern ready")
+        elif isinstance(update, ImageReady):
+            state.detector = update.detector
+            if update.detector.kind == "com":
+                state.com = update.image
+            if layer in self.viewer.layers:
+                self._put_image(layer, update.detector, update.image)
+            self.status_label.setText(f"{layer.name}: {self._shown_label(update.detector)}")
+        elif isinstance(update, JobCancelled):
+            self.status_label.setText("cancelled: the layer keeps its previous image")
+        elif isinstance(update, JobFailed):
+            self._fail(update.message)
+
+    def _shown_label(self, det: VirtualDetector) -> str:
+        label = detector_label(det)
+        return f"{label} {self.component_combo.currentText()}" if det.kind == "com" else label
+
+    def _put_image(self, layer, det: VirtualDetector, image: np.ndarray) -> None:
+        """Replace the layer's data in place (same layer, same scale), and its contrast."""
+        if det.kind == "com":
+            image = com_component(image, self.component_combo.currentText())
+        image = np.asarray(image, dtype=np.float32)
+        layer.data = image
+        layer.metadata[DETECTOR_KEY] = self._shown_label(det)
+        finite = image[np.isfinite(image)]
+        if finite.size and finite.max() > finite.min():
+            layer.contrast_limits = (float(finite.min()), float(finite.max()))
+        layer.colormap = "twilight_shifted" if det.kind == "com" and self.component_combo.currentText() != "magnitude" else "gray"
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._worker_layer = None
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self.cancel_button.setEnabled(False)
+        self.progress_bar.setValue(0)
+        if self._rerun:
+            self._rerun = False
+            self.apply()
+        elif self.layer() is not None and state_for(dataset_of(self.layer())).mean_pattern is None:
+            self._start(self.layer(), None)  # the dataset shown changed while another job ran
+
+    def _fail(self, message: str) -> None:
+        from napari.utils.notifications import show_warning
+
+        self.status_label.setText(message)
+        show_warning(message)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        self.cancel()
+        super().closeEvent(event)

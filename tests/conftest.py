@@ -1,0 +1,77 @@
+"""Shared test fixtures: a virtual X display for napari tests, and the real detector files.
+
+Real files live in ``shared/realdata`` beside the clone (as CI lays it out) or under
+``$POLARSTEM_REALDATA``; tests that need them skip when neither exists.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+
+def _realdata_root() -> Path:
+    env = os.environ.get("POLARSTEM_REALDATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "realdata"
+
+
+def _needs_display(session) -> bool:
+    return any("make_napari_viewer" in getattr(item, "fixturenames", ()) or item.get_closest_marker("gui")
+               for item in session.items)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def virtual_display(request):
+    """Start Xvfb and point DISPLAY at it when napari tests run without a display.
+
+    A real X server (not Qt's offscreen platform) so that screenshots of whole windows work.
+    Without Xvfb, Qt falls back to the offscreen platform.
+    """
+    if os.environ.get("DISPLAY") or os.environ.get("QT_QPA_PLATFORM") or not _needs_display(request.session):
+        yield os.environ.get("DISPLAY")
+        return
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+        yield None
+        return
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen([xvfb, "-displayfd", str(write_fd), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+                            pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as fh:
+        number = fh.readline().strip()
+    if not number:
+        proc.kill()
+        pytest.fail("Xvfb did not start")
+    os.environ["DISPLAY"] = f":{number}"
+    try:
+        yield os.environ["DISPLAY"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        os.environ.pop("DISPLAY", None)
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """The ``rosettasciio`` folder of the shared real detector files."""
+    root = _realdata_root() / "rosettasciio"
+    if not root.exists():
+        pytest.skip(f"real detector files not found at {root} (set POLARSTEM_REALDATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def merlin_dir(realdata, tmp_path_factory) -> Path:
+    """The Merlin archives unzipped, one folder per archive (named after the archive)."""
+    out = tmp_path_factory.mktemp("merlin")
+    for archive in sorted((realdata / "quantumdetector").glob("*.zip")):
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(out / archive.stem)
+    return out

@@ -26,15 +26,10 @@ from qtpy.QtWidgets import (
 )
 
 from ..classes import CLASS_NAMES, N_CLASSES, direction_colors
-from ._classify_worker import ClassifyDone, ClassifyFailed, ClassifyPartial, ClassifyProgress, classify_updates
+from ._classify_worker import ClassifyDone, ClassifyPartial, classify_updates
 from ._layers import shapes_to_mask, show_result
-
-DATASET_KEY = "polarstem_dataset"
-
-
-def dataset_layers(viewer) -> list:
-    """Image layers that carry a lazy 4D-STEM dataset (added by the polarstem reader or sample)."""
-    return [ly for ly in viewer.layers if ly.metadata.get(DATASET_KEY) is not None]
+from ._state import DATASET_KEY, dataset_layers
+from ._workers import JobFailed, Progress
 
 
 def legend_pixmap(size: int = 120) -> QPixmap:
@@ -270,7 +265,7 @@ class PolarizationMapWidget(QWidget):
         self.status_label.setText("cancelling after the current batch…")
 
     def _on_update(self, update) -> None:
-        if isinstance(update, ClassifyProgress):
+        if isinstance(update, Progress):
             self.progress_bar.setMaximum(max(update.total, 1))
             self.progress_bar.setValue(update.done)
             if self._progress is not None:
@@ -288,7 +283,7 @@ class PolarizationMapWidget(QWidget):
             self.status_label.setText(f"{state}: {r.n_patterns} positions, {r.mode} mode, {r.device}, "
                                       f"{r.seconds:.1f} s ({rate:.0f}/s)")
             self.export_button.setEnabled(True)
-        elif isinstance(update, ClassifyFailed):
+        elif isinstance(update, JobFailed):
             self.status_label.setText(update.message)
             self._notify(update.message)
 

@@ -30,7 +30,8 @@ def virtual_display(request):
     """Start Xvfb and point DISPLAY at it when napari tests run without a display.
 
     A real X server (not Qt's offscreen platform) so that screenshots of whole windows work.
-    Without Xvfb, Qt falls back to the offscreen platform.
+    Without Xvfb, Qt falls back to the offscreen platform. ``make test`` runs under ``xvfb-run``
+    already; this is for a plain ``pytest`` in a terminal without X.
     """
     if os.environ.get("DISPLAY") or os.environ.get("QT_QPA_PLATFORM") or not _needs_display(request.session):
         yield os.environ.get("DISPLAY")
@@ -50,12 +51,11 @@ def virtual_display(request):
         proc.kill()
         pytest.fail("Xvfb did not start")
     os.environ["DISPLAY"] = f":{number}"
-    try:
-        yield os.environ["DISPLAY"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        os.environ.pop("DISPLAY", None)
+    # Stop Xvfb only after this process has exited: Qt aborts the process if its X server goes away
+    # while it is still connected, and pytest prints its summary after session fixtures end.
+    subprocess.Popen(["sh", "-c", f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; kill {proc.pid}"],
+                     start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    yield os.environ["DISPLAY"]
 
 
 @pytest.fixture(scope="session")

@@ -110,8 +110,8 @@ def layer_kwargs(ds: Dataset4D, name: str, detector_text: str) -> dict:
     }
 
 
-def virtual_image_layer(ds: Dataset4D, name: str | None = None, background: bool | None = None) -> tuple:
-    """The layer-data tuple of the bright-field image of ``ds``.
+def virtual_image_layer(ds: Dataset4D, name: str | None = None, background: bool | None = None):
+    """The bright-field image of ``ds`` as a layer-data tuple (or an Image layer being filled in).
 
     Small datasets are computed here; larger ones (``background``) get a blank image at once and the
     bright field fills in from a worker thread, so opening a big file never freezes the viewer.
@@ -128,29 +128,23 @@ def virtual_image_layer(ds: Dataset4D, name: str | None = None, background: bool
     nbytes = int(np.prod(ds.shape)) * ds.dtype.itemsize
     if background is None:
         background = nbytes > SYNC_BYTES
-    viewer = _current_viewer() if background else None
-    if viewer is None:
+    if not background:
         from ..virtual import virtual_image
 
         image = virtual_image(ds, detector, geometry=state.geometry)
         return (image.astype(np.float32), layer_kwargs(ds, name, detector_label(detector)), "image")
+    from napari.layers import Image
+
     kwargs = layer_kwargs(ds, name, detector_label(detector) + " (computing)")
     kwargs["contrast_limits"] = (0.0, 1.0)
-    _fill_in_background(viewer, ds)
-    return (np.zeros(ds.scan_shape, np.float32), kwargs, "image")
+    # a Layer object (napari accepts them from readers) so the worker can fill in this very layer
+    layer = Image(np.zeros(ds.scan_shape, np.float32), **kwargs)
+    _fill_in_background(layer, ds)
+    return layer
 
 
-def _current_viewer():
-    try:
-        from napari import current_viewer
-
-        return current_viewer()
-    except Exception:  # noqa: BLE001 - no viewer: compute in the foreground
-        return None
-
-
-def _fill_in_background(viewer, ds: Dataset4D) -> None:
-    """Compute the bright field in a worker and put it in the layer(s) that hold ``ds`` when done."""
+def _fill_in_background(layer, ds: Dataset4D) -> None:
+    """Compute the bright field in a worker and put it in ``layer`` when done (if it still exists)."""
     import threading
 
     from napari.qt.threading import thread_worker
@@ -158,7 +152,7 @@ def _fill_in_background(viewer, ds: Dataset4D) -> None:
     from napari.utils.notifications import show_error
 
     state = state_for(ds)
-    viewer_ref = weakref.ref(viewer)
+    layer_ref = weakref.ref(layer)
     bar = progress(total=0, desc=f"opening {ds.name}")
 
     def on_update(update) -> None:
@@ -169,12 +163,11 @@ def _fill_in_background(viewer, ds: Dataset4D) -> None:
         elif isinstance(update, PatternReady):
             state.mean_pattern = update.pattern
         elif isinstance(update, ImageReady):
-            v = viewer_ref()
-            for layer in ([] if v is None else v.layers):
-                if layer.metadata.get(DATASET_KEY) is ds:
-                    layer.data = update.image.astype(np.float32)
-                    layer.metadata[DETECTOR_KEY] = detector_label(update.detector)
-                    layer.reset_contrast_limits()
+            target = layer_ref()
+            if target is not None:
+                target.data = update.image.astype(np.float32)
+                target.metadata[DETECTOR_KEY] = detector_label(update.detector)
+                target.reset_contrast_limits()
         elif isinstance(update, JobFailed):
             show_error(f"{ds.name}: {update.message}")
 

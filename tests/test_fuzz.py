@@ -18,8 +18,9 @@ from polarstem.errors import PolarstemError
 from polarstem.io import load
 from polarstem.virtual import virtual_image
 
-REALDATA = Path(os.environ.get("POLARSTEM_REALDATA", Path(__file__).resolve().parents[2] / "shared" / "realdata"))
-RS = REALDATA / "rosettasciio"
+from tests.conftest import _realdata_root
+
+RS = _realdata_root() / "rosettasciio"
 EXTS = [".mib", ".blo", ".hspy", ".emd", ".h5", ".app5", ".npy", ".zspy", ".hdr", ".zarr"]
 
 

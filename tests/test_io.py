@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
-from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -15,18 +13,10 @@ from polarstem.cli import main
 from polarstem.errors import NotFourDError, PolarstemError
 from polarstem.io import Calibration, detector_mrad_per_px, electron_wavelength_angstrom, load, save
 
-REALDATA = Path(os.environ.get("POLARSTEM_REALDATA", Path(__file__).resolve().parents[2] / "shared" / "realdata"))
-RS = REALDATA / "rosettasciio"
-pytestmark = pytest.mark.skipif(not RS.exists(), reason="shared/realdata not beside the checkout")
 
-
-@pytest.fixture(scope="module")
-def merlin(tmp_path_factory):
-    out = tmp_path_factory.mktemp("merlin")
-    for z in (RS / "quantumdetector").glob("*.zip"):
-        with zipfile.ZipFile(z) as zf:
-            zf.extractall(out / z.stem)
-    return out
+@pytest.fixture
+def merlin(merlin_dir):
+    return merlin_dir
 
 
 # (path relative to the folder, navigation shape option, expected shape) from realdata/README.md
@@ -68,8 +58,8 @@ def test_merlin_shapes_via_cli(merlin, rel, nav, shape, capsys):
 
 
 @pytest.mark.parametrize("rel,shape", OTHER_4D)
-def test_other_formats_shapes(rel, shape):
-    ds = load(RS / rel)
+def test_other_formats_shapes(realdata, rel, shape):
+    ds = load(realdata / rel)
     assert ds.shape == shape
     assert isinstance(ds.data, da.Array)
     # chunks hold whole patterns
@@ -77,8 +67,8 @@ def test_other_formats_shapes(rel, shape):
 
 
 @pytest.mark.parametrize("rel,words", NOT_4D)
-def test_not_4d_files_exit_2_one_line(rel, words, capsys):
-    assert main(["info", str(RS / rel)]) == 2
+def test_not_4d_files_exit_2_one_line(realdata, rel, words, capsys):
+    assert main(["info", str(realdata / rel)]) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
     lines = [ln for ln in err.splitlines() if not ln.startswith("Loading")]
@@ -90,13 +80,13 @@ def test_flat_merlin_stack_needs_navigation_shape(merlin):
         load(merlin / "Merlin_Single_Quad/Quad_9_Frame_CounterDepth_6_Rows_256.mib", navigation_shape=(2, 2))
 
 
-def test_blockfile_calibration():
-    ds = load(RS / "blockfile/test1.blo")
+def test_blockfile_calibration(realdata):
+    ds = load(realdata / "blockfile/test1.blo")
     assert ds.calibration.scan_step_nm[1] == pytest.approx(12.8)
 
 
-def test_py4dstem_reciprocal_calibration_converts_with_energy():
-    ds = load(RS / "emd/py4DSTEM_size2x3x4x5.h5")
+def test_py4dstem_reciprocal_calibration_converts_with_energy(realdata):
+    ds = load(realdata / "emd/py4DSTEM_size2x3x4x5.h5")
     assert ds.calibration.detector_units == "1 / Å"
     mrad = detector_mrad_per_px(ds.calibration.detector_scale[1], ds.calibration.detector_units, 200.0)
     assert mrad == pytest.approx(0.04425157 * 0.0250793 * 1e3, rel=1e-4)

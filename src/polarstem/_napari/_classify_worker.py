@@ -27,7 +27,7 @@ class ClassifyDone:
 
 
 def classify_updates(dataset, model: str, mode: str, roi: np.ndarray | None, device: str,
-                     cancel: threading.Event, partial_every: float = 1.0):
+                     cancel: threading.Event, partial_every: float = 1.0, chunk_bytes: int | None = None):
     """Generator for ``thread_worker``: runs :func:`~polarstem.infer.classify_scan` and yields updates."""
     from ..infer import classify_scan
 
@@ -40,8 +40,9 @@ def classify_updates(dataset, model: str, mode: str, roi: np.ndarray | None, dev
                 last[0] = now
                 emit(ClassifyPartial(result))
 
+        kw = {"chunk_bytes": chunk_bytes} if chunk_bytes else {}
         result = classify_scan(dataset, model=model, mode=mode, roi=roi, device=device, cancel=cancel,
-                               progress=lambda d, t: emit(Progress("classify", d, t)), on_block=on_block)
+                               progress=lambda d, t: emit(Progress("classify", d, t)), on_block=on_block, **kw)
         emit(ClassifyDone(result))
 
     return stream_job(job)

@@ -76,6 +76,7 @@ class PolarizationMapWidget(QWidget):
         self._worker = None
         self._cancel = threading.Event()
         self._progress = None
+        self.chunk_bytes = None  # block size of the scan walk (None: the core's default)
 
         self.dataset_combo = QComboBox()
         self.model_combo = QComboBox()
@@ -251,7 +252,8 @@ class PolarizationMapWidget(QWidget):
         self.result_dataset = dataset
         self._progress = progress(total=0, desc=f"polarization map ({name})")
         worker = thread_worker(classify_updates, start_thread=False)(
-            dataset, name, self.mode_combo.currentText(), roi, self.device_combo.currentText(), self._cancel)
+            dataset, name, self.mode_combo.currentText(), roi, self.device_combo.currentText(), self._cancel,
+            chunk_bytes=self.chunk_bytes)
         worker.yielded.connect(self._on_update)
         worker.finished.connect(self._on_finished)
         self._worker = worker

@@ -1,0 +1,107 @@
+"""The "Polarization map" widget driven as a user would, in a real viewer under Xvfb."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from polarstem.models import list_models
+
+SHIPPED = [m["name"] for m in list_models() if "pattern" in m.get("modes", [])]
+pytestmark = [pytest.mark.gui, pytest.mark.skipif(not SHIPPED, reason="no shipped weights yet")]
+
+
+@pytest.fixture
+def scan_file(tmp_path):
+    from tests.test_infer import disk_patterns
+
+    np.save(tmp_path / "scan.npy", disk_patterns((16, 20)))
+    (tmp_path / "scan.json").write_text(json.dumps({"scan_step_nm": 0.25, "mrad_per_px": 1.2,
+                                                     "beam_energy_kev": 200, "convergence_mrad": 20}))
+    return tmp_path / "scan.npy"
+
+
+@pytest.fixture
+def viewer_and_widget(make_napari_viewer, scan_file):
+    viewer = make_napari_viewer()
+    viewer.open(str(scan_file), plugin="napari-polarstem")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-polarstem", "Polarization map")
+    i = widget.model_combo.findData(SHIPPED[0])
+    widget.model_combo.setCurrentIndex(i)
+    widget.mode_combo.setCurrentText("pattern")
+    return viewer, widget
+
+
+def _run_and_wait(qtbot, widget, timeout=120_000):
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=timeout)
+
+
+def test_roi_run_layers_click_and_export(qtbot, viewer_and_widget, tmp_path):
+    from polarstem.export import read_map, read_maps
+
+    viewer, widget = viewer_and_widget
+    image = viewer.layers["scan.npy"]
+    assert image.scale[-1] == pytest.approx(0.25)
+    # a rectangle ROI drawn in world (nm) coordinates over rows 4-9, cols 5-14
+    viewer.add_shapes([[[4 * 0.25, 5 * 0.25], [9 * 0.25, 14 * 0.25]]], shape_type="rectangle", name="ROI")
+    widget._refresh_layers()
+    widget.roi_check.setChecked(True)
+    widget.roi_combo.setCurrentText("ROI")
+    _run_and_wait(qtbot, widget)
+    assert widget.result is not None and widget.result.complete
+    classes = viewer.layers["polarization classes"]
+    assert classes.data.shape == (16, 20)
+    assert tuple(classes.scale) == pytest.approx((0.25, 0.25))
+    done = widget.result.done
+    assert done.any() and not done.all()
+    assert done[4:10, 5:15].mean() > 0.8 and not done[:3].any()
+    assert set(np.unique(classes.data)) <= set(range(-1, 8))
+    assert (classes.data[~done] == -1).all()
+    for name in ("confidence", "anomaly", "polarization arrows"):
+        assert name in viewer.layers
+    assert viewer.layers["confidence"].data.shape == (16, 20)
+    # re-running on a new ROI updates the same layers in place
+    n_layers = len(viewer.layers)
+    viewer.layers["ROI"].data = [np.array([[0, 0], [2 * 0.25, 3 * 0.25]])]
+    _run_and_wait(qtbot, widget)
+    assert len(viewer.layers) == n_layers
+    assert viewer.layers["polarization classes"].data[0, 0] >= 0 and viewer.layers["polarization classes"].data[8, 8] == -1
+    # clicking shows the pattern and the prediction
+    widget.show_position(1, 1)
+    assert "class" in widget.pattern_info.text() and not widget.pattern_view.pixmap().isNull()
+    # export writes the CLI's folder, which reloads with equal values
+    out = widget.export(tmp_path / "export")
+    cls, meta = read_map(out / "class.tif")
+    np.testing.assert_array_equal(cls, widget.result.classes)
+    np.testing.assert_allclose(read_maps(out)["confidence"], widget.result.confidence, equal_nan=True)
+    assert meta["provenance"]["model"]["name"] == SHIPPED[0]
+
+
+def test_cancel_leaves_a_valid_partial_map(qtbot, viewer_and_widget):
+    viewer, widget = viewer_and_widget
+    widget.chunk_bytes = 64 * 64 * 2 * 20  # one scan row per block: 16 blocks
+    seen = []
+
+    def cancel_on_first_progress(update):
+        if getattr(update, "done", 0) >= 1 and not seen:
+            seen.append(update)
+            widget.cancel()
+
+    widget.run()
+    widget._worker.yielded.connect(cancel_on_first_progress)
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    res = widget.result
+    assert res is not None
+    assert (res.classes[res.done] >= 0).all() and (res.classes[~res.done] == -1).all()
+    assert not res.complete and "cancelled" in widget.status_label.text()
+    assert 0 < res.done.sum() < res.done.size
+
+
+def test_no_dataset_gives_a_message_not_a_traceback(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-polarstem", "Polarization map")
+    widget.run()
+    assert widget._worker is None

@@ -208,7 +208,7 @@ class VirtualDetectorWidget(QWidget):
     def _angle_spin(tip: str) -> QDoubleSpinBox:
         spin = QDoubleSpinBox()
         spin.setRange(0.0, 1e5)
-        spin.setDecimals(2)
+        spin.setDecimals(4)  # some detectors sample a few hundredths of a mrad per px
         spin.setSpecialValueText("auto")  # 0 = let the core choose from the bright-field disk
         spin.setKeyboardTracking(False)
         spin.setToolTip(tip)

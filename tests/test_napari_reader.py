@@ -210,3 +210,13 @@ def test_sample_data_opens(make_napari_viewer):
     (layer,) = viewer.layers
     ds = dataset_of(layer)
     assert isinstance(ds.data, da.Array) and layer.data.shape == ds.scan_shape
+
+
+def test_truncated_file_gives_one_line_notification(make_napari_viewer, realdata, tmp_path, notifications):
+    broken = tmp_path / "cut.blo"
+    broken.write_bytes((realdata / "blockfile/test1.blo").read_bytes()[:30000])
+    viewer = make_napari_viewer()
+    assert viewer.open(broken, plugin=PLUGIN) == []
+    messages = [n.message for n in notifications]
+    assert any("cut.blo" in m and "truncated" in m for m in messages), messages
+    assert all("\n" not in m for m in messages)

@@ -67,6 +67,8 @@ def read_4dstem(path) -> list[tuple]:
             layers.append(virtual_image_layer(ds, name=Path(p).name))
         except PolarstemError as exc:
             show_error(str(exc))
+        except (OSError, ValueError, MemoryError) as exc:  # e.g. a file truncated after its header
+            show_error(f"{p}: cannot read the file ({type(exc).__name__}: {' '.join(str(exc).split())})")
     # napari's "read, but nothing to add" sentinel: no second reader, no traceback dialog
     return layers or [(None,)]
 

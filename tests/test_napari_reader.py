@@ -150,6 +150,12 @@ def test_big_dataset_fills_in_from_a_worker(make_napari_viewer, qtbot, realdata,
     viewer = make_napari_viewer()
     (layer,) = viewer.open(realdata / "blockfile/test1.blo", plugin=PLUGIN)
     assert "computing" in layer.metadata["polarstem_detector"] and not layer.data.any()
+    # a widget opened meanwhile waits for the reader's pass instead of reading the file again
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Virtual detector")
+    qtbot.waitUntil(lambda: state_for(dataset_of(layer)).mean_pattern is not None, timeout=20000)
+    assert widget._worker is None
+    qtbot.waitUntil(lambda: widget.pattern_view.pixmap() is not None and not widget.pattern_view.pixmap().isNull(),
+                    timeout=5000)
     go.set()
     qtbot.waitUntil(lambda: layer.metadata["polarstem_detector"] == "BF", timeout=20000)
     ds = dataset_of(layer)

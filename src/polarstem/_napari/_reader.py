@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import PolarstemError
 from ..io import Dataset4D, load
-from ._state import DATASET_KEY, DETECTOR_KEY, state_for
+from ._state import DATASET_KEY, DETECTOR_KEY, state_events, state_for
 from ._workers import ImageReady, JobFailed, PatternReady, detector_label, geometry_or_centre, virtual_detector_updates
 
 #: File types the reader is offered for (keep in step with ``filename_patterns`` in napari.yaml).
@@ -164,6 +164,7 @@ def _fill_in_background(layer, ds: Dataset4D) -> None:
             bar.refresh()
         elif isinstance(update, PatternReady):
             state.mean_pattern = update.pattern
+            state_events.changed.emit(state)
         elif isinstance(update, ImageReady):
             target = layer_ref()
             if target is not None:
@@ -175,6 +176,12 @@ def _fill_in_background(layer, ds: Dataset4D) -> None:
 
     worker = thread_worker(virtual_detector_updates, start_thread=False)(
         ds, state.detector, threading.Event(), geometry=state.geometry, pattern=None)
+    def on_finished() -> None:
+        bar.close()
+        state.busy = False
+        state_events.changed.emit(state)
+
     worker.yielded.connect(on_update)
-    worker.finished.connect(bar.close)
+    worker.finished.connect(on_finished)
+    state.busy = True
     worker.start()

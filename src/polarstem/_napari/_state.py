@@ -13,6 +13,7 @@ import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
+from psygnal import Signal
 
 from ..io import Dataset4D
 from ..virtual import DetectorGeometry, VirtualDetector
@@ -36,11 +37,21 @@ class DatasetState:
     mean_pattern: np.ndarray | None = None  # full-scan mean, (det_rows, det_cols)
     detector: VirtualDetector = field(default_factory=VirtualDetector)
     com: np.ndarray | None = None  # last centre of mass, (2, scan_rows, scan_cols)
+    busy: bool = False  # a pass over the file for this dataset is running (reader or widget)
 
     @property
     def dataset(self) -> Dataset4D | None:
         return self.dataset_ref()
 
+
+class StateEvents:
+    """``changed(state)`` fires (in the main thread) when a DatasetState gains a result or is freed."""
+
+    changed = Signal(object)
+
+
+#: Connect here to redraw when another widget or the reader finished something for a dataset.
+state_events = StateEvents()
 
 _STATES: dict[int, DatasetState] = {}  # by id(dataset); an entry goes when its dataset goes
 

@@ -8,6 +8,7 @@ yields typed updates; the image layer is updated in place when the result arrive
 from __future__ import annotations
 
 import threading
+from functools import partial
 
 import numpy as np
 from qtpy.QtCore import QPointF, Qt, QTimer
@@ -26,7 +27,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import PolarstemError
 from ..virtual import DetectorGeometry, VirtualDetector
-from ._state import DETECTOR_KEY, active_dataset_layer, dataset_layers, dataset_of, state_for
+from ._state import DETECTOR_KEY, active_dataset_layer, dataset_layers, dataset_of, state_events, state_for
 from ._workers import (
     ImageReady,
     JobCancelled,
@@ -125,6 +126,13 @@ def detector_pixmap(pattern: np.ndarray, geometry: DetectorGeometry | None, dete
     return pm
 
 
+def _disconnect_state_events(slot, *_) -> None:
+    try:
+        state_events.changed.disconnect(slot)
+    except (ValueError, RuntimeError):
+        pass
+
+
 class VirtualDetectorWidget(QWidget):
     """Dock widget: dataset, mean pattern with the detector drawn on it, detector controls, progress."""
 
@@ -200,6 +208,8 @@ class VirtualDetectorWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.layers.selection.events.active.connect(self._on_selection)
+        state_events.changed.connect(self._on_state_changed)
+        self.destroyed.connect(partial(_disconnect_state_events, self._on_state_changed))
         self._units_shown = "mrad"
         self._sync_enabled()
         self._refresh_layers()
@@ -257,7 +267,21 @@ class VirtualDetectorWidget(QWidget):
         state = state_for(dataset_of(layer))
         self._show_detector_in_controls(state.detector, state.geometry)
         self._draw()
-        if state.mean_pattern is None and self._worker is None:
+        if state.mean_pattern is None and self._worker is None and not state.busy:
+            self._start(layer, None)
+
+    def _on_state_changed(self, state) -> None:
+        """Another job (the reader's, for big files) computed something for the dataset shown."""
+        try:
+            layer = self.layer()
+        except RuntimeError:  # the Qt side of this widget is gone
+            _disconnect_state_events(self._on_state_changed)
+            return
+        if layer is None or state_for(dataset_of(layer)) is not state:
+            return
+        self._sync_enabled()
+        self._draw()
+        if state.mean_pattern is None and self._worker is None and not state.busy:
             self._start(layer, None)
 
     def _show_detector_in_controls(self, det: VirtualDetector, geometry: DetectorGeometry | None) -> None:
@@ -406,6 +430,7 @@ class VirtualDetectorWidget(QWidget):
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self._worker_layer = layer
+        state.busy = True
         self.cancel_button.setEnabled(True)
         self.status_label.setText(f"computing {what}…")
         worker.start()
@@ -437,10 +462,8 @@ class VirtualDetectorWidget(QWidget):
             state.mean_pattern = update.pattern
             if state.geometry is None:
                 state.geometry, state.geometry_found = update.geometry, update.disk_found
-            if self.layer() is not None and dataset_of(layer) is dataset_of(self.layer()):  # napari proxies layers
-                self._sync_enabled()
-                self._draw()
             self.status_label.setText("mean pattern ready")
+            state_events.changed.emit(state)  # redraws here (if shown) and in any other widget
         elif isinstance(update, ImageReady):
             state.detector = update.detector
             if update.detector.kind == "com":
@@ -470,8 +493,11 @@ class VirtualDetectorWidget(QWidget):
         layer.colormap = "twilight_shifted" if det.kind == "com" and self.component_combo.currentText() != "magnitude" else "gray"
 
     def _on_finished(self) -> None:
+        done_layer = self._worker_layer
         self._worker = None
         self._worker_layer = None
+        if done_layer is not None and dataset_of(done_layer) is not None:
+            state_for(dataset_of(done_layer)).busy = False
         if self._progress is not None:
             self._progress.close()
             self._progress = None
@@ -480,8 +506,10 @@ class VirtualDetectorWidget(QWidget):
         if self._rerun:
             self._rerun = False
             self.apply()
-        elif self.layer() is not None and state_for(dataset_of(self.layer())).mean_pattern is None:
-            self._start(self.layer(), None)  # the dataset shown changed while another job ran
+        elif self.layer() is not None:
+            state = state_for(dataset_of(self.layer()))
+            if state.mean_pattern is None and not state.busy:
+                self._start(self.layer(), None)  # the dataset shown changed while another job ran
 
     def _fail(self, message: str) -> None:
         from napari.utils.notifications import show_warning

@@ -110,3 +110,25 @@ def test_bad_roi_and_device(scan, model):
         classify_scan(ds, model=model, roi=np.zeros(ds.scan_shape, bool), device="cpu")
     with pytest.raises(PolarstemError, match="not available|unknown device"):
         classify_scan(ds, model=model, mode="pattern", device="tpu")
+
+
+def test_resume_after_interruption_equals_a_full_run(scan, model, tmp_path):
+    from polarstem.export import load_checkpoint, save_checkpoint
+
+    ds = load(scan)
+    small = 64 * 64 * 2 * 14
+    cancel = threading.Event()
+    partial = classify_scan(ds, model=model, mode="pattern", device="cpu", chunk_bytes=small, cancel=cancel,
+                            progress=lambda d, t: cancel.set() if d == 3 else None)
+    assert not partial.complete
+    key = {"input_sha256": "x", "model": "m", "mode": "pattern", "roi_sha256": None}
+    save_checkpoint(tmp_path, partial, key)
+    assert load_checkpoint(tmp_path, {**key, "model": "other"}, ds.scan_shape) is None
+    restored = load_checkpoint(tmp_path, key, ds.scan_shape)
+    np.testing.assert_array_equal(restored.done, partial.done)
+    resumed = classify_scan(ds, model=model, mode="pattern", device="cpu", chunk_bytes=small, resume_from=restored)
+    assert resumed.complete and resumed.done.all()
+    assert resumed.n_patterns == ds.scan_shape[0] * ds.scan_shape[1]
+    full = classify_scan(ds, model=model, mode="pattern", device="cpu")
+    np.testing.assert_array_equal(resumed.classes, full.classes)
+    np.testing.assert_allclose(resumed.proba, full.proba, atol=1e-5)

@@ -255,3 +255,50 @@ def write_overlay(path: str | os.PathLike, classes: np.ndarray, confidence: np.n
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return p
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints: an interrupted `polarstem classify` resumes from what it had finished
+
+CHECKPOINT = "checkpoint.npz"
+_CHECKPOINT_MAPS = ("classes", "confidence", "margin", "proba", "embedding_distance", "informative", "done")
+
+
+def save_checkpoint(outdir: str | os.PathLike, result, key: dict) -> Path:
+    """Plain arrays (npz, no pickle) of the maps so far, and a key saying what they belong to."""
+    p = Path(outdir) / CHECKPOINT
+    arrays = {k: np.asarray(getattr(result, k)) for k in _CHECKPOINT_MAPS}
+    arrays["key"] = np.frombuffer(json.dumps(key, sort_keys=True, default=_json_default).encode(), dtype=np.uint8)
+    arrays["mode"] = np.frombuffer(result.mode.encode(), dtype=np.uint8)
+    with atomic_path(p) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return p
+
+
+def load_checkpoint(outdir: str | os.PathLike, key: dict, scan_shape) -> object | None:
+    """The partial result saved for the same input, model and mode, or None."""
+    from .infer import ClassificationResult
+
+    p = Path(outdir) / CHECKPOINT
+    if not p.exists():
+        return None
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            saved = json.loads(bytes(z["key"]).decode())
+            if saved != json.loads(json.dumps(key, sort_keys=True, default=_json_default)):
+                return None
+            res = ClassificationResult.empty(tuple(scan_shape), mode=bytes(z["mode"]).decode(),
+                                             model=key.get("model", ""), model_sha256=key.get("model_sha256", ""))
+            for k in _CHECKPOINT_MAPS:
+                arr = z[k]
+                if arr.shape != getattr(res, k).shape:
+                    return None
+                setattr(res, k, arr.copy())
+    except (OSError, ValueError, KeyError) as exc:
+        raise PolarstemError(f"{p}: unreadable checkpoint ({exc}); delete it to start afresh") from None
+    return res
+
+
+def remove_checkpoint(outdir: str | os.PathLike) -> None:
+    (Path(outdir) / CHECKPOINT).unlink(missing_ok=True)

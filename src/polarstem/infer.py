@@ -111,12 +111,14 @@ def classify_scan(
     anomaly: bool = True,
     chunk_bytes: int = CHUNK_BYTES,
     scheduler: str | None = None,
+    resume_from: ClassificationResult | None = None,
 ) -> ClassificationResult:
     """Classify every selected scan position. Cancelling returns the result so far (``complete=False``).
 
     With ``scheduler`` (a dask.distributed address) the blocks are classified on the cluster's
     workers, each loading the model by name (hash-checked) from its own installation; the maps are
-    the same as a local run.
+    the same as a local run. ``resume_from`` (the partial result of an interrupted run with the same
+    model and mode) keeps its classified positions and classifies only the rest.
     """
     from .device import choose_device, default_batch_size
     from .models import load_model
@@ -132,6 +134,11 @@ def classify_scan(
     if mode != "pattern" and lattice is None:
         lattice, background = scan_lattice(dataset, cancel=cancel)
     mode = choose_mode(mode, dataset, lattice)
+    if resume_from is not None:
+        if resume_from.classes.shape != dataset.scan_shape or resume_from.mode != mode:
+            raise PolarstemError("the partial result to resume does not match this scan or mode")
+        todo = ~resume_from.done if roi is None else (roi & ~resume_from.done)
+        roi = todo
     dev = choose_device(device)
     if isinstance(model, str):
         name = model
@@ -146,6 +153,12 @@ def classify_scan(
         dataset.scan_shape, mode=mode, lattice=lattice, model=name, model_sha256=card.get("sha256", ""),
         device=dev, params={"mode": mode, "batch_size": bs, "roi": roi is not None}, background=background,
     )
+    if resume_from is not None:
+        if resume_from.model_sha256 and resume_from.model_sha256 != result.model_sha256:
+            raise PolarstemError("the partial result to resume was made with other model weights")
+        for key in ("classes", "confidence", "margin", "proba", "embedding_distance", "informative", "done"):
+            setattr(result, key, getattr(resume_from, key).copy())
+        result.n_patterns = int(result.done.sum())
     calibration = dataset.calibration
     window = lattice.window if (mode == "cell" and lattice is not None) else None
     halo = (window[0] // 2 + 1, window[1] // 2 + 1) if window else (0, 0)
@@ -156,7 +169,9 @@ def classify_scan(
         return prepare_block(model, block.frames, block.inner_rows, block.inner_cols, block.mask, window, calibration)
 
     try:
-        if scheduler:
+        if roi is not None and not roi.any():
+            pass  # a resumed run with nothing left to do
+        elif scheduler:
             if not isinstance(name, str) or name not in _registered_names():
                 raise PolarstemError("a cluster run needs a registered model name (workers load it themselves)")
             _classify_on_cluster(result, dataset, name, mode, roi, window, halo, chunk_bytes, bs, scheduler,

@@ -20,6 +20,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--scheduler", help="dask.distributed scheduler address (tcp://HOST:PORT) to run on a cluster")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the checkpoint in the output folder")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.set_defaults(func=classify)
 
@@ -50,18 +52,53 @@ def load_roi(path: str, scan_shape) -> np.ndarray:
 
 
 def run_classification(file, output, model, mode="auto", roi=None, device="auto", batch_size=None,
-                       navigation_shape=None, scheduler=None):
-    """Load, classify with a progress bar, and export the folder; returns (dataset, result)."""
-    from ..export import export_result
-    from ..infer import classify_scan
+                       navigation_shape=None, scheduler=None, resume=False, checkpoint_every=30.0):
+    """Load, classify with a progress bar, and export the folder; returns (dataset, result).
+
+    While it runs, the maps so far are saved to a checkpoint in the output folder every
+    ``checkpoint_every`` seconds and on interruption; ``resume`` continues from it.
+    """
+    import time
+
+    from ..export import export_result, load_checkpoint, remove_checkpoint, save_checkpoint
+    from ..infer import classify_scan, file_sha256
     from ..io import load
+    from ..models import read_card
 
     ds = load(file, navigation_shape=navigation_shape)
     roi_mask = load_roi(roi, ds.scan_shape) if roi else None
     warn_acquisition(ds, model)
-    result = classify_scan(ds, model=model, mode=mode, roi=roi_mask, device=device, batch_size=batch_size,
-                           progress=_tqdm_progress(f"classify ({model})"), scheduler=scheduler)
-    export_result(output, result, ds, background=result.background)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    key = {"input_sha256": file_sha256(file), "model": model, "mode": mode,
+           "roi_sha256": None if roi_mask is None else __import__("hashlib").sha256(roi_mask.tobytes()).hexdigest()}
+    previous = None
+    if resume:
+        previous = load_checkpoint(out, key, ds.scan_shape)
+        if previous is None:
+            print("no matching checkpoint: starting from the beginning", file=sys.stderr)
+        else:
+            print(f"resuming: {int(previous.done.sum())} positions already classified", file=sys.stderr)
+    last = [time.monotonic()]
+
+    def on_block(result):
+        if time.monotonic() - last[0] >= checkpoint_every:
+            last[0] = time.monotonic()
+            save_checkpoint(out, result, key)
+
+    if previous is not None:
+        try:
+            previous.model_sha256 = read_card(model, previous.mode).get("sha256", "")
+        except Exception:  # noqa: BLE001 - an unknown model is reported by classify_scan below
+            pass
+    result = classify_scan(ds, model=model, mode=mode if previous is None else previous.mode, roi=roi_mask,
+                           device=device, batch_size=batch_size, progress=_tqdm_progress(f"classify ({model})"),
+                           scheduler=scheduler, resume_from=previous, on_block=on_block)
+    if result.complete:
+        remove_checkpoint(out)
+    else:
+        save_checkpoint(out, result, key)
+    export_result(out, result, ds, background=result.background)
     return ds, result
 
 
@@ -75,8 +112,8 @@ def warn_acquisition(ds, model_name: str) -> None:
 
 def classify(args) -> int:
     ds, result = run_classification(args.file, args.output, args.model, args.mode, args.roi, args.device,
-                                    args.batch_size, _navigation_shape(args), args.scheduler)
-    status = "complete" if result.complete else "interrupted (partial maps written)"
+                                    args.batch_size, _navigation_shape(args), args.scheduler, args.resume)
+    status = "complete" if result.complete else "interrupted (partial maps written; --resume continues)"
     rate = result.n_patterns / result.seconds if result.seconds else 0.0
     print(f"{status}: {result.n_patterns} positions in {result.seconds:.1f} s ({rate:.0f}/s), mode "
           f"{result.mode}, device {result.device}; maps in {args.output}", file=sys.stderr)

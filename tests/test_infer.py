@@ -115,8 +115,8 @@ def test_bad_roi_and_device(scan, model):
 def test_resume_after_interruption_equals_a_full_run(scan, model, tmp_path):
     from polarstem.export import load_checkpoint, save_checkpoint
 
-    ds = load(scan)
     small = 64 * 64 * 2 * 14
+    ds = load(scan, chunk_bytes=small)
     cancel = threading.Event()
     partial = classify_scan(ds, model=model, mode="pattern", device="cpu", chunk_bytes=small, cancel=cancel,
                             progress=lambda d, t: cancel.set() if d == 3 else None)

@@ -217,6 +217,26 @@ def test_two_datasets_each_keep_their_detector(make_napari_viewer, qtbot, realda
     assert widget.kind_combo.currentData() == "adf" and widget.inner_spin.value() == 20
     viewer.layers.remove(second)
     assert widget.dataset_combo.count() == 1
+    wait_idle(qtbot, widget)
+
+
+def test_closing_the_viewer_mid_job_is_quiet(make_napari_viewer, qtbot):
+    """Updates that arrive after the widget is gone are dropped, and the job is told to stop."""
+    from napari.layers import Layer
+
+    ds, _, frames = slow_dataset(delay=0.0)
+    viewer = make_napari_viewer()
+    viewer.add_layer(Layer.create(*virtual_image_layer(ds, background=False)))
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Virtual detector")
+    wait_idle(qtbot, widget)
+    frames.delay = 0.2
+    widget.set_detector("adf", 6, 14, "px")
+    qtbot.waitUntil(lambda: widget.progress_bar.value() >= 1, timeout=TIMEOUT)
+    cancel = widget._cancel
+    viewer.window.remove_dock_widget(dock)
+    widget.deleteLater()
+    qtbot.waitUntil(lambda: cancel.is_set(), timeout=5000)
+    qtbot.wait(600)  # late updates arrive: they must not raise
 
 
 def test_screenshot_of_the_widget_is_not_black(make_napari_viewer, qtbot, realdata, tmp_path):

@@ -126,6 +126,15 @@ def detector_pixmap(pattern: np.ndarray, geometry: DetectorGeometry | None, dete
     return pm
 
 
+def _mark_dead(widget, *_) -> None:
+    widget._dead = True
+    widget._rerun = False
+    widget._cancel.set()
+    if widget._progress is not None:
+        widget._progress.close()
+        widget._progress = None
+
+
 def _disconnect_state_events(slot, *_) -> None:
     try:
         state_events.changed.disconnect(slot)
@@ -209,16 +218,29 @@ class VirtualDetectorWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.layers.selection.events.active.connect(self._on_selection)
         state_events.changed.connect(self._on_state_changed)
+        self._dead = False  # the Qt side is gone (dock closed, viewer closed): ignore late updates
         self.destroyed.connect(partial(_disconnect_state_events, self._on_state_changed))
+        self.destroyed.connect(partial(_mark_dead, self))
         self._units_shown = "mrad"
         self._sync_enabled()
         self._refresh_layers()
+
+    def _update_decimals(self, units: str, geometry: DetectorGeometry | None) -> None:
+        """About a tenth of a detector pixel: 1 decimal in px, more in mrad on finely sampled detectors."""
+        decimals = 1
+        if units == "mrad" and geometry is not None and geometry.mrad_per_px:
+            decimals = max(1, int(np.ceil(-np.log10(geometry.mrad_per_px))) + 1)
+        for spin in (self.inner_spin, self.outer_spin):
+            spin.blockSignals(True)
+            spin.setDecimals(decimals)
+            spin.setSingleStep(10.0 ** (1 - decimals))
+            spin.blockSignals(False)
 
     @staticmethod
     def _angle_spin(tip: str) -> QDoubleSpinBox:
         spin = QDoubleSpinBox()
         spin.setRange(0.0, 1e5)
-        spin.setDecimals(4)  # some detectors sample a few hundredths of a mrad per px
+        spin.setDecimals(1)
         spin.setSpecialValueText("auto")  # 0 = let the core choose from the bright-field disk
         spin.setKeyboardTracking(False)
         spin.setToolTip(tip)
@@ -292,6 +314,7 @@ class VirtualDetectorWidget(QWidget):
         self.kind_combo.setCurrentIndex(self.kind_combo.findData(det.kind))
         self.units_combo.setCurrentText(units)
         self._units_shown = units
+        self._update_decimals(units, geometry)
         self.inner_spin.setValue(det.inner or 0.0)
         self.outer_spin.setValue(det.outer or 0.0)
         for w in (self.kind_combo, self.units_combo, self.inner_spin, self.outer_spin):
@@ -321,6 +344,9 @@ class VirtualDetectorWidget(QWidget):
         if units is not None:
             self.units_combo.setCurrentText(units)
             self._units_shown = units
+        layer = self.layer()
+        self._update_decimals(self.units_combo.currentText(),
+                              state_for(dataset_of(layer)).geometry if layer is not None else None)
         self.inner_spin.setValue(inner or 0.0)
         self.outer_spin.setValue(outer or 0.0)
         for w in (self.kind_combo, self.units_combo, self.inner_spin, self.outer_spin):
@@ -350,9 +376,11 @@ class VirtualDetectorWidget(QWidget):
         geometry = state_for(dataset_of(layer)).geometry if layer is not None else None
         if geometry is not None and geometry.mrad_per_px and new != self._units_shown:
             f = 1 / geometry.mrad_per_px if new == "px" else geometry.mrad_per_px
-            for spin in (self.inner_spin, self.outer_spin):
+            values = [spin.value() * f for spin in (self.inner_spin, self.outer_spin)]
+            self._update_decimals(new, geometry)
+            for spin, value in zip((self.inner_spin, self.outer_spin), values):
                 spin.blockSignals(True)
-                spin.setValue(spin.value() * f)
+                spin.setValue(value)
                 spin.blockSignals(False)
         self._units_shown = new
         self._on_controls_changed()
@@ -445,6 +473,8 @@ class VirtualDetectorWidget(QWidget):
         return self._worker is not None or self._debounce.isActive()
 
     def _on_update(self, layer, update) -> None:
+        if self._dead:
+            return
         state = state_for(dataset_of(layer))
         if isinstance(update, Progress):
             self.progress_bar.setMaximum(max(update.total, 1))
@@ -498,6 +528,8 @@ class VirtualDetectorWidget(QWidget):
         self._worker_layer = None
         if done_layer is not None and dataset_of(done_layer) is not None:
             state_for(dataset_of(done_layer)).busy = False
+        if self._dead:
+            return
         if self._progress is not None:
             self._progress.close()
             self._progress = None

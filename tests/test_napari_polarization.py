@@ -105,3 +105,18 @@ def test_no_dataset_gives_a_message_not_a_traceback(make_napari_viewer):
     _, widget = viewer.window.add_plugin_dock_widget("napari-polarstem", "Polarization map")
     widget.run()
     assert widget._worker is None
+
+
+def test_napari_writer_saves_the_maps_folder(qtbot, viewer_and_widget, tmp_path):
+    from polarstem.export import read_map
+
+    viewer, widget = viewer_and_widget
+    _run_and_wait(qtbot, widget)
+    layers = [viewer.layers[n] for n in ("polarization classes", "confidence", "anomaly")]
+    from napari.plugins.io import save_layers
+
+    written = save_layers(str(tmp_path / "saved"), layers, plugin="napari-polarstem")
+    assert written
+    cls, meta = read_map(tmp_path / "saved" / "class.tif")
+    np.testing.assert_array_equal(cls, widget.result.classes)
+    assert (tmp_path / "saved" / "maps.hspy").exists()

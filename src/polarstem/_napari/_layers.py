@@ -43,8 +43,12 @@ def arrow_vectors(classes: np.ndarray, confidence: np.ndarray, step: int | None 
     return vectors, direction_colors()[k]
 
 
-def result_layer_data(result, calibration) -> list[tuple]:
-    """LayerDataTuples (data, kwargs, type) for the class, arrow, confidence and anomaly layers."""
+def result_layer_data(result, calibration, dataset=None) -> list[tuple]:
+    """LayerDataTuples (data, kwargs, type) for the class, arrow, confidence and anomaly layers.
+
+    The class layer keeps the run (``result``) and its ``dataset`` in its metadata, so the napari
+    writer can export everything the CLI does.
+    """
     scale = calibration.scan_scale()
     units = "nm" if all(calibration.scan_step_nm) else "pixel"
     common = {"scale": scale, "units": (units, units), "metadata": {"polarstem_result": True}}
@@ -58,21 +62,24 @@ def result_layer_data(result, calibration) -> list[tuple]:
         (anomaly, {**common, "name": ANOMALY_LAYER, "colormap": "magma", "blending": "additive",
                    "contrast_limits": (0.0, max(hi, 1e-3)), "visible": False}, "image"),
         (result.classes, {**common, "name": CLASS_LAYER, "colormap": class_colormap(), "opacity": 0.55,
-                          "metadata": {**common["metadata"], "class_names": CLASS_NAMES}}, "labels"),
+                          "metadata": {**common["metadata"], "class_names": CLASS_NAMES,
+                                       "polarstem_result_object": result, "polarstem_source_dataset": dataset}},
+         "labels"),
         (vectors, {**common, "name": ARROW_LAYER, "edge_color": colors, "edge_width": 0.15,
                    "vector_style": "arrow"}, "vectors"),
     ]
 
 
-def show_result(viewer, result, calibration) -> list:
+def show_result(viewer, result, calibration, dataset=None) -> list:
     """Add the result layers, or update them in place when a previous run made them."""
     layers = []
-    for data, kwargs, kind in result_layer_data(result, calibration):
+    for data, kwargs, kind in result_layer_data(result, calibration, dataset):
         name = kwargs["name"]
         existing = viewer.layers[name] if name in viewer.layers else None
         if existing is not None and existing.metadata.get("polarstem_result"):
             existing.data = data
             existing.scale = kwargs["scale"]
+            existing.metadata.update(kwargs["metadata"])
             if kind == "vectors":
                 existing.edge_color = kwargs["edge_color"]
             if kind == "image" and "contrast_limits" in kwargs:

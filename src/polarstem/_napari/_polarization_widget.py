@@ -298,7 +298,7 @@ class PolarizationMapWidget(QWidget):
         self.cancel_button.setEnabled(False)
 
     def _show(self, result) -> None:
-        show_result(self.viewer, result, self.result_dataset.calibration)
+        show_result(self.viewer, result, self.result_dataset.calibration, self.result_dataset)
 
     # ---------------------------------------------------------------------------------------------
     # inspecting and exporting

@@ -246,3 +246,18 @@ def test_screenshot_of_the_widget_is_not_black(make_napari_viewer, qtbot, realda
     shot = viewer.screenshot(str(tmp_path / "shot.png"), canvas_only=False)
     assert shot.ndim == 3 and shot.shape[0] > 200
     assert shot[..., :3].std() > 10  # not a blank (black) grab
+
+
+def test_click_shows_that_positions_pattern(make_napari_viewer, qtbot, realdata):
+    from types import SimpleNamespace
+
+    viewer, layer, widget = open_with_widget(make_napari_viewer, qtbot, realdata / "blockfile/test1.blo")
+    ds = dataset_of(layer)
+    world = layer.data_to_world((2, 1))  # scan row 2, col 1, in nm
+    widget._on_click(viewer, SimpleNamespace(type="mouse_press", position=tuple(world)))
+    qtbot.waitUntil(lambda: widget._clicked is not None, timeout=TIMEOUT)
+    np.testing.assert_array_equal(widget._clicked[2], np.asarray(ds.data[2, 1].compute(), np.float64))
+    assert "row 2, col 1" in widget.geometry_label.text() and widget.mean_button.isVisibleTo(widget)
+    widget.mean_button.click()
+    assert widget.geometry_label.text().startswith("mean pattern")
+    qtbot.waitUntil(lambda: widget._pattern_worker is None, timeout=TIMEOUT)

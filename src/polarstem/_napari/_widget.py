@@ -35,6 +35,7 @@ from ._workers import (
     PatternReady,
     Progress,
     detector_label,
+    read_pattern,
     virtual_detector_updates,
 )
 
@@ -128,6 +129,10 @@ def detector_pixmap(pattern: np.ndarray, geometry: DetectorGeometry | None, dete
 
 def _mark_dead(widget, *_) -> None:
     widget._dead = True
+    try:
+        widget.viewer.mouse_drag_callbacks.remove(widget._on_click)
+    except (ValueError, RuntimeError):
+        pass
     widget._rerun = False
     widget._cancel.set()
     if widget._progress is not None:
@@ -164,6 +169,11 @@ class VirtualDetectorWidget(QWidget):
         self.pattern_view.setWordWrap(True)
         self.geometry_label = QLabel()
         self.geometry_label.setWordWrap(True)
+        self.mean_button = QPushButton("back to the mean pattern")
+        self.mean_button.setToolTip("click a scan position in the image to see its own pattern")
+        self.mean_button.setVisible(False)
+        self._clicked = None  # (dataset, (row, col), pattern) shown instead of the mean
+        self._pattern_worker = None
         self.kind_combo = QComboBox()
         for kind, text in KIND_LABELS.items():
             self.kind_combo.addItem(text, kind)
@@ -195,6 +205,7 @@ class VirtualDetectorWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(self.pattern_view)
         layout.addWidget(self.geometry_label)
+        layout.addWidget(self.mean_button)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
@@ -213,6 +224,8 @@ class VirtualDetectorWidget(QWidget):
         self.outer_spin.valueChanged.connect(self._on_controls_changed)
         self.component_combo.currentIndexChanged.connect(self._on_component_changed)
         self.apply_button.clicked.connect(self.apply)
+        self.mean_button.clicked.connect(self.show_mean_pattern)
+        self.viewer.mouse_drag_callbacks.append(self._on_click)
         self.cancel_button.clicked.connect(self.cancel)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
@@ -411,13 +424,55 @@ class VirtualDetectorWidget(QWidget):
             det = self.detector()
         except PolarstemError:
             det = None
-        self.pattern_view.setPixmap(detector_pixmap(state.mean_pattern, state.geometry, det))
+        clicked = self._clicked if self._clicked is not None and self._clicked[0] is dataset_of(layer) else None
+        pattern = state.mean_pattern if clicked is None else clicked[2]
+        self.pattern_view.setPixmap(detector_pixmap(pattern, state.geometry, det))
+        self.mean_button.setVisible(clicked is not None)
+        what = "mean pattern" if clicked is None else f"pattern at scan row {clicked[1][0]}, col {clicked[1][1]}"
         g = state.geometry
         if g is not None:
             cal = f"{g.mrad_per_px:.3g} mrad/px" if g.mrad_per_px else "no mrad calibration: angles in px"
             disk = (f"bright-field disk r = {g.disk_radius_px:.1f} px" if state.geometry_found
                     else "no bright-field disk found (centre = detector centre)")
-            self.geometry_label.setText(f"mean pattern · {disk} at ({g.center[0]:.1f}, {g.center[1]:.1f}) · {cal}")
+            self.geometry_label.setText(f"{what} · {disk} at ({g.center[0]:.1f}, {g.center[1]:.1f}) · {cal}")
+
+    def _on_click(self, viewer, event) -> None:
+        """A click on the image shows that scan position's pattern under the detector."""
+        layer = self.layer()
+        if self._dead or layer is None or event.type != "mouse_press" or not layer.visible:
+            return
+        r, c = (int(round(v)) for v in np.asarray(layer.world_to_data(event.position))[-2:])
+        rows, cols = dataset_of(layer).scan_shape
+        if 0 <= r < rows and 0 <= c < cols:
+            self.show_pattern_at(r, c)
+
+    def show_pattern_at(self, row: int, col: int) -> None:
+        """Read the pattern at (row, col) in a worker and show it with the detector drawn on it."""
+        from napari.qt.threading import thread_worker
+
+        layer = self.layer()
+        if layer is None or self._pattern_worker is not None:
+            return
+        ds = dataset_of(layer)
+        worker = thread_worker(read_pattern, start_thread=False)(ds, row, col)
+
+        def shown(pattern) -> None:
+            if not self._dead:
+                self._clicked = (ds, (row, col), pattern)
+                self._draw()
+
+        def done() -> None:
+            self._pattern_worker = None
+
+        worker.returned.connect(shown)
+        worker.errored.connect(lambda exc: None if self._dead else self._fail(f"cannot read that pattern: {exc}"))
+        worker.finished.connect(done)
+        self._pattern_worker = worker
+        worker.start()
+
+    def show_mean_pattern(self) -> None:
+        self._clicked = None
+        self._draw()
 
     # ---------------------------------------------------------------------------------------------
     # running

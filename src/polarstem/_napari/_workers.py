@@ -147,3 +147,8 @@ def virtual_detector_updates(dataset: Dataset4D, detector: VirtualDetector | Non
         emit(ImageReady(detector, image))
 
     yield from stream_job(job)
+
+
+def read_pattern(dataset: Dataset4D, row: int, col: int) -> np.ndarray:
+    """One diffraction pattern, read in a worker (it may mean reading a whole chunk of the file)."""
+    return np.asarray(dataset.data[row, col].compute(scheduler="synchronous"), dtype=np.float64)

@@ -65,7 +65,9 @@ def diffraction_series(atoms, cell_a: float, positions_xy: np.ndarray, exit_cell
     """
     import abtem
 
-    abtem.config.set({"device": "cpu"})
+    # FFTW_MEASURE (abTEM's default) picks plans by timing, so rounding differs run to run;
+    # FFTW_ESTIMATE plans are fixed: same config and seed, bit-identical data on any worker.
+    abtem.config.set({"device": "cpu", "fftw.planning_effort": "FFTW_ESTIMATE"})
     nz = int(max(exit_cells))
     rows_cols = np.round(np.diag(atoms.cell)[:2] / cell_a).astype(int)
     gpts = tuple(int(n * optics.gpts_per_cell) for n in rows_cols)
@@ -74,14 +76,17 @@ def diffraction_series(atoms, cell_a: float, positions_xy: np.ndarray, exit_cell
     thickness_cells = int(round(atoms.cell[2, 2] / cell_a))
     if thickness_cells < nz:
         raise ValueError(f"the structure is {thickness_cells} cells thick, exit planes need {nz}")
-    exit_planes = tuple(int(n * optics.slices_per_cell - 1) for n in sorted(exit_cells))
-    order = np.argsort(np.argsort(exit_cells))  # undo the sort afterwards
+    unique_cells = sorted({int(n) for n in exit_cells})  # abTEM wants strictly increasing planes
+    exit_planes = tuple(n * optics.slices_per_cell - 1 for n in unique_cells)
+    order = np.searchsorted(unique_cells, [int(n) for n in exit_cells])  # back to the caller's order
     if phonon_configs > 0:
         source = abtem.FrozenPhonons(atoms, num_configs=int(phonon_configs), sigmas=dict(phonon_sigmas),
                                      seed=phonon_seed)
     else:
         source = atoms
-    potential = abtem.Potential(source, gpts=gpts, slice_thickness=cell_a / optics.slices_per_cell,
+    # a hair thicker than a/n, so that abTEM's ceil(thickness / slice) never rounds up to an extra slice
+    slice_thickness = cell_a / optics.slices_per_cell * (1 + 1e-9)
+    potential = abtem.Potential(source, gpts=gpts, slice_thickness=slice_thickness,
                                 projection="infinite", parametrization="lobato", exit_planes=exit_planes)
     probe = abtem.Probe(energy=optics.energy_kev * 1e3, semiangle_cutoff=optics.convergence_mrad,
                         tilt=tuple(float(t) for t in optics.tilt_mrad), defocus=optics.defocus_nm * 10.0)

@@ -1,0 +1,213 @@
+"""The simulator: physics sanity on tiny.yaml, determinism, resume, LocalCluster equality, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from polarstem.cli import main
+from polarstem.io import load
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "simulate" / "tiny.yaml"
+
+#: A minute-sized config for format and determinism checks: 2 structures, thin, coarse.
+MINI = {
+    "kind": "training", "seed": 5,
+    "numerics": {"gpts_per_cell": 24},
+    "detector": {"max_mrad": 25},
+    "structure": {"classes": [1, 6], "cells": 3, "a_angstrom": [3.95, 4.0], "nb_shift_angstrom": [0.1, 0.2]},
+    "phonons": {"configs": 1},
+    "training": {"structures": 2, "probes": {"random": 3}, "thickness_nm": [1.0, 3.0], "thicknesses": 2},
+}
+
+
+def _arrays(folder: Path) -> np.ndarray:
+    return np.asarray(load(folder).data.compute())
+
+
+def _rot90(p: np.ndarray) -> np.ndarray:
+    """Rotate by +90° (from +x towards +y) about the centre pixel: new[y, x] = old[-x, y]."""
+    return np.swapaxes(p, -1, -2)[..., ::-1]
+
+
+def _rel(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def tiny_out(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sim") / "tiny"
+    assert main(["simulate", str(TINY), "-o", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_physics_symmetry(tiny_out):
+    """Class k rotated +90° equals class k+2; k and k+4 differ (Friedel's law broken)."""
+    ds = load(tiny_out)
+    labels = np.load(tiny_out / "labels.npy")
+    assert labels.dtype == np.int8 and labels.shape == ds.scan_shape
+    cy, cx = ds.calibration.detector_center_px
+    ky, kx = ds.detector_shape
+    assert (cy, cx) == ((ky - 1) / 2, (kx - 1) / 2)  # 0 mrad is the centre pixel: rotation is exact
+    data = np.asarray(ds.data.compute(), dtype=np.float64)
+    mean = np.stack([data[labels == k].mean(0) for k in range(8)])
+    for k in range(8):
+        assert _rel(_rot90(mean[k]), mean[(k + 2) % 8]) < 0.02
+        assert _rel(mean[k], mean[(k + 4) % 8]) > 0.02
+
+
+def test_tiny_output_format(tiny_out):
+    m = json.loads((tiny_out / "manifest.json").read_text())
+    assert m["status"] == "complete" and m["data_file"] == "data.zspy"
+    assert m["config"]["structure"]["k_fraction"] == 1.0 and m["config"]["phonons"]["configs"] == 0
+    ds = load(tiny_out)
+    assert ds.shape == tuple(m["shape"]) == (8, 16, 51, 51)
+    cal = ds.calibration
+    assert cal.beam_energy_kev == 200 and cal.convergence_mrad == 20
+    assert abs(cal.mrad_per_px - 1.587) < 0.01
+    labels = np.load(tiny_out / "labels.npy")
+    np.testing.assert_array_equal(labels[:, 0], np.arange(8))
+    thick = np.load(tiny_out / "thickness_nm.npy")
+    assert np.allclose(thick, 30 * 3.95 / 10)  # one thickness, a whole number of cells near 12 nm
+    frac = np.load(tiny_out / "probe_frac.npy")
+    assert frac.shape == (8, 16, 2) and set(np.round(frac.ravel(), 6)) == {0.0, 0.25, 0.5, 0.75}
+    import rsciio.zspy
+
+    r = rsciio.zspy.file_reader(str(tiny_out / "data.zspy"), lazy=True)[0]
+    assert tuple(r["data"].shape) == (8, 16, 51, 51)
+
+
+@pytest.mark.slow
+def test_local_cluster_gives_same_arrays(tiny_out, tmp_path):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        out = tmp_path / "cluster"
+        assert main(["simulate", str(TINY), "-o", str(out), "--scheduler", cluster.scheduler_address,
+                     "--quiet"]) == 0
+    np.testing.assert_array_equal(_arrays(out), _arrays(tiny_out))
+    np.testing.assert_array_equal(np.load(out / "labels.npy"), np.load(tiny_out / "labels.npy"))
+
+
+def _write_cfg(tmp_path: Path, cfg: dict, name="c.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_deterministic_and_resumable(tmp_path):
+    cfg = _write_cfg(tmp_path, MINI)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["simulate", str(cfg), "-o", str(a), "--quiet"]) == 0
+    # b: interrupted after one task, then resumed
+    assert main(["simulate", str(cfg), "-o", str(b), "--quiet", "--max-tasks", "1"]) == 0
+    part = json.loads((b / "manifest.json").read_text())
+    assert part["status"] == "running" and part["tasks_done"] == 1
+    lab = np.load(b / "labels.npy")
+    assert (lab[:2] >= 0).all() and (lab[2:] == -1).all()  # unfinished rows are "no class"
+    assert load(b).shape == load(a).shape  # a partial folder is readable
+    assert main(["simulate", str(cfg), "-o", str(b), "--quiet"]) == 0
+    np.testing.assert_array_equal(_arrays(a), _arrays(b))
+    for name in ("labels", "thickness_nm", "probe_frac", "structure", "variant"):
+        np.testing.assert_array_equal(np.load(a / f"{name}.npy"), np.load(b / f"{name}.npy"))
+    data = _arrays(a)
+    assert np.all(data >= 0) and data.sum((2, 3)).max() <= 1.0 + 1e-3
+    # the two structures (classes 1 and 6) differ, positions differ
+    assert not np.allclose(data[0, 0], data[2, 0])
+    th = np.load(a / "thickness_nm.npy")
+    assert th.min() >= 0.9 and th.max() <= 3.1
+
+
+def test_other_seed_or_config_refuses_resume(tmp_path, capsys):
+    cfg = _write_cfg(tmp_path, MINI)
+    out = tmp_path / "o"
+    assert main(["simulate", str(cfg), "-o", str(out), "--quiet", "--max-tasks", "0"]) == 0
+    other = _write_cfg(tmp_path, dict(MINI, seed=6), "d.yaml")
+    assert main(["simulate", str(other), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different simulation" in err[0]
+
+
+@pytest.mark.parametrize("text,expect", [
+    ("kind: training\nbogus: 1\n", "unknown key 'bogus'"),
+    ("structure: {classes: [9]}\n", "structure.classes"),
+    ("optics: {energy_kev: -5}\n", "optics.energy_kev"),
+    ("kind: [unclosed\n", "not valid YAML"),
+    ("detector: {bin: 2}\n", "detector.bin"),
+    ("- just\n- a list\n", "mapping"),
+])
+def test_bad_config_exits_2_with_one_line(tmp_path, capsys, text, expect):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    assert main(["simulate", str(p), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(p) in err[0] and expect in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_config_exits_2(tmp_path, capsys):
+    assert main(["simulate", str(tmp_path / "nope.yaml"), "-o", str(tmp_path / "o")]) == 2
+    assert "no such config" in capsys.readouterr().err
+
+
+def test_scan_with_domains_and_defects(tmp_path):
+    cfg = {
+        "kind": "scan", "seed": 3,
+        "numerics": {"gpts_per_cell": 20}, "detector": {"max_mrad": 20, "bin": 1},
+        "structure": {"cells": 4, "a_angstrom": 3.97, "nb_shift_angstrom": 0.15},
+        "phonons": {"configs": 0},
+        "scan": {"cells": [4, 4], "steps_per_cell": 2, "offset_frac": [0.0, 0.0], "thickness_nm": 1.2,
+                 "rows_per_task": 4,
+                 "domains": [{"class": 1, "rows": [0, 4], "cols": [0, 2]}, {"class": 5, "rows": [0, 4], "cols": [2, 4]}],
+                 "defects": [{"kind": "nonpolar", "rows": [0, 1], "cols": [0, 1]},
+                             {"kind": "o_vacancy", "rows": [3, 4], "cols": [3, 4]}]},
+    }
+    out = tmp_path / "scan"
+    assert main(["simulate", str(_write_cfg(tmp_path, cfg)), "-o", str(out), "--quiet"]) == 0
+    ds = load(out)
+    assert ds.shape[:2] == (8, 8)
+    assert abs(ds.calibration.scan_step_nm[1] - 0.3970 / 2) < 1e-6
+    labels, defects = np.load(out / "labels.npy"), np.load(out / "defects.npy")
+    assert labels.dtype == np.int8 and defects.dtype == bool
+    assert (labels[:2, :2] == -1).all() and (labels[2:, :4] == 1).all() and (labels[:, 4:] == 5).all()
+    assert defects[:2, :2].all() and defects[6:, 6:].all() and defects.sum() == 8
+    data = _arrays(out)
+    # the two domains of opposite P give different patterns at equivalent positions
+    assert _rel(data[4, 0], data[4, 4]) > 0.01
+
+
+def test_structure_displacements_follow_class():
+    from polarstem.simulate.structures import knn_supercell, uniform_cells
+
+    rng = np.random.default_rng(0)
+    for variant, k in [((1, 1, 0), 1), ((0, -1, 1), 6), ((-1, 0, -1), 4)]:
+        atoms = knn_supercell(uniform_cells(variant, 2, 2, 0.2), 4.0, 2, rng, k_fraction=1.0)
+        nb = atoms.positions[atoms.numbers == 41]
+        d = (nb % 4.0) - 2.0
+        mean = d.mean(0)
+        np.testing.assert_allclose(mean, 0.2 * np.asarray(variant) / np.sqrt(2), atol=1e-9)
+        from polarstem.classes import CLASS_DIRECTIONS
+
+        proj = mean[:2] / np.linalg.norm(mean[:2])
+        np.testing.assert_allclose(proj, CLASS_DIRECTIONS[k], atol=1e-9)
+    atoms = knn_supercell(uniform_cells((1, 1, 0), 2, 2, 0.15), 3.97, 3, rng, k_fraction=0.5)
+    assert len(atoms) == 2 * 2 * 3 * 5 and {"K", "Na"} <= set(atoms.get_chemical_symbols())
+
+
+def test_import_is_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, polarstem, polarstem.simulate, polarstem.simulate.corruptions, "
+            "polarstem.commands.simulate; bad = [m for m in ('abtem', 'ase', 'distributed', 'napari') "
+            "if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -43,7 +43,7 @@ def test_short_training_reduces_loss(simfolder, cache, tmp_path):
     import torch
     import torch.nn.functional as F
 
-    cfg = _cfg(simfolder, tmp_path / "w", val_every=3)
+    cfg = _cfg(simfolder, tmp_path / "w", val_every=3, epochs=8, patience=100)
     sim = train.load_simset(cfg.data)
     arrays = train.build_arrays(sim, "pattern", train.InputGrid.from_dict(cfg.grid), 1, train.DEFAULT_AUGMENT, 0)
     assert arrays["x"].shape[1:] == (32, 32) and len(arrays["y"]) == len(sim)

@@ -98,27 +98,28 @@ def bin_frames(frames: np.ndarray, factor: int) -> np.ndarray:
     return f.reshape(n, by, factor, bx, factor).sum(axis=(2, 4))
 
 
-def find_disk_centers(frames: np.ndarray, sigma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def find_disk_centers(frames: np.ndarray, sigma: float = 1.0,
+                      expected_radius_px: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Centre (row, col) in px and radius in px of the bright-field disk of each (cleaned) frame.
 
-    The disk level is the mean of the smoothed pattern where it is above half its maximum. The centre
-    is the centroid of the area above a quarter of that level (a low threshold: the disk edge moves
-    little with the polarization-dependent tilt of the intensity inside), the radius that of a disk
-    with the area above half the level. Flat frames get the detector centre and radius 0.
+    With an atomic-size probe the inside of the disk is strongly structured (channelling), so the
+    disk is taken as everything above 10 % of the way from the background (5th percentile) to the
+    bright level; the bright level is a high percentile chosen from the expected disk area, so a small
+    disk on a big detector still counts. The centre is the centroid of that area (its outline follows
+    the aperture, not the polarization-dependent intensity inside); the radius is that of a disk with
+    the area above 35 % (close to the edge of a blurred uniform disk). Flat frames get the detector centre and radius 0.
     """
     from scipy import ndimage
 
     n, ky, kx = frames.shape
     smooth = ndimage.gaussian_filter(frames, sigma=(0, sigma, sigma), mode="nearest")
     flat = smooth.reshape(n, -1)
-    lo = np.percentile(flat[:, ::7], 10, axis=1)
-    hi = flat.max(axis=1)
-    upper = flat > (lo + 0.5 * (hi - lo))[:, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        level = (flat * upper).sum(axis=1) / upper.sum(axis=1)
-    level = np.where(np.isfinite(level), level, hi)
+    frac = 0.15 if not expected_radius_px else min(0.5, np.pi * expected_radius_px ** 2 / (ky * kx))
+    q = float(np.clip(100.0 - 100.0 * 0.06 * frac, 95.0, 99.95))
+    sub = flat[:, ::3] if flat.shape[1] > 4096 else flat
+    lo, hi = np.percentile(sub, [5, q], axis=1)
     valid = (hi - lo) > 0
-    mask = (smooth > (lo + 0.25 * (level - lo))[:, None, None]) & valid[:, None, None]
+    mask = (smooth > (lo + 0.1 * (hi - lo))[:, None, None]) & valid[:, None, None]
     area = mask.reshape(n, -1).sum(axis=1).astype(np.float64)
     yy = np.arange(ky, dtype=np.float64)
     xx = np.arange(kx, dtype=np.float64)
@@ -128,10 +129,8 @@ def find_disk_centers(frames: np.ndarray, sigma: float = 1.0) -> tuple[np.ndarra
     empty = area == 0
     cy[empty] = (ky - 1) / 2
     cx[empty] = (kx - 1) / 2
-    centers = np.stack([cy, cx], axis=1)
-    half = ((flat > (lo + 0.5 * (level - lo))[:, None]) & valid[:, None]).sum(axis=1)
-    radius = np.sqrt(half / np.pi)
-    return centers, radius
+    half = ((smooth > (lo + 0.35 * (hi - lo))[:, None, None]) & valid[:, None, None]).reshape(n, -1).sum(axis=1)
+    return np.stack([cy, cx], axis=1), np.sqrt(half / np.pi)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,9 +220,12 @@ def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: 
         f = bin_frames(f, factor)
         calibration = calibration.with_(mrad_per_px=mrad_in * factor)
     f = clean_pixels(f)
-    centers, radius = find_disk_centers(f)
+    mrad_known = getattr(calibration, "mrad_per_px", None) if calibration is not None else None
+    conv = (getattr(calibration, "convergence_mrad", None) if calibration is not None else None) or CANONICAL_CONVERGENCE_MRAD
+    expected = conv / mrad_known if mrad_known else None
+    centers, radius = find_disk_centers(f, expected_radius_px=expected)
     if center == "mean":
-        c, r = find_disk_centers(f.mean(axis=0, keepdims=True))
+        c, r = find_disk_centers(f.mean(axis=0, keepdims=True), expected_radius_px=expected)
         centers = np.repeat(c, n, axis=0)
     elif center == "calibration" and calibration is not None and calibration.detector_center_px:
         centers = np.repeat(np.asarray(calibration.detector_center_px, float)[None], n, axis=0)

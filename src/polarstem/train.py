@@ -75,7 +75,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
     patience: int = 4
-    max_minutes: float = 30.0
+    max_minutes: float = 30.0  # time budget of the pattern mode
+    cell_max_minutes: float = 8.0
     seed: int = 0
     threads: int | None = None
     device: str = "cpu"
@@ -247,16 +248,31 @@ def corrupt(frames: np.ndarray, mrad_per_px: float, rng: np.random.Generator, au
 # building the preprocessed, cached training arrays
 
 
-def _thickness_split(thickness: np.ndarray, val_every: int) -> np.ndarray:
-    """True for validation: every ``val_every``-th distinct thickness (by rank), never the thinnest/thickest."""
-    t = np.round(thickness, 2)
+def thickness_bins(thickness: np.ndarray, gap_nm: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster thicknesses that differ by less than ``gap_nm`` (one exit plane of structures whose cell
+    size differs slightly): (bin index per pattern, mean thickness per bin)."""
+    t = np.asarray(thickness, float)
     values = np.unique(t)
-    if len(values) < 3:
-        return np.zeros(len(t), bool)
-    val_values = values[1:-1][(np.arange(len(values) - 2) % val_every) == (val_every // 2)]
-    if len(val_values) == 0:
-        val_values = values[len(values) // 2: len(values) // 2 + 1]
-    return np.isin(t, val_values)
+    if len(values) == 0:
+        return np.zeros(0, int), np.zeros(0)
+    starts = np.concatenate([[True], np.diff(values) > gap_nm])
+    cluster_of_value = np.cumsum(starts) - 1
+    b = cluster_of_value[np.searchsorted(values, t)]
+    centres = np.array([t[b == i].mean() for i in range(int(b.max()) + 1)])
+    return b, centres
+
+
+def _thickness_split(thickness: np.ndarray, val_every: int) -> np.ndarray:
+    """True for validation: every ``val_every``-th thickness bin, never the thinnest or thickest."""
+    b, centres = thickness_bins(thickness)
+    nb = len(centres)
+    if nb < 3:
+        return np.zeros(len(b), bool)
+    inner = np.arange(1, nb - 1)
+    val_bins = inner[(np.arange(len(inner)) % val_every) == (val_every // 2)]
+    if len(val_bins) == 0:
+        val_bins = np.array([nb // 2])
+    return np.isin(b, val_bins)
 
 
 def build_arrays(sim: SimSet, mode: str, grid: InputGrid, copies: int, aug: dict, seed: int,
@@ -415,37 +431,50 @@ def train_network(cfg: TrainConfig, mode: str, arrays: dict, generators: dict, p
     net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     epochs = cfg.epochs if mode == "pattern" else cfg.cell_epochs
+    budget_s = 60.0 * (cfg.max_minutes if mode == "pattern" else cfg.cell_max_minutes)
     steps_per_epoch = max(1, len(tr_idx) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.15)
-    state = {"epoch": 0, "best_acc": -1.0, "bad_epochs": 0, "history": []}
+    round_steps = max(1, min(steps_per_epoch, 300))  # validate and checkpoint every round
+    # the schedule (warm-up, cosine decay) spans what the time budget allows, measured on the first round
+    state = {"step": 0, "total_steps": epochs * steps_per_epoch, "best_acc": -1.0, "bad_rounds": 0,
+             "history": [], "seconds": 0.0, "order_seed": int(rng.integers(1 << 31))}
     ck = ckdir / "last.pt"
+    fp = _run_fingerprint(cfg, mode, arrays)
     if ck.exists() and max_steps is None:
         saved = torch.load(ck, map_location="cpu", weights_only=True)
-        if saved.get("fingerprint") == _run_fingerprint(cfg, mode, arrays):
+        if saved.get("fingerprint") == fp:
             net.load_state_dict(saved["model"])
             opt.load_state_dict(saved["opt"])
-            sched.load_state_dict(saved["sched"])
             state = json.loads(saved["state"])
-            rng = np.random.default_rng(cfg.seed + 1000 * state["epoch"])
-            log(f"resumed {cfg.name}/{mode} at epoch {state['epoch']}")
-    if cfg.prototype and state["epoch"] == 0 and not ck.exists():
+            log(f"resumed {cfg.name}/{mode} at step {state['step']}")
+    elif cfg.prototype:
         z = _embed_numpy(net, x[tr_idx[:4000]], device)
         init_prototypes(net, z, y[tr_idx[:4000]], cfg.seed)
-    t_start = time.time()
+    val_check = val_idx if len(val_idx) <= 4000 else np.random.default_rng(cfg.seed).choice(val_idx, 4000, replace=False)
+    warmup = 0.05
+
+    def lr_at(step):
+        t = step / max(1, state["total_steps"])
+        if t < warmup:
+            return cfg.lr * (0.1 + 0.9 * t / warmup)
+        return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warmup) / (1 - warmup)))))
+
+    patience_rounds = max(2, cfg.patience * max(1, steps_per_epoch // round_steps))
     steps = 0
-    while state["epoch"] < epochs:
+    while state["step"] < state["total_steps"]:
+        t_round = time.time()
         net.train()
-        perm = rng.permutation(tr_idx)
         losses = []
-        bar = _progress(len(perm), f"{cfg.name}/{mode} epoch {state['epoch'] + 1}/{epochs}", progress)
-        for b in range(steps_per_epoch):
-            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            if len(idx) < 2:
-                continue
-            xb, yb = _d4_batch(x[idx].astype(np.float32), y[idx], rng, generators)
+        bar = _progress(round_steps * cfg.batch_size, f"{cfg.name}/{mode} step {state['step']}/{state['total_steps']}", progress)
+        for _ in range(round_steps):
+            epoch, pos = divmod(state["step"], steps_per_epoch)
+            order = np.random.default_rng(state["order_seed"] + epoch).permutation(tr_idx)
+            idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+            brng = np.random.default_rng((state["order_seed"], state["step"]))
+            xb, yb = _d4_batch(x[idx].astype(np.float32), y[idx], brng, generators)
             xt = torch.from_numpy(xb)[:, None].to(device)
             yt = torch.from_numpy(yb).to(device)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(state["step"])
             if cfg.prototype:
                 z = net.base.embed(xt)
                 logits = net.head(z)
@@ -456,34 +485,37 @@ def train_network(cfg: TrainConfig, mode: str, arrays: dict, generators: dict, p
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
             losses.append(float(loss.detach()))
             bar.update(len(idx))
+            state["step"] += 1
             steps += 1
-            if max_steps is not None and steps >= max_steps:
+            if state["step"] >= state["total_steps"] or (max_steps is not None and steps >= max_steps):
                 break
         bar.close()
-        logits_v = _logits_numpy(net, x[val_idx], device)
-        acc = float((logits_v.argmax(1) == y[val_idx]).mean()) if len(val_idx) else float("nan")
-        state["epoch"] += 1
-        state["history"].append({"epoch": state["epoch"], "loss": float(np.mean(losses)) if losses else None,
-                                 "val_accuracy": acc, "minutes": (time.time() - t_start) / 60})
-        log(f"{cfg.name}/{mode} epoch {state['epoch']}: loss {np.mean(losses) if losses else float('nan'):.4f} "
-            f"val acc {acc:.4f}")
+        state["seconds"] += time.time() - t_round
+        if len(state["history"]) == 0 and max_steps is None:
+            rate = state["step"] / max(state["seconds"], 1e-6)  # steps per second, incl. validation later
+            state["total_steps"] = int(min(state["total_steps"], max(round_steps, 0.9 * rate * budget_s)))
+            log(f"{cfg.name}/{mode}: {rate * cfg.batch_size:.0f} inputs/s -> {state['total_steps']} steps "
+                f"({state['total_steps'] / steps_per_epoch:.2f} epochs) in the {budget_s / 60:.0f} min budget")
+        logits_v = _logits_numpy(net, x[val_check], device)
+        acc = float((logits_v.argmax(1) == y[val_check]).mean()) if len(val_check) else float("nan")
+        state["history"].append({"step": state["step"], "epoch": round(state["step"] / steps_per_epoch, 3),
+                                 "loss": float(np.mean(losses)) if losses else None, "val_accuracy": acc,
+                                 "minutes": round(state["seconds"] / 60, 2)})
+        log(f"{cfg.name}/{mode} step {state['step']}/{state['total_steps']} (epoch {state['step'] / steps_per_epoch:.2f}): "
+            f"loss {np.mean(losses) if losses else float('nan'):.4f} val acc {acc:.4f}")
         if acc > state["best_acc"]:
-            state["best_acc"], state["bad_epochs"] = acc, 0
+            state["best_acc"], state["bad_rounds"] = acc, 0
             _save_state_dict(net, ckdir / "best.safetensors")
         else:
-            state["bad_epochs"] += 1
-        torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "state": json.dumps(state), "fingerprint": _run_fingerprint(cfg, mode, arrays)}, ck)
+            state["bad_rounds"] += 1
+        torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "state": json.dumps(state),
+                    "fingerprint": fp}, ck)
         if max_steps is not None and steps >= max_steps:
             break
-        if state["bad_epochs"] >= cfg.patience:
-            log(f"{cfg.name}/{mode}: early stop (no validation gain for {cfg.patience} epochs)")
-            break
-        if (time.time() - t_start) / 60 > cfg.max_minutes:
-            log(f"{cfg.name}/{mode}: time budget of {cfg.max_minutes} min reached")
+        if state["bad_rounds"] >= patience_rounds:
+            log(f"{cfg.name}/{mode}: early stop (no validation gain for {patience_rounds} rounds)")
             break
     if (ckdir / "best.safetensors").exists() and max_steps is None:
         from safetensors.torch import load_file
@@ -495,7 +527,12 @@ def train_network(cfg: TrainConfig, mode: str, arrays: dict, generators: dict, p
     val_acc = float((logits_v.argmax(1) == y[val_idx]).mean()) if len(val_idx) else float("nan")
     return net.cpu().eval(), state["history"], temp, {"val_accuracy": val_acc, "n_train": int(len(tr_idx)),
                                                       "n_val": int(len(val_idx)),
-                                                      "val_thickness_nm": sorted(set(np.round(thick[val_idx], 2).tolist()))}
+                                                      "val_thickness_nm": _bin_centres(thick, val_idx)}
+
+
+def _bin_centres(thick, idx) -> list:
+    b, centres = thickness_bins(thick)
+    return [round(float(centres[i]), 1) for i in np.unique(b[idx])]
 
 
 def _run_fingerprint(cfg, mode, arrays) -> str:
@@ -614,9 +651,11 @@ def heldout_accuracy(model, sim: SimSet | None, mode: str, grid: InputGrid, seed
         pred = model.predict(x)["proba"].argmax(1)
         keep = y >= 0
         per_t = {}
-        for tv in np.unique(np.round(t[keep], 1)):
-            sel = keep & (np.round(t, 1) == tv)
-            per_t[f"{tv:g}"] = round(float((pred[sel] == y[sel]).mean()), 4)
+        bins, centres = thickness_bins(t)
+        for i, tv in enumerate(centres):
+            sel = keep & (bins == i)
+            if sel.any():
+                per_t[f"{tv:.1f}"] = round(float((pred[sel] == y[sel]).mean()), 4)
         res[cond] = {"accuracy": round(float((pred[keep] == y[keep]).mean()), 4), "n": int(keep.sum()),
                      "per_thickness_nm": per_t}
     return res
@@ -710,19 +749,20 @@ def write_synthetic_simset(folder, n_structures: int = 8, n_positions: int = 16,
 
 
 def class_mean_generators(arrays: dict, log=print) -> dict:
-    """Class permutations of the symmetry generators, measured on the training data (see symmetry.py)."""
+    """Class permutations of the symmetry generators: the conventions, checked against the data.
+
+    Class means of single patterns differ too little for a reliable measurement, so the measurement
+    only warns; the conventions are used (a simulator is checked for them with matched pairs).
+    """
     from .models.symmetry import CONVENTION_GENERATORS, measure_generators
 
     y = arrays["y"]
-    if not all((y == k).any() for k in range(N_CLASSES)):
-        return dict(CONVENTION_GENERATORS)
-    means = np.stack([arrays["x"][y == k][:5000].astype(np.float32).mean(0) for k in range(N_CLASSES)])
-    gens, err = measure_generators(means)
-    if gens != CONVENTION_GENERATORS:
-        log(f"WARNING: the data's symmetry differs from the conventions: {gens} (error {err:.3f})")
-    else:
-        log(f"symmetry check: data follow the conventions (class-mean match error {err:.3f})")
-    return gens
+    if all((y == k).any() for k in range(N_CLASSES)):
+        means = np.stack([arrays["x"][y == k][:5000].astype(np.float32).mean(0) for k in range(N_CLASSES)])
+        gens, err = measure_generators(means)
+        if gens != CONVENTION_GENERATORS:
+            log(f"WARNING: class means suggest other symmetry permutations {gens} (error {err:.3f}); using the conventions")
+    return dict(CONVENTION_GENERATORS)
 
 
 def run(cfg: TrainConfig, progress: bool = True, log=print) -> list[dict]:
@@ -777,7 +817,56 @@ def run(cfg: TrainConfig, progress: bool = True, log=print) -> list[dict]:
         write_index(out_dir)
         log(f"{cfg.name}/{mode}: val {info.get('val_accuracy')}, held-out {card['heldout']} -> {out_dir / fname}")
         cards.append(card)
+    write_markdown_cards(out_dir)
     return cards
+
+
+def write_markdown_cards(weights: Path, docs: Path = Path("docs/model_cards")) -> None:
+    """Render every model's JSON cards as docs/model_cards/<name>.md (when that folder exists)."""
+    from .models.registry import read_card, read_index
+
+    if not docs.is_dir():
+        return
+    by_name: dict[str, list] = {}
+    for entry in read_index(weights)["files"].values():
+        by_name.setdefault(entry["name"], []).append(read_card(entry["name"], entry["mode"], weights))
+    for name, cards in by_name.items():
+        cards.sort(key=lambda c: c["mode"] != "pattern")
+        (docs / f"{name}.md").write_text(markdown_card(cards))
+
+
+def markdown_card(cards: list[dict]) -> str:
+    """A model card in Markdown (docs/model_cards/<name>.md) from the JSON cards of its modes."""
+    c0 = cards[0]
+    arch = c0.get("architecture") or {}
+    lines = [f"# Model card: `{c0['name']}`", "", f"{c0.get('summary') or ''}", "",
+             f"- Family: {c0.get('family')}; prototype regime: {'yes' if arch.get('prototype') else 'no'}",
+             f"- Architecture: `{json.dumps(arch)}`",
+             f"- Input grid: {c0['input_grid']['size']} x {c0['input_grid']['size']} px at "
+             f"{c0['input_grid']['mrad_per_px']} mrad/px about the bright-field disk centre, "
+             f"{c0['input_grid']['intensity']} intensities (see docs/models.md)",
+             f"- Training data: `{c0['training'].get('data')}` ({c0['training'].get('n_patterns_raw')} simulated patterns), "
+             f"{c0['training']['config'].get('copies')} copies each (copy 0 ideal, the rest with experiment-like corruptions), "
+             "square-symmetry augmentation", "",
+             "## Meant for (acquisition ranges; the plugin warns outside them)", ""]
+    for k, v in c0.get("acquisition", {}).items():
+        lines.append(f"- {k}: {v}")
+    for c in cards:
+        h = c.get("heldout_detail") or {}
+        lines += ["", f"## Mode `{c['mode']}`", "",
+                  f"- Weights: `{c['weights_file']}` (sha256 `{c.get('sha256', '')}`)",
+                  f"- Softmax temperature (fitted on the validation thicknesses): {c.get('temperature')}",
+                  f"- Validation accuracy (held-out thickness bins {c['training'].get('val_thickness_nm')}): "
+                  f"{c['training'].get('val_accuracy')}",
+                  f"- Training time: {c['training'].get('train_minutes')} min on CPU"]
+        for cond in ("ideal", "corrupted"):
+            if cond in h:
+                lines += ["", f"Held-out simulations ({cond}): accuracy **{h[cond]['accuracy']}** on {h[cond]['n']} inputs", "",
+                          "| thickness (nm) | " + " | ".join(h[cond]["per_thickness_nm"]) + " |",
+                          "|---|" + "---|" * len(h[cond]["per_thickness_nm"]),
+                          "| accuracy | " + " | ".join(f"{v:.2f}" for v in h[cond]["per_thickness_nm"].values()) + " |"]
+    lines += ["", "Limitations: trained on simulations only; see docs/models.md for the domain gap and the filter.", ""]
+    return "\n".join(lines)
 
 
 def _json_default(o):

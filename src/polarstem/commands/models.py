@@ -14,6 +14,11 @@ def register(sub) -> None:
     p.add_argument("config")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--mode", choices=["pattern", "cell"], action="append", help="train only this mode")
+    p.add_argument("--data", help="simulated training folder (overrides the config)")
+    p.add_argument("--heldout", help="simulated held-out folder (overrides the config)")
+    p.add_argument("--max-minutes", type=float, help="time budget of the pattern mode (overrides the config)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (overrides the config)")
+    p.add_argument("--out", help="weights folder (default: the package's weights/)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="accuracy of a model on a labeled 4D-STEM dataset")
@@ -48,6 +53,9 @@ def _train(args) -> int:
     cfg = TrainConfig.from_yaml(args.config)
     if args.mode:
         cfg.modes = list(args.mode)
+    for key in ("data", "heldout", "max_minutes", "threads", "out"):
+        if getattr(args, key, None) is not None:
+            setattr(cfg, key, getattr(args, key))
     run(cfg, progress=not args.no_progress)
     return 0
 

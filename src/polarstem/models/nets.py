@@ -34,13 +34,19 @@ class BasicBlock(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Backbone -> global average pool -> embedding (D) -> linear head (8 classes)."""
+    """Backbone -> average pool to ``pool`` x ``pool`` -> embedding (D) -> linear head (8 classes).
+
+    ``pool`` = 1 is global pooling. A diffraction pattern is not translation invariant (where the
+    intensity sits relative to the disk centre is the signal), so the shipped models keep a coarse
+    2x2 or 3x3 layout of the last feature map.
+    """
 
     embed_dim: int
+    pool: int = 1
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         h = self.backbone(x)
-        h = torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
+        h = torch.flatten(F.adaptive_avg_pool2d(h, self.pool), 1)
         return self.neck(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,8 +60,9 @@ class ResNet18(Classifier):
     pattern to 16x16 maps, as the original stem does for 64 px inputs; CPU training stays affordable.
     """
 
-    def __init__(self, width: int = 32, embed_dim: int = 128, n_classes: int = N_CLASSES):
+    def __init__(self, width: int = 32, embed_dim: int = 128, n_classes: int = N_CLASSES, pool: int = 1):
         super().__init__()
+        self.pool = pool
         w = width
         layers = [nn.Conv2d(1, w, 5, 2, 2, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         cin = w
@@ -65,7 +72,7 @@ class ResNet18(Classifier):
             cin = cout
         self.backbone = nn.Sequential(*layers)
         self.embed_dim = embed_dim
-        self.neck = nn.Sequential(nn.Linear(cin, embed_dim), nn.BatchNorm1d(embed_dim), nn.ReLU(inplace=True))
+        self.neck = nn.Sequential(nn.Linear(cin * pool * pool, embed_dim), nn.BatchNorm1d(embed_dim), nn.ReLU(inplace=True))
         self.head = nn.Linear(embed_dim, n_classes)
 
 
@@ -78,8 +85,10 @@ VGG_CONFIGS = {
 class VGG(Classifier):
     """VGG-style stacks of 3x3 conv + BN + ReLU with max-pools, then global average pooling (no big FC)."""
 
-    def __init__(self, config: str = "vgg11", width: int = 16, embed_dim: int = 128, n_classes: int = N_CLASSES):
+    def __init__(self, config: str = "vgg11", width: int = 16, embed_dim: int = 128, n_classes: int = N_CLASSES,
+                 pool: int = 1):
         super().__init__()
+        self.pool = pool
         layers: list[nn.Module] = []
         cin = 1
         for v in VGG_CONFIGS[config]:
@@ -91,7 +100,7 @@ class VGG(Classifier):
                 cin = cout
         self.backbone = nn.Sequential(*layers)
         self.embed_dim = embed_dim
-        self.neck = nn.Sequential(nn.Dropout(0.2), nn.Linear(cin, embed_dim), nn.BatchNorm1d(embed_dim),
+        self.neck = nn.Sequential(nn.Dropout(0.2), nn.Linear(cin * pool * pool, embed_dim), nn.BatchNorm1d(embed_dim),
                                   nn.ReLU(inplace=True))
         self.head = nn.Linear(embed_dim, n_classes)
 
@@ -99,8 +108,9 @@ class VGG(Classifier):
 class CompactCNN(Classifier):
     """The study's custom CNN, compact: four conv blocks (16-32-64-128), each conv-BN-ReLU-pool."""
 
-    def __init__(self, widths=(16, 32, 64, 128), embed_dim: int = 64, n_classes: int = N_CLASSES):
+    def __init__(self, widths=(16, 32, 64, 128), embed_dim: int = 64, n_classes: int = N_CLASSES, pool: int = 1):
         super().__init__()
+        self.pool = pool
         layers: list[nn.Module] = []
         cin = 1
         for i, cout in enumerate(widths):
@@ -110,7 +120,7 @@ class CompactCNN(Classifier):
             cin = cout
         self.backbone = nn.Sequential(*layers)
         self.embed_dim = embed_dim
-        self.neck = nn.Sequential(nn.Linear(cin, embed_dim), nn.BatchNorm1d(embed_dim), nn.ReLU(inplace=True))
+        self.neck = nn.Sequential(nn.Linear(cin * pool * pool, embed_dim), nn.BatchNorm1d(embed_dim), nn.ReLU(inplace=True))
         self.head = nn.Linear(embed_dim, n_classes)
 
 

@@ -22,11 +22,11 @@ MODES = ("pattern", "cell")
 #: Every model the project defines; which of them have weights is in ``index.json``.
 MODEL_DEFS: dict[str, dict] = {
     "resnet": {"family": "ResNet", "kind": "net", "arch": "resnet18",
-               "summary": "ResNet-18 topology (width 32, 1-channel input, ~11 MB)"},
+               "summary": "ResNet-18 topology (width 32, 1-channel input, 2x2-pooled head, ~11 MB)"},
     "vgg": {"family": "VGG", "kind": "net", "arch": "vgg11",
-            "summary": "VGG-11 conv stacks (width 16) with global-average-pool head"},
+            "summary": "VGG-11 conv stacks (width 16) with an average-pool head (3x3)"},
     "cnn": {"family": "CNN", "kind": "net", "arch": "cnn",
-            "summary": "compact custom CNN, four conv blocks (16-32-64-128)"},
+            "summary": "compact custom CNN, four conv blocks (16-32-64-128), 3x3-pooled head"},
     "pca-knn": {"family": "PCA+kNN", "kind": "pca_knn", "arch": None,
                 "summary": "PCA + k-nearest neighbours (scikit-learn), stored as plain arrays"},
     "resnet-proto": {"family": "ResNet", "kind": "net", "arch": "resnet18", "prototype": True,
@@ -83,7 +83,9 @@ def write_index(folder: Path | None = None) -> dict:
             "sha256": sha256_file(wfile), "bytes": wfile.stat().st_size,
         }
     index = {"format": 1, "files": files}
-    (folder / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+    tmp = folder / f"index.json.{os.getpid()}.partial"
+    tmp.write_text(json.dumps(index, indent=1) + "\n")
+    os.replace(tmp, folder / "index.json")  # two trainings may finish at once: never a half-written index
     return index
 
 

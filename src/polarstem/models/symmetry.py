@@ -48,18 +48,24 @@ def class_permutation(element: tuple[int, bool], generators: dict | None = None)
 def measure_generators(class_means: np.ndarray) -> tuple[dict, float]:
     """Generator permutations measured on (8, H, W) class-mean patterns, and the worst match error.
 
-    The data define the labels: if a simulator's detector axes differ from the conventions, the
-    augmentation must follow the data. Returns the conventions when the match is not a permutation.
+    Works on the class means minus their average (what distinguishes the classes; the average pattern
+    is itself square-symmetric). The data define the labels: if a simulator's detector axes differ from
+    the conventions, the augmentation must follow the data. Returns the conventions when the match is
+    not a permutation or not clearly better than the conventions' own.
     """
+    d = np.asarray(class_means, dtype=np.float64)
+    d = d - d.mean(axis=0, keepdims=True)
     out, worst = {}, 0.0
+    conv_err = 0.0
     for name, element in (("rot", (1, False)), ("transpose", (0, True))):
         perm = []
         for k in range(N_CLASSES):
-            a = transform(class_means[k], element)
-            d = [np.linalg.norm(a - class_means[j]) / max(np.linalg.norm(class_means[j]), 1e-12) for j in range(N_CLASSES)]
-            perm.append(int(np.argmin(d)))
-            worst = max(worst, float(min(d)))
+            a = transform(d[k], element)
+            errs = [np.linalg.norm(a - d[j]) / max(np.linalg.norm(d[j]), 1e-12) for j in range(N_CLASSES)]
+            perm.append(int(np.argmin(errs)))
+            worst = max(worst, float(min(errs)))
+            conv_err = max(conv_err, float(errs[CONVENTION_GENERATORS[name][k]]))
         out[name] = perm
-    if any(sorted(p) != list(range(N_CLASSES)) for p in out.values()):
-        return dict(CONVENTION_GENERATORS), float("inf")
+    if any(sorted(p) != list(range(N_CLASSES)) for p in out.values()) or worst > 0.9 * conv_err and out != CONVENTION_GENERATORS:
+        return dict(CONVENTION_GENERATORS), conv_err
     return out, worst

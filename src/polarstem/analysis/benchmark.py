@@ -1,0 +1,608 @@
+"""``polarstem benchmark CONFIG.yaml -o REPORT_DIR``: every model, both modes, on held-out simulations.
+
+The figures must be the ones a user gets, so every table entry comes from the plugin's own code:
+pattern-mode accuracies are :func:`polarstem.evaluate.evaluate` calls on labeled folders written to disk
+(``polarstem evaluate FOLDER --model M --mode pattern`` prints the same numbers; ``keep_datasets: true``
+keeps the folders); cell-mode inputs (the mean of one row of the training layout: one structure and
+thickness over a probe grid covering one cell) go through :func:`polarstem.infer.classify_scan` with the
+cell weights and are scored by :func:`polarstem.evaluate.scores`. Defect detection is
+``evaluate(..., defects_path=...)`` on simulated scans. See docs/benchmark.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..classes import N_CLASSES
+from ..errors import ModelFileError, PolarstemError
+
+DEFAULT_CORRUPTIONS = {
+    "dose": [1.0e5, 3.0e4, 1.0e4],  # electrons per pattern
+    "blur_px": [0.5, 1.0, 2.0],  # Gaussian sigma, simulated detector pixels
+    "background": [0.02, 0.05, 0.1],  # fraction of the intensity in a smooth Lorentzian background
+    "descan_px": [1.0, 3.0, 5.0],  # pattern centre offset, uniform in +-m px
+    "combined": [0.5, 1.0, 1.5],  # all four at once, see testsets.corruption
+}
+
+
+@dataclass
+class BenchmarkConfig:
+    """One benchmark run; the YAML keys are these field names (configs/benchmark/*.yaml)."""
+
+    models: list | str = "all"  # registry names, or "all" (every model with weights)
+    modes: list = field(default_factory=lambda: ["pattern", "cell"])
+    weights: str | None = None  # weights folder (default: the package's)
+    train: str | None = ".cache/sim/canonical"  # training set: thickness range, domain-gap reference
+    test: str | None = ".cache/sim/heldout"  # held-out simulations, training layout
+    thickness_sets: dict | str = "auto"  # name -> [lo, hi) nm; "auto": below / in_range / above training
+    n_patterns: int = 1024  # single patterns per test set (subsampled with ``seed``)
+    n_cells: int = 256  # cell averages (rows) per test set
+    corruption_set: str = "in_range"  # the thickness set the corruptions are applied to
+    corruptions: dict = field(default_factory=lambda: dict(DEFAULT_CORRUPTIONS))
+    position_bins: int = 4  # probe-position map: bins per cell edge
+    thickness_bin_nm: float = 5.0
+    scans: list = field(default_factory=lambda: ["sample_data"])  # labeled scans with defects.npy
+    scan_modes: list = field(default_factory=lambda: ["auto", "pattern"])
+    domain_gap: dict = field(default_factory=lambda: {"datasets": ["sample_data"], "model": "best", "mode": "pattern",
+                                                       "n_train": 1000, "n_user": 1000})
+    speed_patterns: int = 512
+    batch_size: int = 256
+    threads: int | None = 1
+    device: str = "cpu"
+    seed: int = 0
+    keep_datasets: bool = False
+
+    @classmethod
+    def from_yaml(cls, path) -> "BenchmarkConfig":
+        import yaml
+
+        p = Path(path)
+        if not p.exists():
+            raise PolarstemError(f"{p}: no such benchmark config")
+        try:
+            d = yaml.safe_load(p.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise PolarstemError(f"{p}: unreadable benchmark config ({' '.join(str(exc).split())[:160]})") from None
+        if not isinstance(d, dict):
+            raise PolarstemError(f"{p}: a benchmark config is a mapping of keys to values")
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise PolarstemError(f"{p}: unknown keys {', '.join(sorted(unknown))}")
+        cfg = cls(**d)
+        cfg.check(p)
+        return cfg
+
+    def check(self, where="config") -> None:
+        from .testsets import corruption
+
+        bad = [m for m in self.modes if m not in ("pattern", "cell")]
+        if bad:
+            raise PolarstemError(f"{where}: modes must be pattern and/or cell, not {', '.join(map(str, bad))}")
+        for kind in self.corruptions or {}:
+            corruption(kind, 1.0)  # raises on an unknown kind
+        if self.n_patterns < 1 or self.n_cells < 1:
+            raise PolarstemError(f"{where}: n_patterns and n_cells must be positive")
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+@contextmanager
+def _weights_folder(folder):
+    """Point the registry at ``folder`` for the run (evaluate() loads models by name)."""
+    from ..models import clear_cache
+
+    if not folder:
+        yield
+        return
+    old = os.environ.get("POLARSTEM_WEIGHTS")
+    os.environ["POLARSTEM_WEIGHTS"] = str(folder)
+    clear_cache()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("POLARSTEM_WEIGHTS", None)
+        else:
+            os.environ["POLARSTEM_WEIGHTS"] = old
+        clear_cache()
+
+
+def _set_threads(n):
+    if not n:
+        return
+    try:
+        import torch
+
+        torch.set_num_threads(int(n))
+    except ImportError:  # PCA + kNN only
+        pass
+
+
+def select_models(cfg: BenchmarkConfig) -> list[dict]:
+    """Registry entries to benchmark, each with the configured modes it has weights for."""
+    from ..models import list_models
+
+    entries = list_models()
+    if cfg.models != "all":
+        wanted = list(cfg.models)
+        known = {e["name"] for e in entries}
+        unknown = [m for m in wanted if m not in known]
+        if unknown:
+            raise PolarstemError(f"unknown model(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        entries = [e for e in entries if e["name"] in wanted]
+    out = []
+    for e in entries:
+        modes = [m for m in cfg.modes if m in e["modes"]]
+        if modes:
+            out.append({"name": e["name"], "family": e["family"], "prototype": e.get("prototype", False),
+                        "modes": modes, "sha256": {m: e["weights"][m]["sha256"] for m in modes}})
+    return out
+
+
+def thickness_sets(cfg: BenchmarkConfig, test_src, train_src) -> dict[str, list[float]]:
+    """name -> [lo, hi) nm. "auto": the training range (from the training set's config) splits the test set."""
+    if isinstance(cfg.thickness_sets, dict):
+        return {str(k): [float(v[0]), float(v[1])] for k, v in cfg.thickness_sets.items()}
+    rng_ = (train_src or test_src).training_thickness_range()
+    if rng_ is None or test_src.thickness is None:
+        return {"all": [0.0, float("inf")]}
+    lo, hi = rng_
+    eps = 1e-3
+    return {"below": [0.0, lo - eps], "in_range": [lo - eps, hi + eps], "above": [hi + eps, float("inf")]}
+
+
+def _score_row(res: dict, **keys) -> dict:
+    row = dict(keys)
+    for k in ("accuracy", "n", "per_class", "confusion", "unclassified", "informative_fraction",
+              "accuracy_informative", "patterns_per_s"):
+        if k in res:
+            row[k] = res[k]
+    return row
+
+
+def classify_folder(folder, model, mode: str, cfg: BenchmarkConfig):
+    """classify_scan on a labeled test folder with the weights of ``mode``; the inputs are used as they are.
+
+    Cell-mode inputs are already cell averages, so they are classified position by position
+    (``mode="pattern"`` in classify_scan) with the *cell* weights.
+    """
+    from ..infer import classify_scan
+    from ..io import load
+    from ..models import load_model
+
+    ds = load(folder)
+    labels = np.load(Path(folder) / "labels.npy", allow_pickle=False).reshape(ds.scan_shape)
+    m = load_model(model, mode=mode, device="cpu")
+    res = classify_scan(ds, model=m, mode="pattern", roi=labels >= 0, device=cfg.device,
+                        batch_size=cfg.batch_size, anomaly=False)
+    return res, labels
+
+
+def evaluate_folder(folder, model: str, mode: str, cfg: BenchmarkConfig) -> tuple[dict, object]:
+    """Scores of one model/mode on one folder: evaluate() for pattern mode, classify_scan + scores for cell."""
+    from ..evaluate import evaluate, scores
+
+    if mode == "pattern":
+        return evaluate(folder, model=model, mode="pattern", device=cfg.device), None
+    res, labels = classify_folder(folder, model, mode, cfg)
+    out = {"file": str(folder), "model": model, "model_sha256": res.model_sha256, "mode": mode}
+    out.update(scores(res.classes, labels))
+    roi = labels >= 0
+    out["informative_fraction"] = round(float(res.informative[roi].mean()), 4)
+    out["accuracy_informative"] = scores(res.classes, labels, res.informative)["accuracy"]
+    out["patterns_per_s"] = round(res.n_patterns / res.seconds, 1) if res.seconds else None
+    return out, res
+
+
+def measure_speed(model_name: str, mode: str, frames: np.ndarray, calibration, cfg: BenchmarkConfig) -> dict:
+    """Preprocessing and forward-pass patterns/s on ``frames`` (the end-to-end figure comes from evaluate)."""
+    from ..models import load_model
+
+    m = load_model(model_name, mode=mode, device="cpu")
+    t0 = time.perf_counter()
+    x, _ = m.preprocess(frames, calibration)
+    t_pre = time.perf_counter() - t0
+    m.predict(x[: min(len(x), 16)])  # warm-up
+    reps = max(1, int(np.ceil(cfg.speed_patterns / max(len(x), 1))))
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        for i in range(0, len(x), cfg.batch_size):
+            m.predict(x[i:i + cfg.batch_size])
+    t_fwd = time.perf_counter() - t0
+    n_params = None
+    net = getattr(m, "net", None)
+    if net is not None:
+        n_params = int(sum(p.numel() for p in net.parameters()))
+    return {"preprocess_per_s": round(len(x) / t_pre, 1) if t_pre else None,
+            "forward_per_s": round(reps * len(x) / t_fwd, 1) if t_fwd else None,
+            "input": list(m.input_shape), "parameters": n_params, "batch_size": cfg.batch_size}
+
+
+# --------------------------------------------------------------------------------------------------
+# per-pattern analyses (probe position, thickness, tilt)
+
+
+def _binned_accuracy(values, correct, edges) -> list[dict]:
+    out = []
+    idx = np.digitize(values, edges) - 1
+    for i in range(len(edges) - 1):
+        sel = idx == i
+        if sel.any():
+            out.append({"lo": round(float(edges[i]), 3), "hi": round(float(edges[i + 1]), 3),
+                        "n": int(sel.sum()), "accuracy": round(float(correct[sel].mean()), 4)})
+    return out
+
+
+def position_maps(frac: np.ndarray, labels: np.ndarray, res, bins: int) -> dict:
+    """Per probe-position bin (x, y fraction of the cell): accuracy, informative share, confidence, distance."""
+    frac = np.asarray(frac).reshape(-1, 2)
+    y = np.asarray(labels).reshape(-1)
+    pred = res.classes.reshape(-1).astype(np.int64)
+    inf = res.informative.reshape(-1)
+    conf = res.confidence.reshape(-1)
+    dist = res.embedding_distance.reshape(-1)
+    ix = np.minimum((frac[:, 0] * bins).astype(int), bins - 1)
+    iy = np.minimum((frac[:, 1] * bins).astype(int), bins - 1)
+    keys = {"accuracy": np.full((bins, bins), np.nan), "informative": np.full((bins, bins), np.nan),
+            "accuracy_informative": np.full((bins, bins), np.nan), "confidence": np.full((bins, bins), np.nan),
+            "embedding_distance": np.full((bins, bins), np.nan), "n": np.zeros((bins, bins), int)}
+    ok = y >= 0
+    for by in range(bins):
+        for bx in range(bins):
+            sel = ok & (iy == by) & (ix == bx)
+            if not sel.any():
+                continue
+            keys["n"][by, bx] = int(sel.sum())
+            keys["accuracy"][by, bx] = (pred[sel] == y[sel]).mean()
+            keys["informative"][by, bx] = inf[sel].mean()
+            si = sel & inf
+            if si.any():
+                keys["accuracy_informative"][by, bx] = (pred[si] == y[si]).mean()
+            keys["confidence"][by, bx] = np.nanmean(conf[sel])
+            if np.isfinite(dist[sel]).any():
+                keys["embedding_distance"][by, bx] = np.nanmean(dist[sel])
+    correct = (pred == y)[ok]
+    c = conf[ok]
+    # do confidence and the filter single out the wrong patterns? (AUC of "wrong" vs low confidence)
+    auc = None
+    if 0 < correct.sum() < len(correct):
+        from sklearn.metrics import roc_auc_score
+
+        auc = round(float(roc_auc_score(~correct, -np.nan_to_num(c, nan=0.0))), 4)
+    return {k: np.round(v, 4).tolist() for k, v in keys.items()} | {
+        "bins": bins, "error_auc_low_confidence": auc,
+        "accuracy_informative_all": round(float(correct[inf[ok]].mean()), 4) if inf[ok].any() else None,
+        "informative_all": round(float(inf[ok].mean()), 4)}
+
+
+# --------------------------------------------------------------------------------------------------
+# scans with defects
+
+
+def scan_phase_analysis(scan, model: str, cfg: BenchmarkConfig) -> dict | None:
+    """Pattern mode on a real scan layout, per place in the unit cell: accuracy, filter, confidence, anomaly.
+
+    The lattice comes from the scan's virtual image (as in cell mode), so the anomaly score compares each
+    position with the others at the same place in the cell.
+    """
+    from ..infer import classify_scan, scan_lattice
+    from ..io import load
+
+    folder = Path(scan)
+    ds = load(folder)
+    labels = np.load(folder / "labels.npy", allow_pickle=False).reshape(ds.scan_shape)
+    defects = np.load(folder / "defects.npy", allow_pickle=False).reshape(ds.scan_shape).astype(bool) \
+        if (folder / "defects.npy").exists() else np.zeros(ds.scan_shape, bool)
+    lattice, _ = scan_lattice(ds)
+    if lattice is None:
+        return None
+    res = classify_scan(ds, model=model, mode="pattern", lattice=lattice, device=cfg.device, batch_size=cfg.batch_size)
+    bins = lattice.phase_bins(ds.scan_shape)
+    ok = (labels >= 0) & ~defects
+    out = []
+    for b in np.unique(bins):
+        sel = ok & (bins == b)
+        if not sel.any():
+            continue
+        out.append({"bin": int(b), "n": int(sel.sum()),
+                    "accuracy": round(float((res.classes[sel] == labels[sel]).mean()), 4),
+                    "informative": round(float(res.informative[sel].mean()), 4),
+                    "confidence": round(float(np.nanmean(res.confidence[sel])), 4),
+                    "anomaly": round(float(np.nanmean(res.anomaly[sel])), 4) if res.anomaly is not None else None})
+    an = res.anomaly
+    return {"scan": str(folder), "model": model, "lattice_period": [round(float(p), 3) for p in lattice.period],
+            "phase_bins": out,
+            "anomaly_median_away": round(float(np.nanmedian(an[ok])), 4) if an is not None and ok.any() else None,
+            "anomaly_median_defects": round(float(np.nanmedian(an[defects])), 4) if an is not None and defects.any() else None,
+            "maps": {"classes": res.classes, "anomaly": an, "labels": labels, "defects": defects,
+                     "confidence": res.confidence}}
+
+
+# --------------------------------------------------------------------------------------------------
+# the run
+
+
+def run_benchmark(cfg: BenchmarkConfig, out_dir, log=print) -> dict:
+    """Run everything the config asks for, write REPORT_DIR (report.md, results.json, CSVs, PNGs)."""
+    from .report import write_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _set_threads(cfg.threads)
+    t_start = time.time()
+    results: dict = {"config": cfg.to_dict(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "threads": cfg.threads,
+                                 "device": cfg.device},
+                     "models": [], "accuracy": [], "speed": [], "positions": [], "thickness": [], "tilt": [],
+                     "scans": [], "scan_phases": [], "domain_gap": [], "notes": [], "datasets": {}}
+    with _weights_folder(cfg.weights):
+        from ..models import weights_dir
+
+        results["weights"] = str(weights_dir())
+        models = select_models(cfg)
+        results["models"] = models
+        if not models:
+            results["notes"].append(f"no model with weights in {weights_dir()}: nothing to benchmark")
+            log(results["notes"][-1])
+        else:
+            log(f"benchmark: {', '.join(m['name'] + '[' + ','.join(m['modes']) + ']' for m in models)}")
+        figures: dict = {}
+        if models:
+            _run_testsets(cfg, models, out, results, figures, log)
+            _run_scans(cfg, models, results, figures, log)
+            _run_domain_gap(cfg, models, out, results, log)
+    results["seconds"] = round(time.time() - t_start, 1)
+    write_report(results, figures, out)
+    log(f"benchmark: report in {out / 'report.md'} ({results['seconds']:.0f} s)")
+    return results
+
+
+def _run_testsets(cfg, models, out, results, figures, log) -> None:
+    from .testsets import apply_corruption, open_source, pick_cells, pick_patterns, write_testset
+
+    if not cfg.test or not Path(cfg.test).exists():
+        results["notes"].append(f"held-out set {cfg.test} not found: accuracy tables skipped "
+                                "(simulate it with polarstem simulate configs/simulate/heldout.yaml)")
+        log(results["notes"][-1])
+        return
+    src = open_source(cfg.test)
+    train_src = open_source(cfg.train) if cfg.train and Path(cfg.train).exists() else None
+    if src.manifest.get("status") not in (None, "complete"):
+        results["notes"].append(f"{cfg.test} is still being simulated: {len(src.complete_rows)} of "
+                                f"{src.labels.shape[0]} rows finished; the test sets use the finished rows")
+    sets = thickness_sets(cfg, src, train_src)
+    results["thickness_sets"] = sets
+    results["training_thickness_nm"] = (train_src or src).training_thickness_range()
+    results["detector_mrad_per_px"] = src.calibration.mrad_per_px
+    if train_src is not None and cfg.train and Path(cfg.train).resolve() == Path(cfg.test).resolve():
+        results["notes"].append("the test set is the training set: accuracies are on seen data")
+    modes_needed = sorted({m for e in models for m in e["modes"]})
+    data_root = out / "datasets" if cfg.keep_datasets else Path(tempfile.mkdtemp(prefix="polarstem-bench-"))
+    per_pattern: dict = {}  # (model, mode) -> list of per-input records for the analyses
+    n_pos = src.labels.shape[1]
+    try:
+        for set_name, window in sets.items():
+            rng = np.random.default_rng([cfg.seed, zlib.crc32(set_name.encode())])
+            conds = [("ideal", 0.0)]
+            if set_name == cfg.corruption_set:
+                conds += [(k, float(s)) for k, levels in (cfg.corruptions or {}).items() for s in levels]
+            picks = {}
+            if "pattern" in modes_needed:
+                rr, cc = pick_patterns(src, window, cfg.n_patterns, rng)
+                if len(rr):
+                    picks["pattern"] = (src.read_patterns(rr, cc), src.labels[rr, cc], {
+                        "thickness_nm": None if src.thickness is None else src.thickness[rr, cc],
+                        "probe_frac": None if src.probe_frac is None else src.probe_frac[rr, cc],
+                        "tilt_mrad": None if src.tilt_mrad is None else src.tilt_mrad[rr, cc]}, 1)
+            if "cell" in modes_needed:
+                rows = pick_cells(src, window, cfg.n_cells, rng)
+                if len(rows):
+                    picks["cell"] = (src.read_rows(rows).mean(axis=1), src.labels[rows, 0], {
+                        "thickness_nm": None if src.thickness is None else src.thickness[rows, 0],
+                        "tilt_mrad": None if src.tilt_mrad is None else src.tilt_mrad[rows, 0]}, n_pos)
+            if not picks:
+                results["notes"].append(f"test set '{set_name}' ({window[0]}-{window[1]} nm): no finished patterns")
+                continue
+            for ci, (kind, strength) in enumerate(conds):
+                cond = kind if kind == "ideal" else f"{kind}={strength:g}"
+                for input_mode, (frames, labels, meta, per_input) in picks.items():
+                    folder = data_root / set_name / input_mode / cond.replace("=", "_")
+                    data = apply_corruption(frames, kind, strength, [cfg.seed, ci, 7], per_input)
+                    write_testset(folder, data, labels, src.calibration, meta,
+                                  {"source": str(src.folder), "set": set_name, "thickness_window_nm": window,
+                                   "condition": cond, "input": input_mode, "seed": cfg.seed})
+                    results["datasets"][f"{set_name}/{input_mode}/{cond}"] = {"folder": str(folder), "n": int(len(labels))}
+                    for e in models:
+                        if input_mode not in e["modes"]:
+                            continue
+                        t0 = time.perf_counter()
+                        try:
+                            res, result = evaluate_folder(folder, e["name"], input_mode, cfg)
+                        except ModelFileError as exc:
+                            results["notes"].append(f"{e['name']}/{input_mode}: {exc}")
+                            continue
+                        row = _score_row(res, model=e["name"], mode=input_mode, set=set_name, condition=kind,
+                                         strength=strength, thickness_window_nm=window)
+                        results["accuracy"].append(row)
+                        log(f"  {set_name:<9} {cond:<16} {e['name']:<13} {input_mode:<7} acc {row['accuracy']} "
+                            f"(n={row['n']}, {time.perf_counter() - t0:.1f} s)")
+                        if kind == "ideal":
+                            r = result if result is not None else classify_folder(folder, e["name"], input_mode, cfg)[0]
+                            per_pattern.setdefault((e["name"], input_mode), []).append((labels, meta, r))
+                            if set_name == cfg.corruption_set:
+                                sp = measure_speed(e["name"], input_mode, frames[: cfg.batch_size], src.calibration, cfg)
+                                sp.update(model=e["name"], mode=input_mode, end_to_end_per_s=res.get("patterns_per_s"))
+                                results["speed"].append(sp)
+                    if not cfg.keep_datasets:
+                        shutil.rmtree(folder, ignore_errors=True)
+        _per_pattern_analyses(cfg, per_pattern, results, figures)
+    finally:
+        if not cfg.keep_datasets:
+            shutil.rmtree(data_root, ignore_errors=True)
+
+
+def _per_pattern_analyses(cfg, per_pattern, results, figures) -> None:
+    """Accuracy vs thickness and tilt (all ideal sets pooled) and vs probe position (pattern mode)."""
+    for (name, mode), parts in per_pattern.items():
+        y = np.concatenate([p[0] for p in parts]).astype(np.int64)
+        pred = np.concatenate([p[2].classes.reshape(-1) for p in parts]).astype(np.int64)
+        correct = (pred == y)[y >= 0]
+        keep = y >= 0
+
+        def cat(key):
+            vals = [p[1].get(key) for p in parts]
+            return None if any(v is None for v in vals) else np.concatenate(vals)[keep]
+
+        th = cat("thickness_nm")
+        if th is not None and len(th):
+            step = float(cfg.thickness_bin_nm)
+            edges = np.arange(np.floor(th.min() / step) * step, th.max() + step + 1e-9, step)
+            results["thickness"].append({"model": name, "mode": mode, "bins": _binned_accuracy(th, correct, edges)})
+        tilt = cat("tilt_mrad")
+        if tilt is not None and len(tilt) and np.isfinite(tilt).all():
+            results["tilt"].append({"model": name, "mode": mode,
+                                    "bins": _binned_accuracy(tilt, correct, np.array([0.0, 0.5, 1.0, 1.5, 10.0]))})
+        if mode == "pattern":
+            fr = [p for p in parts if p[1].get("probe_frac") is not None]
+            if fr:
+                from types import SimpleNamespace
+
+                res = SimpleNamespace(**{k: np.concatenate([p[2].__dict__[k].reshape(-1) for p in fr])
+                                         for k in ("classes", "informative", "confidence", "embedding_distance")})
+                frac = np.concatenate([p[1]["probe_frac"] for p in fr])
+                labels = np.concatenate([p[0] for p in fr])
+                pm = position_maps(frac, labels, res, int(cfg.position_bins))
+                pm.update(model=name, mode=mode)
+                results["positions"].append(pm)
+
+
+def _run_scans(cfg, models, results, figures, log) -> None:
+    from ..evaluate import evaluate
+
+    for scan in cfg.scans or []:
+        folder = Path(scan)
+        if not (folder / "labels.npy").exists():
+            results["notes"].append(f"scan {scan}: not found or unlabeled, defect detection skipped")
+            log(results["notes"][-1])
+            continue
+        defects = folder / "defects.npy"
+        for e in models:
+            for mode in cfg.scan_modes:
+                t0 = time.perf_counter()
+                try:
+                    res = evaluate(folder, model=e["name"], mode=mode,
+                                   defects_path=defects if defects.exists() else None, device=cfg.device)
+                except PolarstemError as exc:  # no weights for the mode auto chose, no lattice for cell
+                    results["notes"].append(f"scan {folder.name}, {e['name']} {mode}: {exc}")
+                    continue
+                row = {"scan": str(folder), "model": e["name"], "mode_requested": mode, "mode": res["mode"]}
+                for k in ("accuracy", "accuracy_outside_defects", "accuracy_at_defects", "anomaly_auc", "n",
+                          "informative_fraction", "per_class", "confusion", "patterns_per_s"):
+                    row[k] = res.get(k)
+                results["scans"].append(row)
+                log(f"  scan {folder.name} {e['name']:<13} {mode}->{res['mode']}: acc {row['accuracy']}, "
+                    f"away from defects {row['accuracy_outside_defects']}, anomaly AUC {row['anomaly_auc']} "
+                    f"({time.perf_counter() - t0:.1f} s)")
+            if "pattern" in e["modes"]:
+                try:
+                    ph = scan_phase_analysis(folder, e["name"], cfg)
+                except PolarstemError as exc:
+                    results["notes"].append(f"scan {folder.name}, {e['name']}: phase analysis failed ({exc})")
+                    ph = None
+                if ph is not None:
+                    figures.setdefault("scan_maps", []).append(ph.pop("maps"))
+                    figures["scan_maps"][-1].update(model=e["name"], scan=folder.name)
+                    results["scan_phases"].append(ph)
+
+
+def best_model(results: dict, mode: str | None = None) -> tuple[str, str] | None:
+    """(model, mode) with the highest ideal in-range accuracy (or the first benchmarked model)."""
+    rows = [r for r in results["accuracy"] if r["condition"] == "ideal" and r["set"] in ("in_range", "all")
+            and (mode is None or r["mode"] == mode) and r.get("accuracy") is not None]
+    if rows:
+        r = max(rows, key=lambda r: r["accuracy"])
+        return r["model"], r["mode"]
+    for e in results["models"]:
+        if mode is None or mode in e["modes"]:
+            return e["name"], mode or e["modes"][0]
+    return None
+
+
+def _run_domain_gap(cfg, models, out, results, log) -> None:
+    from .domain_gap import embedding_map, plot_embedding_map
+
+    dg = dict(cfg.domain_gap or {})
+    datasets = [d for d in dg.get("datasets", []) if d]
+    if not datasets:
+        return
+    if not cfg.train or not Path(cfg.train).exists():
+        results["notes"].append(f"training set {cfg.train} not found: domain-gap view skipped")
+        return
+    mode = dg.get("mode", "pattern")
+    name = dg.get("model", "best")
+    if name == "best":
+        b = best_model(results, mode)
+        if b is None:
+            results["notes"].append(f"no model with {mode} weights for the domain-gap view")
+            return
+        name = b[0]
+    for i, d in enumerate(datasets):
+        if not Path(d).exists():
+            results["notes"].append(f"domain gap: {d} not found, skipped")
+            continue
+        try:
+            emap = embedding_map(name, d, cfg.train, mode=mode, n_train=int(dg.get("n_train", 1000)),
+                                 n_user=int(dg.get("n_user", 1000)), seed=cfg.seed)
+        except PolarstemError as exc:
+            results["notes"].append(f"domain gap on {d}: {exc}")
+            continue
+        stem = f"domain_gap_{i}_{Path(d).name or 'data'}"
+        plot_embedding_map(emap, out / f"{stem}.png")
+        emap.to_csv(out / f"{stem}.csv")
+        results["domain_gap"].append(emap.summary() | {"figure": f"{stem}.png", "csv": f"{stem}.csv"})
+        log(f"  domain gap {Path(d).name}: {name}/{mode}, outside training {emap.outside_fraction}")
+
+
+def save_json(obj, path) -> None:
+    def default(o):
+        if isinstance(o, (np.integer,)):
+            return int(o)
+        if isinstance(o, (np.floating,)):
+            return None if not np.isfinite(o) else float(o)
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, Path):
+            return str(o)
+        return str(o)
+
+    def clean(o):
+        if isinstance(o, float) and not np.isfinite(o):
+            return None if np.isnan(o) else ("inf" if o > 0 else "-inf")
+        if isinstance(o, dict):
+            return {str(k): clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+
+    tmp = Path(path).with_name(Path(path).name + ".partial")
+    tmp.write_text(json.dumps(clean(obj), indent=1, default=default))
+    os.replace(tmp, path)
+
+
+__all__ = ["BenchmarkConfig", "run_benchmark", "select_models", "evaluate_folder", "best_model", "N_CLASSES"]

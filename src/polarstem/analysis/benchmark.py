@@ -295,6 +295,22 @@ def position_maps(frac: np.ndarray, labels: np.ndarray, res, bins: int) -> dict:
 # scans with defects
 
 
+def simulated_lattice(folder):
+    """The lattice a simulated scan was made with (its manifest), so the analysis does not hang on the finder."""
+    from ..lattice import Lattice
+
+    p = Path(folder) / "manifest.json"
+    if not p.exists():
+        return None
+    try:
+        sc = (json.loads(p.read_text()).get("config") or {}).get("scan") or {}
+        spc = float(sc["steps_per_cell"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    off = sc.get("offset_frac", [0.0, 0.0])  # (x, y) fraction of a cell
+    return Lattice(period=(spc, spc), origin=((-off[1] * spc) % spc, (-off[0] * spc) % spc), source="simulation")
+
+
 def scan_phase_analysis(scan, model: str, cfg: BenchmarkConfig) -> dict | None:
     """Pattern mode on a real scan layout, per place in the unit cell: accuracy, filter, confidence, anomaly.
 
@@ -309,7 +325,7 @@ def scan_phase_analysis(scan, model: str, cfg: BenchmarkConfig) -> dict | None:
     labels = np.load(folder / "labels.npy", allow_pickle=False).reshape(ds.scan_shape)
     defects = np.load(folder / "defects.npy", allow_pickle=False).reshape(ds.scan_shape).astype(bool) \
         if (folder / "defects.npy").exists() else np.zeros(ds.scan_shape, bool)
-    lattice, _ = scan_lattice(ds)
+    lattice = simulated_lattice(folder) or scan_lattice(ds)[0]
     if lattice is None:
         return None
     res = classify_scan(ds, model=model, mode="pattern", lattice=lattice, device=cfg.device, batch_size=cfg.batch_size)

@@ -18,7 +18,7 @@ def make_sample_data() -> list[tuple]:
     try:
         path = sample_dataset_path()
         ds = open_dataset(path)
-        return [virtual_image_layer(ds, name=f"sample {path.name}", background=False)]
+        return [virtual_image_layer(ds, name="KNN sample", background=False)]
     except PolarstemError as exc:
         show_error(str(exc))
         return []

@@ -211,3 +211,18 @@ def test_import_is_light():
             "if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_training_set_grows_and_shrinks_keeping_finished_structures(tmp_path):
+    small = dict(MINI, training=dict(MINI["training"], structures=1))
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["simulate", str(_write_cfg(tmp_path, MINI)), "-o", str(a), "--quiet"]) == 0
+    assert main(["simulate", str(_write_cfg(tmp_path, small, "s.yaml")), "-o", str(b), "--quiet"]) == 0
+    assert load(b).shape[0] == 2
+    assert main(["simulate", str(_write_cfg(tmp_path, MINI, "m.yaml")), "-o", str(b), "--quiet"]) == 0
+    assert load(b).shape == load(a).shape
+    np.testing.assert_array_equal(_arrays(a), _arrays(b))
+    np.testing.assert_array_equal(np.load(a / "labels.npy"), np.load(b / "labels.npy"))
+    assert main(["simulate", str(_write_cfg(tmp_path, small, "s2.yaml")), "-o", str(b), "--quiet"]) == 0
+    np.testing.assert_array_equal(_arrays(b), _arrays(a)[:2])
+    assert json.loads((b / "manifest.json").read_text())["status"] == "complete"

@@ -53,6 +53,15 @@ def config_hash(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def resume_hash(cfg: dict) -> str:
+    """Hash of everything but the number of training structures: structure i depends on (seed, i)
+    only, so a training set can grow or shrink and keep its finished structures."""
+    c = json.loads(json.dumps(cfg))
+    if c.get("kind") == "training":
+        c["training"].pop("structures", None)
+    return config_hash(c)
+
+
 # --------------------------------------------------------------------------------------------------
 # planning (client side, cheap, no abTEM)
 
@@ -290,6 +299,16 @@ def _open_data(path: Path):
     return exp[next(iter(exp.group_keys()))]["data"]
 
 
+def _set_axis_sizes(path: Path, sizes) -> None:
+    import zarr
+
+    group = zarr.open_group(zarr.storage.NestedDirectoryStore(str(path)), mode="r+")
+    exp = group["Experiments"]
+    node = exp[next(iter(exp.group_keys()))]
+    for i, size in enumerate(sizes):
+        node[f"axis-{i}"].attrs["size"] = int(size)
+
+
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -314,7 +333,7 @@ def simulate(cfg: dict, out: str | Path, workers: int = 1, scheduler: str | None
     if out.exists() and not out.is_dir():
         raise PolarstemError(f"{out}: exists and is not a folder")
     p = plan(cfg)
-    h = config_hash(cfg)
+    h, rh = config_hash(cfg), resume_hash(cfg)
     cal = Calibration(scan_step_nm=tuple(p["calibration"]["scan_step_nm"]),
                       mrad_per_px=p["calibration"]["mrad_per_px"], beam_energy_kev=cfg["optics"]["energy_kev"],
                       convergence_mrad=cfg["optics"]["convergence_mrad"],
@@ -326,16 +345,20 @@ def simulate(cfg: dict, out: str | Path, workers: int = 1, scheduler: str | None
             prog = json.loads(progress_path.read_text())
         except ValueError:
             raise PolarstemError(f"{progress_path}: unreadable; delete the folder to start again") from None
-        if prog.get("config_hash") != h:
+        if prog.get("config_hash") != h and prog.get("resume_hash") != rh:
             raise PolarstemError(f"{out}: holds a different simulation (config or seed changed); "
                                  "choose another folder or delete it")
-        done = set(int(i) for i in prog.get("done", []))
+        done = set(int(i) for i in prog.get("done", []) if int(i) < len(p["tasks"]))
         data = _open_data(out / DATA_FILE)
+        if tuple(data.shape) != tuple(p["shape"]):  # more or fewer training structures than before
+            data.resize(tuple(p["shape"]))
+            _set_axis_sizes(out / DATA_FILE, p["shape"][:2])
+        _save_json(progress_path, {"config_hash": h, "resume_hash": rh, "done": sorted(done)})
     else:
         out.mkdir(parents=True, exist_ok=True)
         data = _create_data_file(out / DATA_FILE, p["shape"], p["chunk_rows"], cal,
                                  title=f"KNN simulation ({cfg['kind']})")
-        _save_json(progress_path, {"config_hash": h, "done": []})
+        _save_json(progress_path, {"config_hash": h, "resume_hash": rh, "done": []})
     arrays = p["arrays"]
     full_labels = arrays["labels"]
     for name, arr in arrays.items():
@@ -394,7 +417,7 @@ def simulate(cfg: dict, out: str | Path, workers: int = 1, scheduler: str | None
         data[r0:r1] = np.asarray(block, np.float32)
         done.add(task["index"])
         row_done[r0:r1] = True
-        _save_json(progress_path, {"config_hash": h, "done": sorted(done)})
+        _save_json(progress_path, {"config_hash": h, "resume_hash": rh, "done": sorted(done)})
         write_labels()
         n_new += 1
         if n_new % 10 == 0:

@@ -213,3 +213,34 @@ def test_shipped_weights_quick(data, tmp_path):
                  "--scan", str(data["scan"]), "--models", have[0], "--quiet"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["accuracy"] and all(r["model"] == have[0] for r in res["accuracy"])
+
+
+@pytest.mark.gui
+def test_domain_gap_napari_widget_and_layers(make_napari_viewer, qtbot, data, weights, monkeypatch):
+    """The "Domain gap" dock widget computes the map in a worker and adds two Points layers by class."""
+    from polarstem.models.registry import clear_cache
+
+    monkeypatch.setenv("POLARSTEM_WEIGHTS", str(weights))
+    clear_cache()
+    viewer = make_napari_viewer()
+    viewer.open(str(data["scan"]), plugin="napari-polarstem")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-polarstem", "Domain gap")
+    assert widget.model.count() >= 2 and widget.layer.count() == 1
+    widget.model.setCurrentText("cnn")
+    widget.train.setText(str(data["test"]))
+    widget.n_points.setValue(50)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.emap is not None or "Error" in widget.status.text(), timeout=120_000)
+    assert widget.emap is not None, widget.status.text()
+    from polarstem._napari._domain_gap import DATA_LAYER, TRAIN_LAYER
+
+    train, points = viewer.layers[TRAIN_LAYER], viewer.layers[DATA_LAYER]
+    assert train.data.shape == (50, 2) and points.data.shape == (50, 2)
+    assert set(points.features.columns) >= {"class", "confidence", "row", "col"}
+    from polarstem.classes import direction_colors
+
+    k = int(points.features["class"][0])
+    assert np.allclose(points.face_color[0][:3], direction_colors()[k][:3], atol=1e-3)
+    widget.start()  # a second run replaces the layers in place
+    qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=120_000)
+    assert [ly.name for ly in viewer.layers].count(DATA_LAYER) == 1

@@ -24,7 +24,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import CalibrationError
+from .errors import CalibrationError, PolarstemError
+
+#: Smallest detector (px) a pattern can be classified from, also after binning.
+MIN_DETECTOR_PX = 8
 
 #: The canonical acquisition of the shipped models (shared spec, physics.md).
 CANONICAL_ENERGY_KEV = 200.0
@@ -212,10 +215,14 @@ def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: 
     if n == 0:
         out = np.zeros((0, grid.size, grid.size), np.float32)
         return (out, np.zeros(0, bool), {}) if return_info else (out, np.zeros(0, bool))
+    if min(f.shape[1:]) < MIN_DETECTOR_PX:
+        raise PolarstemError(f"patterns of {f.shape[1]}x{f.shape[2]} px are too small to classify "
+                             f"(at least {MIN_DETECTOR_PX}x{MIN_DETECTOR_PX} px are needed)")
     totals = f.reshape(n, -1).sum(axis=1, dtype=np.float64)
     integer_like = bool(np.issubdtype(np.asarray(frames).dtype, np.integer))
     mrad_in = getattr(calibration, "mrad_per_px", None) if calibration is not None else None
     factor = int(np.floor(grid.mrad_per_px / mrad_in)) if mrad_in else 1
+    factor = min(factor, min(f.shape[1:]) // MIN_DETECTOR_PX)  # binning never leaves fewer pixels than that
     if factor >= 2:  # cheap exact block-binning first: everything after runs on fewer pixels
         f = bin_frames(f, factor)
         calibration = calibration.with_(mrad_per_px=mrad_in * factor)

@@ -61,7 +61,9 @@ def _peak_frequency(power_1d: np.ndarray, n: int, fmin: float, fmax: float) -> t
         denom = a - 2 * b + c
         shift = 0.5 * (a - c) / denom if denom != 0 else 0.0
         k = k + float(np.clip(shift, -0.5, 0.5))
-    background = np.median(power_1d[sel]) + 1e-30
+    # contrast against the whole non-DC spectrum, not just the search window (which holds the peak)
+    wide = power_1d[(freqs >= min(2.0 / n, fmin)) & (freqs <= 0.5)]
+    background = np.median(wide) + 1e-30
     return float(k / n), float(power_1d[int(round(k))] / background)
 
 

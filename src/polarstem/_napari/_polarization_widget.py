@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtGui import QColor, QImage, QPainter, QPen, QPixmap
+from qtpy.QtGui import QColor, QPainter, QPen, QPixmap
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -29,6 +29,7 @@ from ..classes import CLASS_NAMES, N_CLASSES, direction_colors
 from ._classify_worker import ClassifyDone, ClassifyPartial, classify_updates
 from ._layers import shapes_to_mask, show_result
 from ._state import DATASET_KEY, dataset_layers
+from ._widget import pattern_image
 from ._workers import JobFailed, Progress
 
 
@@ -56,13 +57,8 @@ def legend_pixmap(size: int = 120) -> QPixmap:
 
 
 def pattern_pixmap(pattern: np.ndarray, size: int = 160) -> QPixmap:
-    """A diffraction pattern as a log-scaled greyscale pixmap."""
-    img = np.log1p(np.clip(np.nan_to_num(np.asarray(pattern, np.float64)), 0, None))
-    lo, hi = np.percentile(img, [1, 99.8])
-    img = np.clip((img - lo) / max(hi - lo, 1e-12), 0, 1)
-    data = np.ascontiguousarray((img * 255).astype(np.uint8))
-    qimg = QImage(data.data, data.shape[1], data.shape[0], data.strides[0], QImage.Format_Grayscale8).copy()
-    return QPixmap.fromImage(qimg).scaled(size, size, Qt.KeepAspectRatio, Qt.SmoothTransformation)
+    """A diffraction pattern as a log-scaled greyscale pixmap of ``size`` px."""
+    return QPixmap.fromImage(pattern_image(pattern)).scaled(size, size, Qt.KeepAspectRatio, Qt.SmoothTransformation)
 
 
 class PolarizationMapWidget(QWidget):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +62,7 @@ def test_tiny_physics_symmetry(tiny_out):
         assert _rel(mean[k], mean[(k + 4) % 8]) > 0.02
 
 
+@pytest.mark.slow
 def test_tiny_output_format(tiny_out):
     m = json.loads((tiny_out / "manifest.json").read_text())
     assert m["status"] == "complete" and m["data_file"] == "data.zspy"

@@ -29,10 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..classes import class_of_variant
 from ..errors import PolarstemError
 from .config import DEFAULTS
-from .multislice import Optics, detector_geometry, native_mrad_per_px
+from .multislice import Optics, detector_geometry
 from .structures import domain_cells, variant_for_class
 
 DATA_FILE = "data.zspy"
@@ -275,9 +274,12 @@ def _create_data_file(path: Path, shape, chunk_rows: int, calibration, title: st
     from ..io import save
 
     rows, cols, ky, kx = shape
-    save(path, np.zeros((1, 1, ky, kx), np.float32), calibration, title=title)
-    store = zarr.storage.NestedDirectoryStore(str(path))
-    group = zarr.open_group(store, mode="r+")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        save(path, np.zeros((1, 1, ky, kx), np.float32), calibration, title=title)
+    group = zarr.open_group(_nested_store(path), mode="r+")
     exp = group["Experiments"]
     name = next(iter(exp.group_keys()))
     node = exp[name]
@@ -291,10 +293,21 @@ def _create_data_file(path: Path, shape, chunk_rows: int, calibration, title: st
     return node["data"]
 
 
+def _nested_store(path: Path):
+    """The store .zspy files use (zarr 2 warns it is deprecated for zarr 3; RosettaSciIO needs it)."""
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return zarr.storage.NestedDirectoryStore(str(path))
+
+
 def _open_data(path: Path):
     import zarr
 
-    group = zarr.open_group(zarr.storage.NestedDirectoryStore(str(path)), mode="r+")
+    group = zarr.open_group(_nested_store(path), mode="r+")
     exp = group["Experiments"]
     return exp[next(iter(exp.group_keys()))]["data"]
 
@@ -302,7 +315,7 @@ def _open_data(path: Path):
 def _set_axis_sizes(path: Path, sizes) -> None:
     import zarr
 
-    group = zarr.open_group(zarr.storage.NestedDirectoryStore(str(path)), mode="r+")
+    group = zarr.open_group(_nested_store(path), mode="r+")
     exp = group["Experiments"]
     node = exp[next(iter(exp.group_keys()))]
     for i, size in enumerate(sizes):

@@ -126,6 +126,15 @@ def test_deterministic_and_resumable(tmp_path):
     assert th.min() >= 0.9 and th.max() <= 3.1
 
 
+@pytest.mark.slow
+def test_two_local_workers_give_same_arrays(tmp_path):
+    cfg = _write_cfg(tmp_path, MINI)
+    a, c = tmp_path / "a", tmp_path / "c"
+    assert main(["simulate", str(cfg), "-o", str(a), "--quiet"]) == 0
+    assert main(["simulate", str(cfg), "-o", str(c), "--quiet", "--workers", "2"]) == 0
+    np.testing.assert_array_equal(_arrays(a), _arrays(c))
+
+
 def test_other_seed_or_config_refuses_resume(tmp_path, capsys):
     cfg = _write_cfg(tmp_path, MINI)
     out = tmp_path / "o"

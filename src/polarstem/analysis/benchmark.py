@@ -220,11 +220,13 @@ def measure_speed(model_name: str, mode: str, frames: np.ndarray, calibration, c
     t_pre = time.perf_counter() - t0
     m.predict(x[: min(len(x), 16)])  # warm-up
     reps = max(1, int(np.ceil(cfg.speed_patterns / max(len(x), 1))))
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        for i in range(0, len(x), cfg.batch_size):
-            m.predict(x[i:i + cfg.batch_size])
-    t_fwd = time.perf_counter() - t0
+    t_fwd = float("inf")
+    for _ in range(3):  # best of three: the machine may be busy with other work
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            for i in range(0, len(x), cfg.batch_size):
+                m.predict(x[i:i + cfg.batch_size])
+        t_fwd = min(t_fwd, time.perf_counter() - t0)
     n_params = None
     net = getattr(m, "net", None)
     if net is not None:

@@ -155,6 +155,20 @@ def select_models(cfg: BenchmarkConfig) -> list[dict]:
     return out
 
 
+def _card_training_data(name: str, mode: str) -> str | None:
+    from ..models import read_card
+
+    try:
+        return (read_card(name, mode).get("training") or {}).get("data")
+    except ModelFileError:
+        return None
+
+
+def _trained_on(name: str, mode: str, folder) -> bool:
+    data = _card_training_data(name, mode)
+    return bool(data) and Path(data).resolve() == Path(folder).resolve()
+
+
 def thickness_sets(cfg: BenchmarkConfig, test_src, train_src) -> dict[str, list[float]]:
     """name -> [lo, hi) nm. "auto": the training range (from the training set's config) splits the test set."""
     if isinstance(cfg.thickness_sets, dict):
@@ -404,12 +418,21 @@ def _run_testsets(cfg, models, out, results, figures, log) -> None:
     if src.manifest.get("status") not in (None, "complete"):
         results["notes"].append(f"{cfg.test} is still being simulated: {len(src.complete_rows)} of "
                                 f"{src.labels.shape[0]} rows finished; the test sets use the finished rows")
+    from ..models import load_model
+
+    for e in models:  # load (and hash-check) every model once, so timings exclude loading
+        for mode in e["modes"]:
+            load_model(e["name"], mode=mode, device="cpu")
     sets = thickness_sets(cfg, src, train_src)
     results["thickness_sets"] = sets
     results["training_thickness_nm"] = (train_src or src).training_thickness_range()
     results["detector_mrad_per_px"] = src.calibration.mrad_per_px
     if train_src is not None and cfg.train and Path(cfg.train).resolve() == Path(cfg.test).resolve():
         results["notes"].append("the test set is the training set: accuracies are on seen data")
+    seen = sorted({f"{e['name']}/{m}" for e in models for m in e["modes"] if _trained_on(e["name"], m, cfg.test)})
+    if seen:
+        results["notes"].append(f"{', '.join(seen)} were trained on {cfg.test}: their figures are on seen data")
+    results["training_data"] = {f"{e['name']}/{m}": _card_training_data(e["name"], m) for e in models for m in e["modes"]}
     modes_needed = sorted({m for e in models for m in e["modes"]})
     data_root = out / "datasets" if cfg.keep_datasets else Path(tempfile.mkdtemp(prefix="polarstem-bench-"))
     per_pattern: dict = {}  # (model, mode) -> list of per-input records for the analyses

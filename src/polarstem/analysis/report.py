@@ -284,6 +284,12 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
           f"training data: `{results['config'].get('train')}`.", ""]
     if results["notes"]:
         md += ["**Notes**", ""] + [f"- {n}" for n in results["notes"]] + [""]
+    if results.get("models"):
+        td = results.get("training_data") or {}
+        md += ["## Models", "", _table(["model", "family", "modes", "trained on", "sha256"],
+                                       [[e["name"], e["family"], ", ".join(e["modes"]),
+                                         ", ".join(sorted({str(td.get(f"{e['name']}/{m}")) for m in e["modes"]})),
+                                         " ".join(e["sha256"][m][:10] for m in e["modes"])] for e in results["models"]]), ""]
     mm = _model_modes(results)
     sets = list(results.get("thickness_sets", {}))
     if mm:

@@ -294,7 +294,7 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
     sets = list(results.get("thickness_sets", {}))
     if mm:
         md += ["## Accuracy on held-out simulations", "",
-               "Ideal patterns (no noise) of structures the models never saw. Sets by thickness (nm, [lo, hi)): "
+               "Ideal patterns (no noise) of the test set (`test` in the config). Sets by thickness (nm, [lo, hi)): "
                + ", ".join(f"`{s}` {w[0]:g}–{w[1]:g}" for s, w in results.get("thickness_sets", {}).items())
                + f". `combined=1` is the `{cset}` set with blur 1 px, 5 % background, ±3 px descan and 1e4 electrons "
                "per pattern. Pattern mode: single patterns; cell mode: the mean over a probe grid covering one cell.", ""]

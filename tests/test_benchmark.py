@@ -244,3 +244,35 @@ def test_domain_gap_napari_widget_and_layers(make_napari_viewer, qtbot, data, we
     widget.start()  # a second run replaces the layers in place
     qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=120_000)
     assert [ly.name for ly in viewer.layers].count(DATA_LAYER) == 1
+
+
+def test_corruptions_and_cell_dose():
+    from polarstem.analysis.testsets import apply_corruption
+
+    yy, xx = np.indices((33, 33)) - 16
+    frames = np.stack([np.where(np.hypot(yy, xx) < 6, 1.0, 0.01)] * 4).astype(np.float32)
+    single = apply_corruption(frames, "dose", 1e4, 0)
+    cell = apply_corruption(frames, "dose", 1e4, 0, patterns_per_input=16)
+    assert abs(single.sum(axis=(1, 2)).mean() / 1e4 - 1) < 0.05 and abs(cell.sum(axis=(1, 2)).mean() / 16e4 - 1) < 0.05
+    assert np.array_equal(apply_corruption(frames, "combined", 1.0, 3), apply_corruption(frames, "combined", 1.0, 3))
+    assert apply_corruption(frames, "ideal", 0.0, 0) is frames
+    shifted = apply_corruption(frames, "descan_px", 3.0, 1)
+    assert not np.allclose(shifted, frames) and np.allclose(shifted.sum(), frames.sum(), rtol=0.05)
+
+
+def test_position_maps_bins():
+    from types import SimpleNamespace
+
+    from polarstem.analysis.benchmark import position_maps
+
+    rng = np.random.default_rng(0)
+    frac = rng.random((400, 2))
+    labels = np.full(400, 3)
+    pred = np.where(frac[:, 0] < 0.5, 3, 4)  # wrong in the right half of the cell
+    res = SimpleNamespace(classes=pred, informative=frac[:, 1] < 0.5, confidence=np.where(pred == 3, 0.9, 0.4),
+                          embedding_distance=np.full(400, np.nan))
+    pm = position_maps(frac, labels, res, 2)
+    acc = np.asarray(pm["accuracy"])
+    assert np.allclose(acc[:, 0], 1) and np.allclose(acc[:, 1], 0)
+    assert np.allclose(np.asarray(pm["informative"])[0], 1) and np.allclose(np.asarray(pm["informative"])[1], 0)
+    assert pm["error_auc_low_confidence"] == 1.0

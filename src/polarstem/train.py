@@ -640,9 +640,13 @@ def heldout_accuracy(model, sim: SimSet | None, mode: str, grid: InputGrid, seed
     for cond in ("ideal", "corrupted"):
         xs, ys, ts = [], [], []
         count = 0
-        for frames, y, t, _ in _raw_inputs(sim, mode, cell_subsets=False, rng=np.random.default_rng(seed)):
-            if mode == "pattern" and count >= max_patterns:
-                break
+        if mode == "pattern" and len(sim) > max_patterns:  # a random sample across all structures
+            pick = np.sort(np.random.default_rng(seed).choice(len(sim), max_patterns, replace=False))
+            source = [(np.asarray(sim.frames[pick[i:i + 1000]]), sim.labels[pick[i:i + 1000]],
+                       sim.thickness[pick[i:i + 1000]], None) for i in range(0, len(pick), 1000)]
+        else:
+            source = _raw_inputs(sim, mode, cell_subsets=False, rng=np.random.default_rng(seed))
+        for frames, y, t, _ in source:
             det, det_mrad = corrupt(frames, float(sim.calibration.mrad_per_px), rng, aug, ideal=(cond == "ideal"))
             x, ok = model.preprocess(det, Calibration(mrad_per_px=det_mrad, convergence_mrad=CANONICAL_CONVERGENCE_MRAD))
             xs.append(x); ys.append(y); ts.append(t)
@@ -821,6 +825,35 @@ def run(cfg: TrainConfig, progress: bool = True, log=print) -> list[dict]:
     return cards
 
 
+def add_heldout_to_cards(sim_folder, label: str, weights=None, max_patterns: int = 4000, tta: bool = False,
+                         log=print) -> dict:
+    """Score every shipped model on another simulated labeled folder and record it in the cards.
+
+    Used for independent checks (e.g. the project simulator's canonical set, which the models never
+    saw): the result goes to ``card["heldout_other"][label]``; the index is rebuilt (cards only).
+    """
+    from .models.registry import clear_cache, load_model, read_index, weights_dir
+
+    folder = Path(weights) if weights else weights_dir()
+    sim = load_simset(sim_folder)
+    results = {}
+    for key, entry in read_index(folder)["files"].items():
+        model = load_model(entry["name"], entry["mode"], folder=folder)
+        if tta:
+            predict = model.predict
+            model.predict = lambda x, **kw: predict(x, tta=True)  # noqa: E731
+        res = heldout_accuracy(model, sim, entry["mode"], model.grid, max_patterns=max_patterns)
+        results[key] = res
+        card_path = folder / entry["card"]
+        card = json.loads(card_path.read_text())
+        card.setdefault("heldout_other", {})[label] = {"data": str(sim_folder), "tta": tta, **res}
+        card_path.write_text(json.dumps(card, indent=1, default=_json_default) + "\n")
+        log(f"{key}: {label} ideal {res.get('ideal', {}).get('accuracy')} corrupted {res.get('corrupted', {}).get('accuracy')}")
+    clear_cache()
+    write_markdown_cards(folder)
+    return results
+
+
 def write_markdown_cards(weights: Path, docs: Path = Path("docs/model_cards")) -> None:
     """Render every model's JSON cards as docs/model_cards/<name>.md (when that folder exists)."""
     from .models.registry import read_card, read_index
@@ -865,6 +898,15 @@ def markdown_card(cards: list[dict]) -> str:
                           "| thickness (nm) | " + " | ".join(h[cond]["per_thickness_nm"]) + " |",
                           "|---|" + "---|" * len(h[cond]["per_thickness_nm"]),
                           "| accuracy | " + " | ".join(f"{v:.2f}" for v in h[cond]["per_thickness_nm"].values()) + " |"]
+        for label, other in (c.get("heldout_other") or {}).items():
+            for cond in ("ideal", "corrupted"):
+                if cond in other:
+                    pt = other[cond]["per_thickness_nm"]
+                    lines += ["", f"Independent simulations `{label}` ({other['data']}, {cond}"
+                              f"{', test-time symmetry averaging' if other.get('tta') else ''}): accuracy "
+                              f"**{other[cond]['accuracy']}** on {other[cond]['n']} inputs", "",
+                              "| thickness (nm) | " + " | ".join(pt) + " |", "|---|" + "---|" * len(pt),
+                              "| accuracy | " + " | ".join(f"{v:.2f}" for v in pt.values()) + " |"]
     lines += ["", "Limitations: trained on simulations only; see docs/models.md for the domain gap and the filter.", ""]
     return "\n".join(lines)
 

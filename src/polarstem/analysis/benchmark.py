@@ -43,8 +43,8 @@ class BenchmarkConfig:
     models: list | str = "all"  # registry names, or "all" (every model with weights)
     modes: list = field(default_factory=lambda: ["pattern", "cell"])
     weights: str | None = None  # weights folder (default: the package's)
-    train: str | None = ".cache/sim/canonical"  # training set: thickness range, domain-gap reference
-    test: str | None = ".cache/sim/heldout"  # held-out simulations, training layout
+    train: str | None = "auto"  # training set (thickness range, domain-gap reference); auto: from the cards
+    test: str | list | None = ".cache/sim/heldout"  # held-out simulations, training layout (one or a list)
     thickness_sets: dict | str = "auto"  # name -> [lo, hi) nm; "auto": below / in_range / above training
     n_patterns: int = 1024  # single patterns per test set (subsampled with ``seed``)
     n_cells: int = 256  # cell averages (rows) per test set
@@ -389,6 +389,8 @@ def run_benchmark(cfg: BenchmarkConfig, out_dir, log=print) -> dict:
         results["weights"] = str(weights_dir())
         models = select_models(cfg)
         results["models"] = models
+        cfg.train = resolve_train(cfg, models)
+        results["train"] = cfg.train
         if not models:
             results["notes"].append(f"no model with weights in {weights_dir()}: nothing to benchmark")
             log(results["notes"][-1])
@@ -405,97 +407,134 @@ def run_benchmark(cfg: BenchmarkConfig, out_dir, log=print) -> dict:
     return results
 
 
+def _test_folders(cfg) -> list[str]:
+    t = cfg.test
+    return [] if not t else ([str(t)] if isinstance(t, (str, Path)) else [str(x) for x in t])
+
+
+def resolve_train(cfg, models) -> str | None:
+    """``train: auto``: the folder most of the benchmarked models were trained on (from their cards)."""
+    if cfg.train != "auto":
+        return cfg.train
+    from collections import Counter
+
+    data = Counter(d for e in models for m in e["modes"] if (d := _card_training_data(e["name"], m)) and Path(d).exists())
+    return data.most_common(1)[0][0] if data else ".cache/sim/canonical"
+
+
 def _run_testsets(cfg, models, out, results, figures, log) -> None:
-    from .testsets import apply_corruption, open_source, pick_cells, pick_patterns, write_testset
-
-    if not cfg.test or not Path(cfg.test).exists():
-        results["notes"].append(f"held-out set {cfg.test} not found: accuracy tables skipped "
-                                "(simulate it with polarstem simulate configs/simulate/heldout.yaml)")
-        log(results["notes"][-1])
-        return
-    src = open_source(cfg.test)
-    train_src = open_source(cfg.train) if cfg.train and Path(cfg.train).exists() else None
-    if src.manifest.get("status") not in (None, "complete"):
-        results["notes"].append(f"{cfg.test} is still being simulated: {len(src.complete_rows)} of "
-                                f"{src.labels.shape[0]} rows finished; the test sets use the finished rows")
     from ..models import load_model
+    from .testsets import open_source
 
+    folders = _test_folders(cfg)
+    present = [f for f in folders if Path(f).exists()]
+    for f in folders:
+        if f not in present:
+            results["notes"].append(f"test set {f} not found: skipped "
+                                    "(simulate the held-out set with polarstem simulate configs/simulate/heldout.yaml)")
+            log(results["notes"][-1])
+    if not present:
+        return
     for e in models:  # load (and hash-check) every model once, so timings exclude loading
         for mode in e["modes"]:
             load_model(e["name"], mode=mode, device="cpu")
-    sets = thickness_sets(cfg, src, train_src)
-    results["thickness_sets"] = sets
-    results["training_thickness_nm"] = (train_src or src).training_thickness_range()
-    results["detector_mrad_per_px"] = src.calibration.mrad_per_px
-    if train_src is not None and cfg.train and Path(cfg.train).resolve() == Path(cfg.test).resolve():
-        results["notes"].append("the test set is the training set: accuracies are on seen data")
-    seen = sorted({f"{e['name']}/{m}" for e in models for m in e["modes"] if _trained_on(e["name"], m, cfg.test)})
-    if seen:
-        results["notes"].append(f"{', '.join(seen)} were trained on {cfg.test}: their figures are on seen data")
+    train_src = open_source(cfg.train) if cfg.train and Path(cfg.train).exists() else None
     results["training_data"] = {f"{e['name']}/{m}": _card_training_data(e["name"], m) for e in models for m in e["modes"]}
-    modes_needed = sorted({m for e in models for m in e["modes"]})
+    results["thickness_sets"] = {}
+    results["test_folders"] = present
     data_root = out / "datasets" if cfg.keep_datasets else Path(tempfile.mkdtemp(prefix="polarstem-bench-"))
     per_pattern: dict = {}  # (model, mode) -> list of per-input records for the analyses
-    n_pos = src.labels.shape[1]
+    labels_used: set = set()
     try:
-        for set_name, window in sets.items():
-            rng = np.random.default_rng([cfg.seed, zlib.crc32(set_name.encode())])
-            conds = [("ideal", 0.0)]
-            if set_name == cfg.corruption_set:
-                conds += [(k, float(s)) for k, levels in (cfg.corruptions or {}).items() for s in levels]
-            picks = {}
-            if "pattern" in modes_needed:
-                rr, cc = pick_patterns(src, window, cfg.n_patterns, rng)
-                if len(rr):
-                    picks["pattern"] = (src.read_patterns(rr, cc), src.labels[rr, cc], {
-                        "thickness_nm": None if src.thickness is None else src.thickness[rr, cc],
-                        "probe_frac": None if src.probe_frac is None else src.probe_frac[rr, cc],
-                        "tilt_mrad": None if src.tilt_mrad is None else src.tilt_mrad[rr, cc]}, 1)
-            if "cell" in modes_needed:
-                rows = pick_cells(src, window, cfg.n_cells, rng)
-                if len(rows):
-                    picks["cell"] = (src.read_rows(rows).mean(axis=1), src.labels[rows, 0], {
-                        "thickness_nm": None if src.thickness is None else src.thickness[rows, 0],
-                        "tilt_mrad": None if src.tilt_mrad is None else src.tilt_mrad[rows, 0]}, n_pos)
-            if not picks:
-                results["notes"].append(f"test set '{set_name}' ({window[0]}-{window[1]} nm): no finished patterns")
-                continue
-            for ci, (kind, strength) in enumerate(conds):
-                cond = kind if kind == "ideal" else f"{kind}={strength:g}"
-                for input_mode, (frames, labels, meta, per_input) in picks.items():
-                    folder = data_root / set_name / input_mode / cond.replace("=", "_")
-                    data = apply_corruption(frames, kind, strength, [cfg.seed, ci, 7], per_input)
-                    write_testset(folder, data, labels, src.calibration, meta,
-                                  {"source": str(src.folder), "set": set_name, "thickness_window_nm": window,
-                                   "condition": cond, "input": input_mode, "seed": cfg.seed})
-                    results["datasets"][f"{set_name}/{input_mode}/{cond}"] = {"folder": str(folder), "n": int(len(labels))}
-                    for e in models:
-                        if input_mode not in e["modes"]:
-                            continue
-                        t0 = time.perf_counter()
-                        try:
-                            res, result = evaluate_folder(folder, e["name"], input_mode, cfg)
-                        except ModelFileError as exc:
-                            results["notes"].append(f"{e['name']}/{input_mode}: {exc}")
-                            continue
-                        row = _score_row(res, model=e["name"], mode=input_mode, set=set_name, condition=kind,
-                                         strength=strength, thickness_window_nm=window)
-                        results["accuracy"].append(row)
-                        log(f"  {set_name:<9} {cond:<16} {e['name']:<13} {input_mode:<7} acc {row['accuracy']} "
-                            f"(n={row['n']}, {time.perf_counter() - t0:.1f} s)")
-                        if kind == "ideal":
-                            r = result if result is not None else classify_folder(folder, e["name"], input_mode, cfg)[0]
-                            per_pattern.setdefault((e["name"], input_mode), []).append((labels, meta, r))
-                            if set_name == cfg.corruption_set:
-                                sp = measure_speed(e["name"], input_mode, frames[: cfg.batch_size], src.calibration, cfg)
-                                sp.update(model=e["name"], mode=input_mode, end_to_end_per_s=res.get("patterns_per_s"))
-                                results["speed"].append(sp)
-                    if not cfg.keep_datasets:
-                        shutil.rmtree(folder, ignore_errors=True)
+        for fi, folder in enumerate(present):
+            src = open_source(folder)
+            if fi == 0:
+                results["training_thickness_nm"] = (train_src or src).training_thickness_range()
+                results["detector_mrad_per_px"] = src.calibration.mrad_per_px
+            if src.manifest.get("status") not in (None, "complete"):
+                results["notes"].append(f"{folder} is still being simulated: {len(src.complete_rows)} of "
+                                        f"{src.labels.shape[0]} rows finished; the test sets use the finished rows")
+            if cfg.train and Path(cfg.train).exists() and Path(cfg.train).resolve() == Path(folder).resolve():
+                results["notes"].append(f"test set {folder} is the training set of the config: accuracies are on seen data")
+            seen = sorted({f"{e['name']}/{m}" for e in models for m in e["modes"] if _trained_on(e["name"], m, folder)})
+            if seen:
+                results["notes"].append(f"{', '.join(seen)} were trained on {folder}: their figures there are on seen data")
+            label = Path(folder).name or f"test{fi}"
+            while label in labels_used:
+                label += "_"
+            labels_used.add(label)
+            for base, window in thickness_sets(cfg, src, train_src).items():
+                set_name = f"{label}:{base}" if len(present) > 1 else base
+                primary = fi == 0 and base == cfg.corruption_set
+                if primary:
+                    results["primary_set"] = set_name
+                _run_one_set(cfg, models, src, set_name, window, primary, data_root, results, per_pattern, log)
         _per_pattern_analyses(cfg, per_pattern, results, figures)
     finally:
         if not cfg.keep_datasets:
             shutil.rmtree(data_root, ignore_errors=True)
+
+
+def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results, per_pattern, log) -> None:
+    """One thickness set of one test folder: ideal (and, for the primary set, every corruption), all models."""
+    from .testsets import apply_corruption, pick_cells, pick_patterns, write_testset
+
+    modes_needed = sorted({m for e in models for m in e["modes"]})
+    n_pos = src.labels.shape[1]
+    rng = np.random.default_rng([cfg.seed, zlib.crc32(set_name.encode())])
+    conds = [("ideal", 0.0)]
+    if primary:
+        conds += [(k, float(s)) for k, levels in (cfg.corruptions or {}).items() for s in levels]
+    picks = {}
+    if "pattern" in modes_needed:
+        rr, cc = pick_patterns(src, window, cfg.n_patterns, rng)
+        if len(rr):
+            picks["pattern"] = (src.read_patterns(rr, cc), src.labels[rr, cc], {
+                "thickness_nm": None if src.thickness is None else src.thickness[rr, cc],
+                "probe_frac": None if src.probe_frac is None else src.probe_frac[rr, cc],
+                "tilt_mrad": None if src.tilt_mrad is None else src.tilt_mrad[rr, cc]}, 1)
+    if "cell" in modes_needed:
+        rows = pick_cells(src, window, cfg.n_cells, rng)
+        if len(rows):
+            picks["cell"] = (src.read_rows(rows).mean(axis=1), src.labels[rows, 0], {
+                "thickness_nm": None if src.thickness is None else src.thickness[rows, 0],
+                "tilt_mrad": None if src.tilt_mrad is None else src.tilt_mrad[rows, 0]}, n_pos)
+    results["thickness_sets"][set_name] = window
+    if not picks:
+        results["notes"].append(f"test set '{set_name}' ({window[0]:g}-{window[1]:g} nm): no finished patterns")
+        return
+    for ci, (kind, strength) in enumerate(conds):
+        cond = kind if kind == "ideal" else f"{kind}={strength:g}"
+        for input_mode, (frames, labels, meta, per_input) in picks.items():
+            folder = data_root.joinpath(*set_name.split(":")) / input_mode / cond.replace("=", "_")
+            data = apply_corruption(frames, kind, strength, [cfg.seed, ci, 7], per_input)
+            write_testset(folder, data, labels, src.calibration, meta,
+                          {"source": str(src.folder), "set": set_name, "thickness_window_nm": window,
+                           "condition": cond, "input": input_mode, "seed": cfg.seed})
+            results["datasets"][f"{set_name}/{input_mode}/{cond}"] = {"folder": str(folder), "n": int(len(labels))}
+            for e in models:
+                if input_mode not in e["modes"]:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    res, result = evaluate_folder(folder, e["name"], input_mode, cfg)
+                except ModelFileError as exc:
+                    results["notes"].append(f"{e['name']}/{input_mode}: {exc}")
+                    continue
+                row = _score_row(res, model=e["name"], mode=input_mode, set=set_name, condition=kind,
+                                 strength=strength, thickness_window_nm=window)
+                results["accuracy"].append(row)
+                log(f"  {set_name:<9} {cond:<16} {e['name']:<13} {input_mode:<7} acc {row['accuracy']} "
+                    f"(n={row['n']}, {time.perf_counter() - t0:.1f} s)")
+                if kind == "ideal":
+                    r = result if result is not None else classify_folder(folder, e["name"], input_mode, cfg)[0]
+                    per_pattern.setdefault((e["name"], input_mode), []).append((labels, meta, r))
+                    if primary:
+                        sp = measure_speed(e["name"], input_mode, frames[: cfg.batch_size], src.calibration, cfg)
+                        sp.update(model=e["name"], mode=input_mode, end_to_end_per_s=res.get("patterns_per_s"))
+                        results["speed"].append(sp)
+            if not cfg.keep_datasets:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _per_pattern_analyses(cfg, per_pattern, results, figures) -> None:
@@ -574,7 +613,8 @@ def _run_scans(cfg, models, results, figures, log) -> None:
 
 def best_model(results: dict, mode: str | None = None) -> tuple[str, str] | None:
     """(model, mode) with the highest ideal in-range accuracy (or the first benchmarked model)."""
-    rows = [r for r in results["accuracy"] if r["condition"] == "ideal" and r["set"] in ("in_range", "all")
+    primary = results.get("primary_set")
+    rows = [r for r in results["accuracy"] if r["condition"] == "ideal" and r["set"] in (primary, "in_range", "all")
             and (mode is None or r["mode"] == mode) and r.get("accuracy") is not None]
     if rows:
         r = max(rows, key=lambda r: r["accuracy"])

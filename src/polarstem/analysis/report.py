@@ -99,8 +99,8 @@ def fig_sets(results, path) -> Path | None:
 def fig_corruptions(results, path) -> Path | None:
     kinds = list(results["config"].get("corruptions") or {})
     mm = _model_modes(results)
-    cset = results["config"].get("corruption_set")
-    if not kinds or not mm:
+    cset = results.get("primary_set")
+    if not kinds or not mm or not cset:
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.0 * len(kinds), 3.2), dpi=110, sharey=True, squeeze=False)
@@ -252,7 +252,7 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
         if p:
             figs[name] = p.name
     confusions = []
-    cset = results["config"].get("corruption_set", "in_range")
+    cset = results.get("primary_set") or results["config"].get("corruption_set", "in_range")
     for mode in ("pattern", "cell"):
         b = best_model(results, mode)
         if b and b[1] == mode:
@@ -280,8 +280,8 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
     md = [f"# polarstem benchmark", "",
           f"Generated {results['started']} in {results.get('seconds', 0):.0f} s on {results['machine']['cpus']} CPUs "
           f"({results['machine']['threads']} torch thread(s), device {results['machine']['device']}).",
-          f"Weights: `{results.get('weights')}`; held-out data: `{results['config'].get('test')}`; "
-          f"training data: `{results['config'].get('train')}`.", ""]
+          f"Weights: `{results.get('weights')}`; test data: `{', '.join(results.get('test_folders') or [str(results['config'].get('test'))])}`; "
+          f"training data (thickness range, domain-gap reference): `{results.get('train')}`.", ""]
     if results["notes"]:
         md += ["**Notes**", ""] + [f"- {n}" for n in results["notes"]] + [""]
     if results.get("models"):

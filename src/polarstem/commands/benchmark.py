@@ -8,7 +8,7 @@ def register(sub) -> None:
     p.add_argument("config", help="benchmark config (configs/benchmark/*.yaml)")
     p.add_argument("-o", "--out", required=True, help="report folder (report.md, results.json, CSVs, PNGs)")
     p.add_argument("--models", help="comma-separated model names (overrides the config)")
-    p.add_argument("--test", help="held-out simulated folder (overrides the config)")
+    p.add_argument("--test", action="append", help="held-out simulated folder (repeatable; overrides the config)")
     p.add_argument("--train", help="training simulated folder (overrides the config)")
     p.add_argument("--scan", action="append", help="labeled scan with defects.npy (repeatable; overrides the config)")
     p.add_argument("--domain-gap", action="append", metavar="FILE",
@@ -26,7 +26,7 @@ def _benchmark(args) -> int:
     cfg = BenchmarkConfig.from_yaml(args.config)
     if args.models:
         cfg.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    for key in ("test", "train", "weights", "threads"):
+    for key in ("test", "train", "weights", "threads"):  # --test is a list
         if getattr(args, key, None) is not None:
             setattr(cfg, key, getattr(args, key))
     if args.scan:

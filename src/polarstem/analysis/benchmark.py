@@ -327,11 +327,11 @@ def simulated_lattice(folder):
     return Lattice(period=(spc, spc), origin=((-off[1] * spc) % spc, (-off[0] * spc) % spc), source="simulation")
 
 
-def scan_phase_analysis(scan, model: str, cfg: BenchmarkConfig) -> dict | None:
-    """Pattern mode on a real scan layout, per place in the unit cell: accuracy, filter, confidence, anomaly.
+def scan_phase_analysis(scan, model: str, cfg: BenchmarkConfig, mode: str = "pattern") -> dict | None:
+    """Maps of one scan, and per place in the unit cell: accuracy, filter, confidence, anomaly.
 
-    The lattice comes from the scan's virtual image (as in cell mode), so the anomaly score compares each
-    position with the others at the same place in the cell.
+    Pattern mode gets the scan's lattice (the simulation's own when known), so the anomaly score compares
+    each position with the others at the same place in the cell; other modes find it as a user's run does.
     """
     from ..infer import classify_scan, scan_lattice
     from ..io import load
@@ -341,10 +341,12 @@ def scan_phase_analysis(scan, model: str, cfg: BenchmarkConfig) -> dict | None:
     labels = np.load(folder / "labels.npy", allow_pickle=False).reshape(ds.scan_shape)
     defects = np.load(folder / "defects.npy", allow_pickle=False).reshape(ds.scan_shape).astype(bool) \
         if (folder / "defects.npy").exists() else np.zeros(ds.scan_shape, bool)
-    lattice = simulated_lattice(folder) or scan_lattice(ds)[0]
+    known = simulated_lattice(folder)
+    lattice = (known or scan_lattice(ds)[0]) if mode == "pattern" else None
+    res = classify_scan(ds, model=model, mode=mode, lattice=lattice, device=cfg.device, batch_size=cfg.batch_size)
+    lattice = known or res.lattice
     if lattice is None:
         return None
-    res = classify_scan(ds, model=model, mode="pattern", lattice=lattice, device=cfg.device, batch_size=cfg.batch_size)
     bins = lattice.phase_bins(ds.scan_shape)
     ok = (labels >= 0) & ~defects
     out = []
@@ -358,12 +360,13 @@ def scan_phase_analysis(scan, model: str, cfg: BenchmarkConfig) -> dict | None:
                     "confidence": round(float(np.nanmean(res.confidence[sel])), 4),
                     "anomaly": round(float(np.nanmean(res.anomaly[sel])), 4) if res.anomaly is not None else None})
     an = res.anomaly
-    return {"scan": str(folder), "model": model, "lattice_period": [round(float(p), 3) for p in lattice.period],
+    return {"scan": str(folder), "model": model, "mode": res.mode, "mode_requested": mode,
+            "lattice_period": [round(float(p), 3) for p in lattice.period],
             "phase_bins": out,
             "anomaly_median_away": round(float(np.nanmedian(an[ok])), 4) if an is not None and ok.any() else None,
             "anomaly_median_defects": round(float(np.nanmedian(an[defects])), 4) if an is not None and defects.any() else None,
             "maps": {"classes": res.classes, "anomaly": an, "labels": labels, "defects": defects,
-                     "confidence": res.confidence}}
+                     "confidence": res.confidence, "mode": res.mode}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -599,11 +602,10 @@ def _run_scans(cfg, models, results, figures, log) -> None:
                 log(f"  scan {folder.name} {e['name']:<13} {mode}->{res['mode']}: acc {row['accuracy']}, "
                     f"away from defects {row['accuracy_outside_defects']}, anomaly AUC {row['anomaly_auc']} "
                     f"({time.perf_counter() - t0:.1f} s)")
-            if "pattern" in e["modes"]:
                 try:
-                    ph = scan_phase_analysis(folder, e["name"], cfg)
+                    ph = scan_phase_analysis(folder, e["name"], cfg, mode)
                 except PolarstemError as exc:
-                    results["notes"].append(f"scan {folder.name}, {e['name']}: phase analysis failed ({exc})")
+                    results["notes"].append(f"scan {folder.name}, {e['name']} {mode}: maps failed ({exc})")
                     ph = None
                 if ph is not None:
                     figures.setdefault("scan_maps", []).append(ph.pop("maps"))

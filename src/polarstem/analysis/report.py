@@ -215,7 +215,7 @@ def fig_scan(maps: dict, path) -> Path:
     axes[0].imshow(rgb(maps["labels"]))
     axes[0].set_title("truth (white: not polar)", fontsize=8)
     axes[1].imshow(rgb(maps["classes"]))
-    axes[1].set_title(f"{maps['model']} pattern mode", fontsize=8)
+    axes[1].set_title(f"{maps['model']} {maps.get('mode', '')} mode", fontsize=8)
     im = axes[2].imshow(maps["confidence"], vmin=0, vmax=1, cmap="viridis")
     axes[2].set_title("confidence", fontsize=8)
     fig.colorbar(im, ax=axes[2], fraction=0.046)
@@ -261,7 +261,7 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
                 confusions.append(fig_confusion(row, out / f"confusion_{b[0]}_{mode}.png").name)
     scan_figs = []
     for maps in figures.get("scan_maps", []):
-        scan_figs.append(fig_scan(maps, out / f"scan_{maps['scan']}_{maps['model']}.png").name)
+        scan_figs.append(fig_scan(maps, out / f"scan_{maps['scan']}_{maps['model']}_{maps.get('mode', '')}.png").name)
 
     save_json(results, out / "results.json")
     acc_fields = ["model", "mode", "set", "condition", "strength", "accuracy", "n", "unclassified",
@@ -385,11 +385,11 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
                  r["accuracy_outside_defects"], r["anomaly_auc"], r["informative_fraction"]] for r in results["scans"]]
         md += [_table(["scan", "model", "mode", "accuracy", "acc. away from defects", "anomaly AUC", "informative"], rows), ""]
         if results["scan_phases"]:
-            md += ["Pattern mode by place in the unit cell (phase bin from the scan's lattice), away from defects: "
+            md += ["By place in the unit cell (phase bin from the scan's lattice), away from defects: "
                    "periodic errors show as bins of low accuracy; the anomaly score should stay low there "
                    "(it compares each position with the others at the same place in the cell).", ""]
             for ph in results["scan_phases"]:
-                md += [f"**{ph['model']}** on `{Path(ph['scan']).name}` (lattice period {ph['lattice_period']} px; "
+                md += [f"**{ph['model']}** ({ph.get('mode_requested')}→{ph.get('mode')}) on `{Path(ph['scan']).name}` (lattice period {ph['lattice_period']} px; "
                        f"median anomaly away from defects {_fmt(ph['anomaly_median_away'])}, at defects "
                        f"{_fmt(ph['anomaly_median_defects'])})", ""]
                 md += [_table(["bin", "n", "accuracy", "informative", "confidence", "anomaly"],

@@ -227,7 +227,11 @@ def fig_scan(maps: dict, path) -> Path:
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[Patch(color=colors[k][:3], label=f"{k} {CLASS_NAMES[k]}") for k in range(N_CLASSES)],
+               loc="lower center", ncol=N_CLASSES, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -514,7 +514,8 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
             write_testset(folder, data, labels, src.calibration, meta,
                           {"source": str(src.folder), "set": set_name, "thickness_window_nm": window,
                            "condition": cond, "input": input_mode, "seed": cfg.seed})
-            results["datasets"][f"{set_name}/{input_mode}/{cond}"] = {"folder": str(folder), "n": int(len(labels))}
+            results["datasets"][f"{set_name}/{input_mode}/{cond}"] = {
+                "folder": str(folder) if cfg.keep_datasets else None, "n": int(len(labels))}
             for e in models:
                 if input_mode not in e["modes"]:
                     continue
@@ -641,8 +642,11 @@ def _run_domain_gap(cfg, models, out, results, log) -> None:
     name = dg.get("model", "best")
     if name == "best":
         b = best_model(results, mode)
+        if b is None:  # no model has weights for that mode: take the other
+            mode = "cell" if mode == "pattern" else "pattern"
+            b = best_model(results, mode)
         if b is None:
-            results["notes"].append(f"no model with {mode} weights for the domain-gap view")
+            results["notes"].append("no model with weights for the domain-gap view")
             return
         name = b[0]
     for i, d in enumerate(datasets):

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..classes import N_CLASSES
 from ..errors import ModelFileError, PolarstemError
 
 DEFAULT_CORRUPTIONS = {
@@ -692,4 +691,4 @@ def save_json(obj, path) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["BenchmarkConfig", "run_benchmark", "select_models", "evaluate_folder", "best_model", "N_CLASSES"]
+__all__ = ["BenchmarkConfig", "run_benchmark", "select_models", "evaluate_folder", "best_model"]

@@ -187,6 +187,17 @@ DEFAULT_AUGMENT = {
 }
 
 
+#: A cell window averages at least ~16 scan positions (one 0.4 nm cell at <= 0.1 nm steps): its dose.
+CELL_DOSE_FACTOR = 16.0
+
+
+def cell_augment(aug: dict) -> dict:
+    """Augmentation settings for position-averaged inputs: the dose of a whole cell window."""
+    a = dict(DEFAULT_AUGMENT, **(aug or {}))
+    a["dose"] = [a["dose"][0] * CELL_DOSE_FACTOR, a["dose"][1] * CELL_DOSE_FACTOR]
+    return a
+
+
 def corrupt(frames: np.ndarray, mrad_per_px: float, rng: np.random.Generator, aug: dict | None = None,
             ideal: bool = False) -> tuple[np.ndarray, float]:
     """Experiment-like versions of raw simulated frames -> (detector frames, detector mrad/px).
@@ -244,6 +255,18 @@ def corrupt(frames: np.ndarray, mrad_per_px: float, rng: np.random.Generator, au
     return counts, det_mrad
 
 
+def corrupt_and_preprocess(frames: np.ndarray, mrad_per_px: float, rng: np.random.Generator, aug: dict,
+                           ideal: bool, grid: InputGrid, group: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`corrupt` then :func:`preprocess`, drawing a new detector (size, mrad/px) every ``group`` patterns."""
+    xs, oks = [], []
+    for i in range(0, len(frames), group):
+        det, det_mrad = corrupt(frames[i:i + group], mrad_per_px, rng, aug, ideal=ideal)
+        x, ok = preprocess(det, Calibration(mrad_per_px=det_mrad, convergence_mrad=CANONICAL_CONVERGENCE_MRAD), grid)
+        xs.append(x)
+        oks.append(ok)
+    return np.concatenate(xs), np.concatenate(oks)
+
+
 # --------------------------------------------------------------------------------------------------
 # building the preprocessed, cached training arrays
 
@@ -281,14 +304,17 @@ def build_arrays(sim: SimSet, mode: str, grid: InputGrid, copies: int, aug: dict
 
     Cached in ``.cache/train/`` by a fingerprint of the data folder, mode, grid and augmentation.
     """
-    key = _fingerprint(str(sim.folder.resolve()), _folder_stamp(sim.folder), mode, grid.to_dict(), copies, aug, seed,
-                       cell_subsets, corrupted_only, "v3")
+    aug_key = cell_augment(aug) if mode == "cell" else aug
+    key = _fingerprint(str(sim.folder.resolve()), _folder_stamp(sim.folder), mode, grid.to_dict(), copies, aug_key, seed,
+                       cell_subsets, corrupted_only, "v3" if mode == "pattern" else "v4")
     cache = CACHE / "train" / f"arrays-{mode}-{key}.npz"
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     rng = np.random.default_rng(seed)
     mrad = float(sim.calibration.mrad_per_px)
+    if mode == "cell":
+        aug = cell_augment(aug)
     raw_iter = _raw_inputs(sim, mode, cell_subsets, rng)
     xs, ys, ts, gs, cs, oks = [], [], [], [], [], []
     total = len(sim) if mode == "pattern" else None
@@ -296,8 +322,7 @@ def build_arrays(sim: SimSet, mode: str, grid: InputGrid, copies: int, aug: dict
     for frames, y, t, g in raw_iter:
         for c in range(copies):
             ideal = c == 0 and not corrupted_only
-            det, det_mrad = corrupt(frames, mrad, rng, aug, ideal=ideal)
-            x, ok = preprocess(det, Calibration(mrad_per_px=det_mrad, convergence_mrad=CANONICAL_CONVERGENCE_MRAD), grid)
+            x, ok = corrupt_and_preprocess(frames, mrad, rng, aug, ideal, grid, group=512 if mode == "pattern" else 32)
             xs.append(x.astype(np.float16))
             ys.append(y); ts.append(t); gs.append(g); cs.append(np.full(len(y), c)); oks.append(ok)
         bar.update(len(y))
@@ -636,6 +661,8 @@ def heldout_accuracy(model, sim: SimSet | None, mode: str, grid: InputGrid, seed
     if sim is None:
         return {}
     rng = np.random.default_rng(seed)
+    if mode == "cell":
+        aug = cell_augment(aug or {})
     res = {}
     for cond in ("ideal", "corrupted"):
         xs, ys, ts = [], [], []
@@ -647,8 +674,7 @@ def heldout_accuracy(model, sim: SimSet | None, mode: str, grid: InputGrid, seed
         else:
             source = _raw_inputs(sim, mode, cell_subsets=False, rng=np.random.default_rng(seed))
         for frames, y, t, _ in source:
-            det, det_mrad = corrupt(frames, float(sim.calibration.mrad_per_px), rng, aug, ideal=(cond == "ideal"))
-            x, ok = model.preprocess(det, Calibration(mrad_per_px=det_mrad, convergence_mrad=CANONICAL_CONVERGENCE_MRAD))
+            x, ok = corrupt_and_preprocess(frames, float(sim.calibration.mrad_per_px), rng, aug, cond == "ideal", grid)
             xs.append(x); ys.append(y); ts.append(t)
             count += len(y)
         x, y, t = np.concatenate(xs), np.concatenate(ys), np.concatenate(ts)
@@ -821,12 +847,15 @@ def run(cfg: TrainConfig, progress: bool = True, log=print) -> list[dict]:
         write_index(out_dir)
         log(f"{cfg.name}/{mode}: val {info.get('val_accuracy')}, held-out {card['heldout']} -> {out_dir / fname}")
         cards.append(card)
-    write_markdown_cards(out_dir)
+    from .models.registry import weights_dir
+
+    if out_dir.resolve() == weights_dir().resolve():  # only the shipped models get docs pages
+        write_markdown_cards(out_dir)
     return cards
 
 
 def add_heldout_to_cards(sim_folder, label: str, weights=None, max_patterns: int = 4000, tta: bool = False,
-                         log=print) -> dict:
+                         log=print, main: bool = False, names: list | None = None) -> dict:
     """Score every shipped model on another simulated labeled folder and record it in the cards.
 
     Used for independent checks (e.g. the project simulator's canonical set, which the models never
@@ -838,6 +867,8 @@ def add_heldout_to_cards(sim_folder, label: str, weights=None, max_patterns: int
     sim = load_simset(sim_folder)
     results = {}
     for key, entry in read_index(folder)["files"].items():
+        if names and entry["name"] not in names:
+            continue
         model = load_model(entry["name"], entry["mode"], folder=folder)
         if tta:
             predict = model.predict
@@ -846,7 +877,11 @@ def add_heldout_to_cards(sim_folder, label: str, weights=None, max_patterns: int
         results[key] = res
         card_path = folder / entry["card"]
         card = json.loads(card_path.read_text())
-        card.setdefault("heldout_other", {})[label] = {"data": str(sim_folder), "tta": tta, **res}
+        if main:
+            card["heldout"] = heldout_summary(res)
+            card["heldout_detail"] = res
+        else:
+            card.setdefault("heldout_other", {})[label] = {"data": str(sim_folder), "tta": tta, **res}
         card_path.write_text(json.dumps(card, indent=1, default=_json_default) + "\n")
         log(f"{key}: {label} ideal {res.get('ideal', {}).get('accuracy')} corrupted {res.get('corrupted', {}).get('accuracy')}")
     clear_cache()

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .errors import Cancelled, PolarstemError
-from .io import CHUNK_BYTES, Dataset4D
+from .io import BLOCK_BYTES, Dataset4D
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -50,7 +50,7 @@ def read_region(dataset: Dataset4D, rows, cols) -> np.ndarray:
                              f"(truncated or corrupt file? {msg})") from exc
 
 
-def block_grid(dataset: Dataset4D, budget: int = CHUNK_BYTES) -> list[tuple[slice, slice]]:
+def block_grid(dataset: Dataset4D, budget: int = BLOCK_BYTES) -> list[tuple[slice, slice]]:
     """Rectangles of the scan, aligned with the dask chunks, each about ``budget`` bytes."""
     data = dataset.data
     row_chunks, col_chunks = data.chunks[0], data.chunks[1]
@@ -75,7 +75,7 @@ def block_grid(dataset: Dataset4D, budget: int = CHUNK_BYTES) -> list[tuple[slic
 def iter_frame_blocks(
     dataset: Dataset4D,
     mask: np.ndarray | None = None,
-    budget: int = CHUNK_BYTES,
+    budget: int = BLOCK_BYTES,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     prefetch: bool = True,

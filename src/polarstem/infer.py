@@ -25,7 +25,7 @@ import numpy as np
 from .chunks import iter_frame_blocks
 from .classes import N_CLASSES, NO_CLASS
 from .errors import Cancelled, PolarstemError
-from .io import CHUNK_BYTES, Dataset4D
+from .io import BLOCK_BYTES, Dataset4D
 from .lattice import Lattice, find_lattice
 
 MODES = ("auto", "pattern", "cell")
@@ -109,7 +109,7 @@ def classify_scan(
     cancel: threading.Event | None = None,
     on_block: Callable[[ClassificationResult], None] | None = None,
     anomaly: bool = True,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int = BLOCK_BYTES,
     scheduler: str | None = None,
     resume_from: ClassificationResult | None = None,
 ) -> ClassificationResult:

@@ -19,8 +19,10 @@ import numpy as np
 
 from .errors import NotFourDError, PolarstemError
 
-#: Target size of one dask chunk: big enough to read efficiently, small enough that a few fit in RAM.
-CHUNK_BYTES = 64 * 2**20
+#: Target size of one dask chunk: small enough for fine progress, ROI skipping and cancel; the scan
+#: walk (:mod:`polarstem.chunks`) merges neighbouring chunks into blocks of ``BLOCK_BYTES`` to read.
+CHUNK_BYTES = 16 * 2**20
+BLOCK_BYTES = 64 * 2**20
 
 #: Units RosettaSciIO files use for reciprocal-space detector axes, mapped to 1/Å.
 _INVERSE_LENGTH_TO_INV_ANGSTROM = {

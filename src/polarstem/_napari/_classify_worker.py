@@ -45,4 +45,4 @@ def classify_updates(dataset, model: str, mode: str, roi: np.ndarray | None, dev
                                progress=lambda d, t: emit(Progress("classify", d, t)), on_block=on_block, **kw)
         emit(ClassifyDone(result))
 
-    return stream_job(job)
+    yield from stream_job(job)  # a generator function, so thread_worker makes a GeneratorWorker

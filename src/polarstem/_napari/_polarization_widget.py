@@ -61,6 +61,16 @@ def pattern_pixmap(pattern: np.ndarray, size: int = 160) -> QPixmap:
     return QPixmap.fromImage(pattern_image(pattern)).scaled(size, size, Qt.KeepAspectRatio, Qt.SmoothTransformation)
 
 
+def _span(v) -> str:
+    """A card range as text: [lo, hi] -> "lo–hi", open ends as "≥ lo" / "≤ hi"."""
+    if isinstance(v, (list, tuple)) and len(v) == 2:
+        lo, hi = v
+        if lo is not None and hi is not None:
+            return f"{lo:g}–{hi:g}"
+        return f"≥ {lo:g}" if lo is not None else (f"≤ {hi:g}" if hi is not None else "any")
+    return str(v)
+
+
 class PolarizationMapWidget(QWidget):
     """Dock widget: model picker (with card and ranges), device, ROI, Run/Cancel, legend, export."""
 
@@ -190,8 +200,7 @@ class PolarizationMapWidget(QWidget):
             self.card_label.setText("")
             return
         acq = entry.get("acquisition") or {}
-        ranges = ", ".join(f"{k} {v[0]:g}–{v[1]:g}" if isinstance(v, (list, tuple)) and len(v) == 2 else f"{k} {v}"
-                           for k, v in acq.items())
+        ranges = ", ".join(f"{k} {_span(v)}" for k, v in acq.items() if k != "canonical")
         acc = entry.get("accuracy") or {}
         accs = ", ".join(f"{m}: {a:.2f}" for m, a in acc.items() if isinstance(a, (int, float)))
         self.card_label.setText(f"{entry['summary']}\nmodes: {', '.join(entry['modes'])}"

@@ -470,7 +470,8 @@ def _run_testsets(cfg, models, out, results, figures, log) -> None:
                 primary = fi == 0 and base == cfg.corruption_set
                 if primary:
                     results["primary_set"] = set_name
-                _run_one_set(cfg, models, src, set_name, window, primary, data_root, results, per_pattern, log)
+                _run_one_set(cfg, models, src, set_name, window, primary, data_root, results,
+                             per_pattern if fi == 0 else None, log)
         _per_pattern_analyses(cfg, per_pattern, results, figures)
     finally:
         if not cfg.keep_datasets:
@@ -478,7 +479,11 @@ def _run_testsets(cfg, models, out, results, figures, log) -> None:
 
 
 def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results, per_pattern, log) -> None:
-    """One thickness set of one test folder: ideal (and, for the primary set, every corruption), all models."""
+    """One thickness set of one test folder: ideal (and, for the primary set, every corruption), all models.
+
+    ``per_pattern`` (a dict, or None) collects the ideal predictions for the thickness/position/tilt analyses,
+    which describe the first test folder only (pooling simulations of different setups would blur them).
+    """
     from .testsets import apply_corruption, pick_cells, pick_patterns, write_testset
 
     modes_needed = sorted({m for e in models for m in e["modes"]})
@@ -529,13 +534,13 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
                 results["accuracy"].append(row)
                 log(f"  {set_name:<9} {cond:<16} {e['name']:<13} {input_mode:<7} acc {row['accuracy']} "
                     f"(n={row['n']}, {time.perf_counter() - t0:.1f} s)")
-                if kind == "ideal":
+                if kind == "ideal" and per_pattern is not None:
                     r = result if result is not None else classify_folder(folder, e["name"], input_mode, cfg)[0]
                     per_pattern.setdefault((e["name"], input_mode), []).append((labels, meta, r))
-                    if primary:
-                        sp = measure_speed(e["name"], input_mode, frames[: cfg.batch_size], src.calibration, cfg)
-                        sp.update(model=e["name"], mode=input_mode, end_to_end_per_s=res.get("patterns_per_s"))
-                        results["speed"].append(sp)
+                if kind == "ideal" and primary:
+                    sp = measure_speed(e["name"], input_mode, frames[: cfg.batch_size], src.calibration, cfg)
+                    sp.update(model=e["name"], mode=input_mode, end_to_end_per_s=res.get("patterns_per_s"))
+                    results["speed"].append(sp)
             if not cfg.keep_datasets:
                 shutil.rmtree(folder, ignore_errors=True)
 

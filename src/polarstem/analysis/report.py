@@ -348,7 +348,7 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
                 md += [f"![corruptions]({figs['corruptions']})", ""]
         if results["tilt"]:
             md += ["### Mistilt (from the held-out simulation's parameters)", "",
-                   "Accuracy of ideal inputs (all thickness sets) by the structure's mistilt (mrad).", ""]
+                   "Accuracy of ideal inputs (all thickness sets of the first test folder) by the structure's mistilt (mrad).", ""]
             edges = [(b["lo"], b["hi"]) for b in results["tilt"][0]["bins"]]
             rows = []
             for t in results["tilt"]:
@@ -357,7 +357,8 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
             md += [_table(["model", "mode"] + [f"{lo:g}–{hi:g}" for lo, hi in edges], rows), ""]
     if results["thickness"]:
         md += ["## Error against thickness", "",
-               "Ideal inputs of all thickness sets pooled, binned by thickness (nm).", ""]
+               f"Ideal inputs of all thickness sets of the first test folder (`{(results.get('test_folders') or ['?'])[0]}`) "
+               "pooled, binned by thickness (nm).", ""]
         all_edges = sorted({(b["lo"], b["hi"]) for t in results["thickness"] for b in t["bins"]})
         rows = []
         for t in results["thickness"]:
@@ -368,7 +369,7 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
             md += [f"![accuracy vs thickness]({figs['thickness']})", ""]
     if results["positions"]:
         md += ["## Error against probe position", "",
-               f"Pattern mode, ideal inputs pooled over the thickness sets, binned {results['positions'][0]['bins']}×"
+               f"Pattern mode, ideal inputs of the first test folder pooled over its thickness sets, binned {results['positions'][0]['bins']}×"
                f"{results['positions'][0]['bins']} over the unit cell (x, y fraction from the A column). "
                "`informative` is the share the preprocessing filter passes; `AUC(wrong | low conf.)` is how well a low "
                "confidence singles out the wrong predictions (0.5 = not at all).", ""]

@@ -61,7 +61,7 @@ class TrainConfig:
     prototype: dict | None = None  # {"per_class": 4, "scale": 16} -> prototype regime
     warm_start: str | None = None  # registry name whose trained backbone starts this one
     modes: list = field(default_factory=lambda: ["pattern", "cell"])
-    data: str = ".cache/sim/canonical"
+    data: str | list = ".cache/sim/canonical"  # one simulated folder or several
     heldout: str | None = ".cache/sim/heldout"
     grid: dict = field(default_factory=lambda: {"size": 64, "mrad_per_px": 1.0, "intensity": "sqrt"})
     augment: dict = field(default_factory=dict)
@@ -273,12 +273,14 @@ def corrupt_and_preprocess(frames: np.ndarray, mrad_per_px: float, rng: np.rando
 
 def thickness_bins(thickness: np.ndarray, gap_nm: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Cluster thicknesses that differ by less than ``gap_nm`` (one exit plane of structures whose cell
-    size differs slightly): (bin index per pattern, mean thickness per bin)."""
+    size differs slightly), or 5 nm bins when thicknesses are continuous: (bin per pattern, mean per bin)."""
     t = np.asarray(thickness, float)
     values = np.unique(t)
     if len(values) == 0:
         return np.zeros(0, int), np.zeros(0)
     starts = np.concatenate([[True], np.diff(values) > gap_nm])
+    if starts.sum() < 4 and values[-1] - values[0] > 10:  # continuous thicknesses: 5 nm bins instead
+        starts = np.concatenate([[True], np.diff(np.floor(values / 5.0)) > 0])
     cluster_of_value = np.cumsum(starts) - 1
     b = cluster_of_value[np.searchsorted(values, t)]
     centres = np.array([t[b == i].mean() for i in range(int(b.max()) + 1)])
@@ -555,6 +557,14 @@ def train_network(cfg: TrainConfig, mode: str, arrays: dict, generators: dict, p
                                                       "val_thickness_nm": _bin_centres(thick, val_idx)}
 
 
+def _concat_arrays(parts: list[dict]) -> dict:
+    """Training arrays of several simulated folders as one (groups kept apart)."""
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    offsets = np.cumsum([0] + [int(p["group"].max()) + 1 for p in parts[:-1]])
+    out["group"] = np.concatenate([p["group"] + o for p, o in zip(parts, offsets)])
+    return out
+
+
 def _bin_centres(thick, idx) -> list:
     b, centres = thickness_bins(thick)
     return [round(float(centres[i]), 1) for i in np.unique(b[idx])]
@@ -573,7 +583,7 @@ def _save_state_dict(net, path: Path) -> None:
 
 
 def _warm_start(net, name: str, mode: str, log) -> None:
-    """Start a prototype network from a trained plain network's backbone (same architecture)."""
+    """Start from a shipped network's weights (a prototype net takes the plain net's backbone)."""
     from safetensors.torch import load_file
 
     from .models.registry import verified_weights_path
@@ -583,8 +593,12 @@ def _warm_start(net, name: str, mode: str, log) -> None:
     except PolarstemError as exc:
         log(f"no warm start ({exc})")
         return
-    state = {k: v for k, v in load_file(str(path), device="cpu").items() if not k.startswith("head.")}
-    missing, unexpected = net.base.load_state_dict(state, strict=False)
+    state = load_file(str(path), device="cpu")
+    if hasattr(net, "base"):  # prototype net: the plain net's backbone and neck, not its linear head
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        missing, _ = net.base.load_state_dict(state, strict=False)
+    else:  # fine-tuning a plain net (e.g. on more data)
+        missing, _ = net.load_state_dict(state, strict=False)
     log(f"warm start from {name}/{mode} ({len(state)} tensors, missing {len(missing)})")
 
 
@@ -704,7 +718,8 @@ def make_card(cfg: TrainConfig, mode: str, weights_file: str, grid: InputGrid, t
         "symmetry_generators": generators,
         "acquisition": dict(ACQUISITION, canonical={"beam_energy_kev": CANONICAL_ENERGY_KEV,
                                                     "convergence_mrad": CANONICAL_CONVERGENCE_MRAD}),
-        "training": {"config": cfg.to_dict(), "data": str(sim.folder), "n_patterns_raw": len(sim),
+        "training": {"config": cfg.to_dict(), "data": cfg.data if isinstance(cfg.data, (list, tuple)) else str(sim.folder),
+                     "n_patterns_raw": len(sim),
                      "data_manifest": {k: v for k, v in sim.manifest.items() if isinstance(v, (str, int, float, list, dict))},
                      **train_info, "history": history or []},
         "heldout": heldout_summary(heldout),
@@ -803,14 +818,17 @@ def run(cfg: TrainConfig, progress: bool = True, log=print) -> list[dict]:
         _set_threads(cfg.threads)
     grid = InputGrid.from_dict(cfg.grid)
     aug = dict(DEFAULT_AUGMENT, **cfg.augment)
-    sim = load_simset(cfg.data)
+    folders = cfg.data if isinstance(cfg.data, (list, tuple)) else [cfg.data]
+    sims = [load_simset(f) for f in folders]
+    sim = sims[0]
     held = load_simset(cfg.heldout) if cfg.heldout and Path(cfg.heldout).exists() else None
     out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     cards = []
     for mode in cfg.modes:
-        log(f"== {cfg.name} / {mode}: {len(sim)} raw patterns from {sim.folder}")
-        arrays = build_arrays(sim, mode, grid, cfg.copies, aug, cfg.seed, cfg.cell_subsets, progress)
+        log(f"== {cfg.name} / {mode}: {sum(len(s) for s in sims)} raw patterns from {', '.join(str(s.folder) for s in sims)}")
+        parts = [build_arrays(s, mode, grid, cfg.copies, aug, cfg.seed, cfg.cell_subsets, progress) for s in sims]
+        arrays = parts[0] if len(parts) == 1 else _concat_arrays(parts)
         log(f"{len(arrays['y'])} inputs, {int((~arrays['informative']).sum())} flagged uninformative")
         gens = class_mean_generators(arrays, log)
         t0 = time.time()
@@ -837,6 +855,7 @@ def run(cfg: TrainConfig, progress: bool = True, log=print) -> list[dict]:
             card = make_card(cfg, mode, fname, grid, temp, info, {}, sim, gens, architecture, history)
             model = NetModel(net, card)
         info["train_minutes"] = round((time.time() - t0) / 60, 2)
+        card["training"]["n_patterns_raw"] = int(sum(len(s_) for s_ in sims))
         card["class_mean_embeddings"] = class_mean_embeddings(model, arrays)
         held_res = heldout_accuracy(model, held, mode, grid, aug=aug)
         card["heldout"] = heldout_summary(held_res)

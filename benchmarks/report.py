@@ -18,9 +18,11 @@ from pathlib import Path
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
-def splice(report_dir: Path, docs: Path, command: str | None) -> None:
+def splice(report_dir: Path, docs: Path, command: str | None, figures: bool = True) -> None:
     md = (report_dir / "report.md").read_text()
     body = md.split("\n", 1)[1] if md.startswith("# ") else md
+    if not figures:  # the report folder is not part of the repository: keep the numbers, drop the images
+        body = "\n".join(line for line in body.splitlines() if not line.startswith("!["))
     rel = Path(os.path.relpath(report_dir.resolve(), docs.parent.resolve()))
     body = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", lambda m: f"![{m.group(1)}]({(rel / m.group(2)).as_posix()})", body)
     body = body.replace("\n## ", "\n### ").replace("\n### ### ", "\n#### ")
@@ -40,8 +42,9 @@ def main() -> None:
     ap.add_argument("report_dir", type=Path)
     ap.add_argument("--docs", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmark.md")
     ap.add_argument("--command", default="OMP_NUM_THREADS=1 polarstem benchmark configs/benchmark/full.yaml -o reports/benchmark")
+    ap.add_argument("--no-figures", action="store_true", help="leave out the figure links")
     args = ap.parse_args()
-    splice(args.report_dir, args.docs, args.command)
+    splice(args.report_dir, args.docs, args.command, figures=not args.no_figures)
 
 
 if __name__ == "__main__":

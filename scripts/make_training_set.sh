@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Generate the canonical training set and the held-out set on ONE core, then announce each with a
 # one-line JSON READY_<name> file beside it. Resumable: re-run to continue after an interruption.
+# SETS="canonical_xl" grows a copy of canonical (cp -r .cache/sim/canonical .cache/sim/canonical_xl first).
 #   nohup scripts/make_training_set.sh > .cache/logs/simulate_canonical.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-ROOT=${POLARSTEM_SIM_ROOT:-.cache/sim}
+ROOT=$(realpath -m "${POLARSTEM_SIM_ROOT:-.cache/sim}")
 mkdir -p "$ROOT"
 for name in ${SETS:-canonical heldout}; do
   out="$ROOT/$name"

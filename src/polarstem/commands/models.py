@@ -14,7 +14,8 @@ def register(sub) -> None:
     p.add_argument("config")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--mode", choices=["pattern", "cell"], action="append", help="train only this mode")
-    p.add_argument("--data", help="simulated training folder (overrides the config)")
+    p.add_argument("--data", help="simulated training folder(s), comma-separated (overrides the config)")
+    p.add_argument("--warm-start", dest="warm_start", help="start from this shipped model's weights (fine-tuning)")
     p.add_argument("--heldout", help="simulated held-out folder (overrides the config)")
     p.add_argument("--max-minutes", type=float, help="time budget of the pattern mode (overrides the config)")
     p.add_argument("--threads", type=int, help="torch CPU threads (overrides the config)")
@@ -53,9 +54,11 @@ def _train(args) -> int:
     cfg = TrainConfig.from_yaml(args.config)
     if args.mode:
         cfg.modes = list(args.mode)
-    for key in ("data", "heldout", "max_minutes", "threads", "out"):
+    for key in ("data", "heldout", "max_minutes", "threads", "out", "warm_start"):
         if getattr(args, key, None) is not None:
             setattr(cfg, key, getattr(args, key))
+    if isinstance(cfg.data, str) and "," in cfg.data:
+        cfg.data = [d.strip() for d in cfg.data.split(",") if d.strip()]
     run(cfg, progress=not args.no_progress)
     return 0
 

@@ -462,6 +462,8 @@ def _run_testsets(cfg, models, out, results, figures, log) -> None:
             if seen:
                 results["notes"].append(f"{', '.join(seen)} were trained on {folder}: their figures there are on seen data")
             label = Path(folder).name or f"test{fi}"
+            if label in labels_used:  # two folders of the same name: say which parent
+                label = f"{Path(folder).resolve().parent.name}-{label}"
             while label in labels_used:
                 label += "_"
             labels_used.add(label)
@@ -592,6 +594,8 @@ def _run_scans(cfg, models, results, figures, log) -> None:
         defects = folder / "defects.npy"
         for e in models:
             for mode in cfg.scan_modes:
+                if mode != "auto" and mode not in e["modes"]:
+                    continue
                 t0 = time.perf_counter()
                 try:
                     res = evaluate(folder, model=e["name"], mode=mode,

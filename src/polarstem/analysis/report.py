@@ -75,7 +75,7 @@ def _acc(results, model, mode, set_name, cond="ideal", strength=0.0):
 
 def fig_sets(results, path) -> Path | None:
     mm = _model_modes(results)
-    sets = list(results.get("thickness_sets", {}))
+    sets = [s for s in results.get("thickness_sets", {}) if any(r["set"] == s for r in results["accuracy"])]
     if not mm or not sets:
         return None
     plt = _plt()
@@ -295,11 +295,11 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
                                          ", ".join(sorted({str(td.get(f"{e['name']}/{m}")) for m in e["modes"]})),
                                          " ".join(e["sha256"][m][:10] for m in e["modes"])] for e in results["models"]]), ""]
     mm = _model_modes(results)
-    sets = list(results.get("thickness_sets", {}))
+    sets = [s for s in results.get("thickness_sets", {}) if any(r["set"] == s for r in results["accuracy"])]
     if mm:
         md += ["## Accuracy on held-out simulations", "",
                "Ideal patterns (no noise) of the test set (`test` in the config). Sets by thickness (nm, [lo, hi)): "
-               + ", ".join(f"`{s}` {w[0]:g}–{w[1]:g}" for s, w in results.get("thickness_sets", {}).items())
+               + ", ".join(f"`{s}` {results['thickness_sets'][s][0]:g}–{results['thickness_sets'][s][1]:g}" for s in sets)
                + f". `combined=1` is the `{cset}` set with blur 1 px, 5 % background, ±3 px descan and 1e4 electrons "
                "per pattern. Pattern mode: single patterns; cell mode: the mean over a probe grid covering one cell.", ""]
         sp = {(s["model"], s["mode"]): s for s in results["speed"]}

@@ -326,6 +326,15 @@ def simulated_lattice(folder):
     return Lattice(period=(spc, spc), origin=((-off[1] * spc) % spc, (-off[0] * spc) % spc), source="simulation")
 
 
+def _phase_bins(lattice, shape, max_bins: int = 8) -> np.ndarray:
+    """Place-in-cell bin of each position, floored with a tolerance (4/3 % 1 * 3 is 0.99999...)."""
+    rr, cc = np.indices(shape, dtype=np.float64)
+    ny, nx = (int(np.clip(round(p), 1, max_bins)) for p in lattice.period)
+    by = np.floor(((rr - lattice.origin[0]) / lattice.period[0]) % 1.0 * ny + 1e-6).astype(int) % ny
+    bx = np.floor(((cc - lattice.origin[1]) / lattice.period[1]) % 1.0 * nx + 1e-6).astype(int) % nx
+    return by * nx + bx
+
+
 def scan_phase_analysis(scan, model: str, cfg: BenchmarkConfig, mode: str = "pattern") -> dict | None:
     """Maps of one scan, and per place in the unit cell: accuracy, filter, confidence, anomaly.
 
@@ -346,7 +355,7 @@ def scan_phase_analysis(scan, model: str, cfg: BenchmarkConfig, mode: str = "pat
     lattice = known or res.lattice
     if lattice is None:
         return None
-    bins = lattice.phase_bins(ds.scan_shape)
+    bins = _phase_bins(lattice, ds.scan_shape)
     ok = (labels >= 0) & ~defects
     out = []
     for b in np.unique(bins):

@@ -276,3 +276,12 @@ def test_position_maps_bins():
     assert np.allclose(acc[:, 0], 1) and np.allclose(acc[:, 1], 0)
     assert np.allclose(np.asarray(pm["informative"])[0], 1) and np.allclose(np.asarray(pm["informative"])[1], 0)
     assert pm["error_auc_low_confidence"] == 1.0
+
+
+def test_phase_bins_are_even():
+    from polarstem.analysis.benchmark import _phase_bins
+    from polarstem.lattice import Lattice
+
+    bins = _phase_bins(Lattice(period=(3.0, 3.0)), (30, 30))
+    assert np.bincount(bins.ravel()).tolist() == [100] * 9
+    assert bins[0, :7].tolist() == [0, 1, 2, 0, 1, 2, 0]

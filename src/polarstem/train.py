@@ -862,7 +862,7 @@ def run(cfg: TrainConfig, progress: bool = True, log=print) -> list[dict]:
         card["heldout_detail"] = held_res
         card["training"]["train_minutes"] = info["train_minutes"]
         card["training"]["val_accuracy"] = info.get("val_accuracy")
-        (out_dir / f"{cfg.name}-{mode}.json").write_text(json.dumps(card, indent=1, default=_json_default) + "\n")
+        _write_json_atomic(out_dir / f"{cfg.name}-{mode}.json", card)
         write_index(out_dir)
         log(f"{cfg.name}/{mode}: val {info.get('val_accuracy')}, held-out {card['heldout']} -> {out_dir / fname}")
         cards.append(card)
@@ -886,7 +886,7 @@ def add_heldout_to_cards(sim_folder, label: str, weights=None, max_patterns: int
     sim = load_simset(sim_folder)
     results = {}
     for key, entry in read_index(folder)["files"].items():
-        if names and entry["name"] not in names:
+        if names and entry["name"] not in names and key not in names:
             continue
         model = load_model(entry["name"], entry["mode"], folder=folder)
         if tta:
@@ -901,7 +901,7 @@ def add_heldout_to_cards(sim_folder, label: str, weights=None, max_patterns: int
             card["heldout_detail"] = res
         else:
             card.setdefault("heldout_other", {})[label] = {"data": str(sim_folder), "tta": tta, **res}
-        card_path.write_text(json.dumps(card, indent=1, default=_json_default) + "\n")
+        _write_json_atomic(card_path, card)
         log(f"{key}: {label} ideal {res.get('ideal', {}).get('accuracy')} corrupted {res.get('corrupted', {}).get('accuracy')}")
     clear_cache()
     write_markdown_cards(folder)
@@ -963,6 +963,12 @@ def markdown_card(cards: list[dict]) -> str:
                               "| accuracy | " + " | ".join(f"{v:.2f}" for v in pt.values()) + " |"]
     lines += ["", "Limitations: trained on simulations only; see docs/models.md for the domain gap and the filter.", ""]
     return "\n".join(lines)
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default) + "\n")
+    os.replace(tmp, path)
 
 
 def _json_default(o):

@@ -163,9 +163,16 @@ def _card_training_data(name: str, mode: str) -> str | None:
         return None
 
 
-def _trained_on(name: str, mode: str, folder) -> bool:
+def _training_folders(name: str, mode: str) -> list[str]:
+    """The card's training data: one folder, or several joined by commas."""
     data = _card_training_data(name, mode)
-    return bool(data) and Path(data).resolve() == Path(folder).resolve()
+    if not data:
+        return []
+    return [d.strip() for d in (data if isinstance(data, list) else str(data).split(",")) if str(d).strip()]
+
+
+def _trained_on(name: str, mode: str, folder) -> bool:
+    return any(Path(d).resolve() == Path(folder).resolve() for d in _training_folders(name, mode))
 
 
 def thickness_sets(cfg: BenchmarkConfig, test_src, train_src) -> dict[str, list[float]]:
@@ -429,7 +436,7 @@ def resolve_train(cfg, models) -> str | None:
         return cfg.train
     from collections import Counter
 
-    data = Counter(d for e in models for m in e["modes"] if (d := _card_training_data(e["name"], m)) and Path(d).exists())
+    data = Counter(d for e in models for m in e["modes"] for d in _training_folders(e["name"], m) if Path(d).exists())
     return data.most_common(1)[0][0] if data else ".cache/sim/canonical"
 
 

@@ -41,7 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("report_dir", type=Path)
     ap.add_argument("--docs", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "benchmark.md")
-    ap.add_argument("--command", default="OMP_NUM_THREADS=1 polarstem benchmark configs/benchmark/full.yaml -o reports/benchmark")
+    ap.add_argument("--command", default="OMP_NUM_THREADS=1 polarstem benchmark configs/benchmark/full.yaml -o .cache/benchmark")
     ap.add_argument("--no-figures", action="store_true", help="leave out the figure links")
     args = ap.parse_args()
     splice(args.report_dir, args.docs, args.command, figures=not args.no_figures)

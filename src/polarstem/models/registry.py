@@ -33,8 +33,6 @@ MODEL_DEFS: dict[str, dict] = {
                      "summary": "ResNet-18 trained in the prototype-representation regime"},
     "cnn-proto": {"family": "CNN", "kind": "net", "arch": "cnn", "prototype": True,
                   "summary": "compact CNN trained in the prototype-representation regime"},
-    "vgg-proto": {"family": "VGG", "kind": "net", "arch": "vgg11", "prototype": True,
-                  "summary": "VGG-11 trained in the prototype-representation regime"},
 }
 
 _CACHE: dict[tuple, object] = {}

@@ -48,6 +48,16 @@ def _plt():
     return plt
 
 
+def within_45(confusion) -> float | None:
+    """Share of predictions within one class (±45°) of the truth, from evaluate's confusion matrix."""
+    c = np.asarray(confusion, float)
+    if c.sum() == 0:
+        return None
+    k = np.arange(N_CLASSES)
+    near = c[k, k].sum() + c[k, (k + 1) % N_CLASSES].sum() + c[k, (k - 1) % N_CLASSES].sum()
+    return float(near / c.sum())
+
+
 def _cond_label(r: dict) -> str:
     return "ideal" if r["condition"] == "ideal" else f"{r['condition']}={r['strength']:g}"
 
@@ -301,18 +311,21 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
                "Ideal patterns (no noise) of the test set (`test` in the config). Sets by thickness (nm, [lo, hi)): "
                + ", ".join(f"`{s}` {results['thickness_sets'][s][0]:g}–{results['thickness_sets'][s][1]:g}" for s in sets)
                + f". `combined=1` is the `{cset}` set with blur 1 px, 5 % background, ±3 px descan and 1e4 electrons "
-               "per pattern. Pattern mode: single patterns; cell mode: the mean over a probe grid covering one cell.", ""]
+               "per pattern. Pattern mode: single patterns; cell mode: the mean over a probe grid covering one cell. "
+               "`±45°`: the share predicted within one class of the truth (from the confusion matrix).", ""]
         sp = {(s["model"], s["mode"]): s for s in results["speed"]}
-        header = ["model", "mode"] + [f"{s} (n)" for s in sets] + ["combined=1", "informative", "e2e pat/s", "fwd pat/s"]
+        header = (["model", "mode"] + [f"{s} (n)" for s in sets]
+                  + [f"{cset} ±45°", "combined=1", "informative", "e2e pat/s", "fwd pat/s"])
         rows = []
         for m, md_ in mm:
             r = [m, md_]
             for s in sets:
                 a = _acc(results, m, md_, s)
                 r.append(f"{_fmt(a['accuracy'])} ({a['n']})" if a else "–")
+            ideal = _acc(results, m, md_, cset)
+            r.append(within_45(ideal["confusion"]) if ideal else None)
             comb = _acc(results, m, md_, cset, "combined", 1.0)
             r.append(comb["accuracy"] if comb else None)
-            ideal = _acc(results, m, md_, cset)
             r.append(ideal.get("informative_fraction") if ideal else None)
             s_ = sp.get((m, md_), {})
             r += [s_.get("end_to_end_per_s"), s_.get("forward_per_s")]
@@ -387,8 +400,10 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
                "`polarstem evaluate SCAN --defects defects.npy --mode M` per model: accuracy over polar positions, away "
                "from the defects, and the anomaly score's ROC AUC for the defect mask. `auto` is the default mode.", ""]
         rows = [[Path(r["scan"]).name, r["model"], f"{r['mode_requested']}→{r['mode']}", r["accuracy"],
+                 within_45(r["confusion"]) if r.get("confusion") else None,
                  r["accuracy_outside_defects"], r["anomaly_auc"], r["informative_fraction"]] for r in results["scans"]]
-        md += [_table(["scan", "model", "mode", "accuracy", "acc. away from defects", "anomaly AUC", "informative"], rows), ""]
+        md += [_table(["scan", "model", "mode", "accuracy", "±45°", "acc. away from defects", "anomaly AUC",
+                       "informative"], rows), ""]
         if results["scan_phases"]:
             md += ["By place in the unit cell (phase bin from the scan's lattice), away from defects: "
                    "periodic errors show as bins of low accuracy; the anomaly score should stay low there "

@@ -58,6 +58,13 @@ def within_45(confusion) -> float | None:
     return float(near / c.sum())
 
 
+def _folders(data) -> str:
+    """A card's training data (a folder, a comma-joined string or a list) as one short string."""
+    if isinstance(data, (list, tuple)):
+        return " + ".join(str(d) for d in data)
+    return " + ".join(d.strip() for d in str(data).split(","))
+
+
 def _cond_label(r: dict) -> str:
     return "ideal" if r["condition"] == "ideal" else f"{r['condition']}={r['strength']:g}"
 
@@ -302,7 +309,7 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
         td = results.get("training_data") or {}
         md += ["## Models", "", _table(["model", "family", "modes", "trained on", "sha256"],
                                        [[e["name"], e["family"], ", ".join(e["modes"]),
-                                         ", ".join(sorted({str(td.get(f"{e['name']}/{m}")) for m in e["modes"]})),
+                                         ", ".join(sorted({_folders(td.get(f"{e['name']}/{m}")) for m in e["modes"]})),
                                          " ".join(e["sha256"][m][:10] for m in e["modes"])] for e in results["models"]]), ""]
     mm = _model_modes(results)
     sets = [s for s in results.get("thickness_sets", {}) if any(r["set"] == s for r in results["accuracy"])]

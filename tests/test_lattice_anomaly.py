@@ -104,3 +104,11 @@ def test_export_folder_roundtrip(tmp_path):
     np.testing.assert_allclose(maps["anomaly"], res.anomaly, equal_nan=True)
     np.testing.assert_allclose(maps["p3"], res.proba[..., 3])
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_phase_bins_are_even_on_a_scan_with_whole_steps_per_cell():
+    from polarstem.lattice import Lattice
+
+    lat = Lattice(period=(3.0289, 3.0248), origin=(2.876, 2.910))
+    counts = np.bincount(lat.phase_bins((30, 30)).ravel())
+    assert len(counts) == 9 and counts.min() >= 80 and counts.max() <= 120

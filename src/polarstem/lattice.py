@@ -46,7 +46,10 @@ class Lattice:
         fy, fx = self.phase(shape)
         ny = int(np.clip(round(self.period[0]), 1, max_bins))
         nx = int(np.clip(round(self.period[1]), 1, max_bins))
-        return (np.minimum((fy * ny).astype(int), ny - 1) * nx + np.minimum((fx * nx).astype(int), nx - 1))
+        # round to the nearest bin: scan positions sit near phases k/n, where flooring would split them
+        by = np.rint(fy * ny).astype(int) % ny
+        bx = np.rint(fx * nx).astype(int) % nx
+        return by * nx + bx
 
 
 def _peak_frequency(power_1d: np.ndarray, n: int, fmin: float, fmax: float) -> tuple[float, float]:

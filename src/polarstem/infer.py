@@ -131,7 +131,7 @@ def classify_scan(
         if not roi.any():
             raise PolarstemError("the ROI selects no scan positions")
     background = None
-    if mode != "pattern" and lattice is None:
+    if lattice is None:  # cell windows need it, and the anomaly score's phase model in every mode
         lattice, background = scan_lattice(dataset, cancel=cancel)
     mode = choose_mode(mode, dataset, lattice)
     if resume_from is not None:

@@ -307,8 +307,9 @@ def build_arrays(sim: SimSet, mode: str, grid: InputGrid, copies: int, aug: dict
     Cached in ``.cache/train/`` by a fingerprint of the data folder, mode, grid and augmentation.
     """
     aug_key = cell_augment(aug) if mode == "cell" else aug
-    key = _fingerprint(str(sim.folder.resolve()), _folder_stamp(sim.folder), mode, grid.to_dict(), copies, aug_key, seed,
-                       cell_subsets, corrupted_only, "v3" if mode == "pattern" else "v4")
+    version = "v3" if mode == "pattern" else "v4"  # bumped when the way arrays are made changes
+    key = _fingerprint(str(sim.folder.resolve()), _folder_stamp(sim.folder), mode, grid.to_dict(), copies, aug_key,
+                       seed, cell_subsets, corrupted_only, version)
     cache = CACHE / "train" / f"arrays-{mode}-{key}.npz"
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:

@@ -351,8 +351,30 @@ def _read_with_rsciio(p: Path, navigation_shape) -> list[dict]:
     raise PolarstemError(f"{p}: cannot read the file ({'; '.join(errors)})")
 
 
+def _check_blockfile_header(p: Path) -> None:
+    """Refuse a .blo whose header promises more frames than the file holds, before rsciio maps it.
+
+    (A random or truncated header can claim a scan of billions of frames; mapping that takes minutes.)
+    """
+    from rsciio.blockfile._api import get_header_dtype_list
+
+    dtype = np.dtype(get_header_dtype_list("<"))
+    size = p.stat().st_size
+    if size < dtype.itemsize:
+        raise PolarstemError(f"{p}: too short for a blockfile header ({size} bytes)")
+    header = np.fromfile(p, dtype=dtype, count=1)[0]
+    nx, ny, dp = int(header["NX"]), int(header["NY"]), int(header["DP_SZ"])
+    need = int(header["Data_offset_2"]) + nx * ny * (6 + dp * dp)
+    if nx == 0 or ny == 0 or dp == 0 or need > size:
+        raise PolarstemError(f"{p}: the blockfile header claims {ny}x{nx} patterns of {dp}x{dp} px "
+                             f"({need} bytes) but the file holds {size} bytes (truncated or not a blockfile)")
+
+
 def _load_rsciio(p: Path, navigation_shape) -> Dataset4D:
     import dask.array as da
+
+    if p.suffix.lower() == ".blo":
+        _check_blockfile_header(p)
 
     results = _read_with_rsciio(p, navigation_shape)
     if not results:

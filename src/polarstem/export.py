@@ -101,7 +101,7 @@ def _json_default(o):
 MAP_FILES = {"class": "class.tif", "confidence": "confidence.tif", "anomaly": "anomaly.tif"}
 
 
-def provenance(result, dataset, extra: dict | None = None) -> dict:
+def provenance(result, dataset, extra: dict | None = None, input_sha256: str | None = None) -> dict:
     """What produced a set of maps: input, model and weights hash, package version, parameters."""
     import datetime
     import platform
@@ -117,7 +117,7 @@ def provenance(result, dataset, extra: dict | None = None) -> dict:
         "python": platform.python_version(),
         "input": {
             "file": str(src) if src else None,
-            "sha256": file_sha256(src) if src and src.exists() else None,
+            "sha256": input_sha256 or (file_sha256(src) if src and src.exists() else None),
             "shape": list(dataset.shape),
             "calibration": dataset.calibration.to_dict(),
         },
@@ -135,11 +135,11 @@ def provenance(result, dataset, extra: dict | None = None) -> dict:
 
 
 def export_result(outdir: str | os.PathLike, result, dataset, background: np.ndarray | None = None,
-                  extra_provenance: dict | None = None) -> Path:
+                  extra_provenance: dict | None = None, input_sha256: str | None = None) -> Path:
     """Write class/confidence/anomaly TIFFs, maps.hspy, provenance.json and overlay.png, each atomically."""
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    prov = provenance(result, dataset, extra_provenance)
+    prov = provenance(result, dataset, extra_provenance, input_sha256)
     cal = dataset.calibration
     anomaly = result.anomaly if result.anomaly is not None else np.full(result.classes.shape, np.nan, np.float32)
     write_map(out / MAP_FILES["class"], result.classes.astype(np.int8), cal, prov)

@@ -322,17 +322,14 @@ def cell_average(frames: np.ndarray, window: tuple[int, int]) -> np.ndarray:
     return ndimage.uniform_filter(f, size=(window[0], window[1], 1, 1), mode="nearest")
 
 
-def file_sha256(path: str | Path, limit: int | None = None) -> str:
-    """sha256 of a file (or of a folder's files, in name order), for provenance."""
-    h = hashlib.sha256()
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, or of a folder's files (their hashes in name order), for provenance."""
+    from .models.registry import sha256_file
+
     p = Path(path)
-    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
-    read = 0
-    for q in files:
-        with open(q, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-                read += len(chunk)
-                if limit is not None and read >= limit:
-                    return h.hexdigest()
+    if not p.is_dir():
+        return sha256_file(p)
+    h = hashlib.sha256()
+    for q in sorted(q for q in p.rglob("*") if q.is_file()):
+        h.update(sha256_file(q).encode())
     return h.hexdigest()

@@ -603,29 +603,27 @@ def _warm_start(net, name: str, mode: str, log) -> None:
     log(f"warm start from {name}/{mode} ({len(state)} tensors, missing {len(missing)})")
 
 
-def _logits_numpy(net, x, device, batch=512) -> np.ndarray:
+def _batched_numpy(fn, x, device, batch: int, width: int) -> np.ndarray:
+    """``fn`` (a torch forward) over ``x`` in batches, as one float32 numpy array."""
     import torch
 
-    net.eval()
     out = []
     with torch.inference_mode():
         for i in range(0, len(x), batch):
             xb = torch.from_numpy(np.asarray(x[i:i + batch], np.float32))[:, None].to(device)
-            out.append(net(xb).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, N_CLASSES), np.float32)
+            out.append(fn(xb).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+
+
+def _logits_numpy(net, x, device, batch=512) -> np.ndarray:
+    net.eval()
+    return _batched_numpy(net, x, device, batch, N_CLASSES)
 
 
 def _embed_numpy(net, x, device, batch=512) -> np.ndarray:
-    import torch
-
     net.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            xb = torch.from_numpy(np.asarray(x[i:i + batch], np.float32))[:, None].to(device)
-            emb = net.base.embed(xb) if hasattr(net, "base") else net.embed(xb)
-            out.append(emb.float().cpu().numpy())
-    return np.concatenate(out)
+    embed = net.base.embed if hasattr(net, "base") else net.embed
+    return _batched_numpy(embed, x, device, batch, 0)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -166,11 +166,11 @@ def sampled_mean_pattern(dataset: Dataset4D, n: int = 1024) -> np.ndarray:
     """Mean of about ``n`` patterns from evenly spaced scan rows: enough to find the disk, fast on any scan."""
     rows, cols = dataset.scan_shape
     n_rows = int(min(rows, max(1, n // cols), 32))
+    picked = np.unique(np.linspace(0, rows - 1, n_rows).round().astype(int))
     total = np.zeros(dataset.detector_shape, dtype=np.float64)
-    for r in np.unique(np.linspace(0, rows - 1, n_rows).round().astype(int)):
-        frames = read_region(dataset, int(r), slice(None))
-        total += _finite(frames).sum(axis=0, dtype=np.float64)
-    return total / (len(np.unique(np.linspace(0, rows - 1, n_rows).round().astype(int))) * cols)
+    for r in picked:
+        total += _finite(read_region(dataset, int(r), slice(None))).sum(axis=0, dtype=np.float64)
+    return total / (len(picked) * cols)
 
 
 def mean_pattern(

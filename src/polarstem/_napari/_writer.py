@@ -31,8 +31,7 @@ def write_polarization_maps(path: str, layer_data: list[tuple]) -> list[str]:
     out = Path(path)
     result, dataset = md.get(RESULT_KEY), md.get(SOURCE_KEY)
     if result is not None and dataset is not None:
-        background = None
-        export_result(out, result, dataset, background=background)
+        export_result(out, result, dataset)
         return [str(out)]
     scale = tuple(meta.get("scale", (1.0, 1.0)))[-2:]
     units = meta.get("units") or ("pixel", "pixel")

@@ -98,7 +98,7 @@ def run_classification(file, output, model, mode="auto", roi=None, device="auto"
         remove_checkpoint(out)
     else:
         save_checkpoint(out, result, key)
-    export_result(out, result, ds, background=result.background)
+    export_result(out, result, ds, background=result.background, input_sha256=key["input_sha256"])
     return ds, result
 
 

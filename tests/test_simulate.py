@@ -235,3 +235,34 @@ def test_training_set_grows_and_shrinks_keeping_finished_structures(tmp_path):
     assert main(["simulate", str(_write_cfg(tmp_path, small, "s2.yaml")), "-o", str(b), "--quiet"]) == 0
     np.testing.assert_array_equal(_arrays(b), _arrays(a)[:2])
     assert json.loads((b / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_a_ratio_range_is_drawn_per_structure_and_fixed_ratio_plans_unchanged():
+    from polarstem.simulate.config import resolve
+    from polarstem.simulate.runner import plan
+
+    fixed = plan(resolve(MINI))
+    ranged = plan(resolve(dict(MINI, structure=dict(MINI["structure"], a_ratio=[0.2, 0.8]))))
+    ratios = [t["a_ratio"] for t in ranged["tasks"]]
+    assert all(0.2 <= r <= 0.8 for r in ratios) and len(set(ratios)) == len(ratios)
+    for a, b in zip(fixed["tasks"], ranged["tasks"]):  # everything else drawn as before
+        assert {k: v for k, v in a.items() if k != "a_ratio"} == {k: v for k, v in b.items() if k != "a_ratio"}
+
+
+def test_a_ratio_range_is_validated(tmp_path, capsys):
+    bad = dict(MINI, structure=dict(MINI["structure"], a_ratio=[0.8, 0.2]))
+    assert main(["simulate", str(_write_cfg(tmp_path, bad)), "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "a_ratio" in capsys.readouterr().err
+
+
+def test_training_loads_the_finished_structures_of_an_unfinished_set(tmp_path):
+    from polarstem.train import load_simset
+
+    cfg = _write_cfg(tmp_path, MINI)
+    b = tmp_path / "b"
+    assert main(["simulate", str(cfg), "-o", str(b), "--quiet", "--max-tasks", "1"]) == 0
+    part = load_simset(b)
+    assert len(part) == 2 * 3 and (part.labels == 1).all()  # task 0: class 1, 2 thicknesses x 3 probes
+    np.testing.assert_array_equal(np.asarray(part.frames), _arrays(b)[:2].reshape(6, *part.frames.shape[1:]))
+    assert main(["simulate", str(cfg), "-o", str(b), "--quiet"]) == 0
+    assert len(load_simset(b)) == 4 * 3

@@ -156,7 +156,28 @@ def load_simset(folder) -> SimSet:
     if not cal.mrad_per_px:
         raise PolarstemError(f"{folder}: the simulated data carry no mrad/px calibration")
     frames = ds.data.reshape(n, ky, kx)
-    return SimSet(frames, labels, thick.astype(float), struct.astype(np.int64), cal, folder, manifest)
+    thick, struct = thick.astype(float), struct.astype(np.int64)
+    rows = _finished_rows(folder, manifest, sy)
+    if rows is not None:  # a set still being simulated: train on the structures finished so far
+        if not len(rows):
+            raise PolarstemError(f"{folder}: the simulation has not finished any structure yet")
+        keep = (rows[:, None] * sx + np.arange(sx)[None]).reshape(-1)
+        frames = ds.data[rows].reshape(len(keep), ky, kx)
+        labels, thick, struct = labels[keep], thick[keep], struct[keep]
+    return SimSet(frames, labels, thick, struct, cal, folder, manifest)
+
+
+def _finished_rows(folder: Path, manifest: dict, n_rows: int) -> np.ndarray | None:
+    """Scan rows of the finished tasks of an unfinished training set, None when the set is complete."""
+    if manifest.get("status", "complete") == "complete" or manifest.get("kind") != "training":
+        return None
+    try:
+        done = json.loads((folder / "progress.json").read_text())["done"]
+    except (OSError, ValueError, KeyError):
+        raise PolarstemError(f"{folder}: the simulation is unfinished and its progress.json is unreadable") from None
+    per = int(manifest["chunk_rows"])
+    rows = [r for i in sorted(int(d) for d in done) for r in range(i * per, min((i + 1) * per, n_rows))]
+    return np.asarray(rows, dtype=np.int64)
 
 
 def _fingerprint(*parts) -> str:

@@ -66,7 +66,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _RANGE_KEYS = {("optics", "defocus_nm"), ("optics", "mistilt_mrad"), ("structure", "a_angstrom"),
-               ("structure", "nb_shift_angstrom")}
+               ("structure", "nb_shift_angstrom"), ("structure", "a_ratio")}
 
 
 def load_config(path: str | Path) -> dict:
@@ -155,7 +155,7 @@ def _check(cfg: dict) -> None:
         raise PolarstemError("'structure.cells' must be an integer 1..64")
     _range(s["a_angstrom"], "structure.a_angstrom", 3.5, 4.5)
     _range(s["nb_shift_angstrom"], "structure.nb_shift_angstrom", 0.0, 0.5)
-    _num(s["a_ratio"], "structure.a_ratio", -2, 2)
+    _range(s["a_ratio"], "structure.a_ratio", -2, 2)
     _num(s["k_fraction"], "structure.k_fraction", 0, 1)
     if s["out_of_plane_sign"] not in ("+", "-", "random"):
         raise PolarstemError("'structure.out_of_plane_sign' must be '+', '-' or 'random'")

@@ -146,7 +146,7 @@ def plan(cfg: dict) -> dict:
                 pos = rng.random((n_pos, 2))
             task = {
                 "kind": "training", "index": i, "rows": [i * n_th, (i + 1) * n_th], "class": k,
-                "variant": list(v), "a": a, "nb_shift": nb, "a_ratio": float(s["a_ratio"]),
+                "variant": list(v), "a": a, "nb_shift": nb, "a_ratio": _mid(s["a_ratio"]),
                 "k_fraction": float(s["k_fraction"]), "cells": int(s["cells"]), "exit_cells": cells,
                 "positions_frac": pos.tolist(), "optics": opt,
                 "phonons": {"configs": int(cfg["phonons"]["configs"]), "sigmas": cfg["phonons"]["sigmas"],
@@ -154,6 +154,8 @@ def plan(cfg: dict) -> dict:
                 "structure_seed": int(rng.integers(2**31)),
                 "out_mrad_per_px": mrad if mrad_fixed else None,
             }
+            if isinstance(s["a_ratio"], (list, tuple)):  # drawn last: fixed-ratio configs keep their streams
+                task["a_ratio"] = _draw(s["a_ratio"], rng)
             tasks.append(task)
             r0, r1 = task["rows"]
             labels[r0:r1] = k
@@ -174,6 +176,7 @@ def plan(cfg: dict) -> dict:
     nb = _draw(s["nb_shift_angstrom"], rng)
     opt = _optics_for(cfg, rng)
     phonon_seed, structure_seed = int(rng.integers(2**31)), int(rng.integers(2**31))
+    a_ratio = _draw(s["a_ratio"], rng)  # after the seeds: fixed-ratio configs keep their streams
     _, cell_labels, cell_defects = domain_cells(n, n, sc["domains"], nb, sc["defects"])
     spc = int(sc["steps_per_cell"])
     rows = cols = n * spc
@@ -194,7 +197,7 @@ def plan(cfg: dict) -> dict:
         r1 = min(rows, r0 + rpt)
         tasks.append({
             "kind": "scan", "index": i, "rows": [r0, r1], "a": a, "nb_shift": nb,
-            "a_ratio": float(s["a_ratio"]), "k_fraction": float(s["k_fraction"]), "cells": n,
+            "a_ratio": a_ratio, "k_fraction": float(s["k_fraction"]), "cells": n,
             "domains": sc["domains"], "defects": sc["defects"], "exit_cells": [n_cells_z],
             "ys": ys[r0:r1].tolist(), "xs": xs.tolist(), "optics": opt,
             "phonons": {"configs": int(cfg["phonons"]["configs"]), "sigmas": cfg["phonons"]["sigmas"],

@@ -43,8 +43,11 @@ class Classifier(nn.Module):
 
     embed_dim: int
     pool: int = 1
+    friedel: bool = False
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.friedel:  # second channel: the Friedel-antisymmetric part, where the sign of P lives
+            x = torch.cat([x, x - torch.flip(x, dims=(-2, -1))], dim=1)
         h = self.backbone(x)
         h = torch.flatten(F.adaptive_avg_pool2d(h, self.pool), 1)
         return self.neck(h)
@@ -60,11 +63,12 @@ class ResNet18(Classifier):
     pattern to 16x16 maps, as the original stem does for 64 px inputs; CPU training stays affordable.
     """
 
-    def __init__(self, width: int = 32, embed_dim: int = 128, n_classes: int = N_CLASSES, pool: int = 1):
+    def __init__(self, width: int = 32, embed_dim: int = 128, n_classes: int = N_CLASSES, pool: int = 1,
+                 friedel: bool = False):
         super().__init__()
-        self.pool = pool
+        self.pool, self.friedel = pool, friedel
         w = width
-        layers = [nn.Conv2d(1, w, 5, 2, 2, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        layers = [nn.Conv2d(2 if friedel else 1, w, 5, 2, 2, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         cin = w
         for i, cout in enumerate([w, 2 * w, 4 * w, 8 * w]):
             stride = 1 if i == 0 else 2
@@ -86,11 +90,11 @@ class VGG(Classifier):
     """VGG-style stacks of 3x3 conv + BN + ReLU with max-pools, then global average pooling (no big FC)."""
 
     def __init__(self, config: str = "vgg11", width: int = 16, embed_dim: int = 128, n_classes: int = N_CLASSES,
-                 pool: int = 1):
+                 pool: int = 1, friedel: bool = False):
         super().__init__()
-        self.pool = pool
+        self.pool, self.friedel = pool, friedel
         layers: list[nn.Module] = []
-        cin = 1
+        cin = 2 if friedel else 1
         for v in VGG_CONFIGS[config]:
             if v == "M":
                 layers.append(nn.MaxPool2d(2))
@@ -108,11 +112,12 @@ class VGG(Classifier):
 class CompactCNN(Classifier):
     """The study's custom CNN, compact: four conv blocks (16-32-64-128), each conv-BN-ReLU-pool."""
 
-    def __init__(self, widths=(16, 32, 64, 128), embed_dim: int = 64, n_classes: int = N_CLASSES, pool: int = 1):
+    def __init__(self, widths=(16, 32, 64, 128), embed_dim: int = 64, n_classes: int = N_CLASSES, pool: int = 1,
+                 friedel: bool = False):
         super().__init__()
-        self.pool = pool
+        self.pool, self.friedel = pool, friedel
         layers: list[nn.Module] = []
-        cin = 1
+        cin = 2 if friedel else 1
         for i, cout in enumerate(widths):
             layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
             if i < len(widths) - 1:

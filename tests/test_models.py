@@ -156,3 +156,24 @@ def test_models_cli_json(capsys):
     entries = json.loads(capsys.readouterr().out)
     assert isinstance(entries, list) and all("name" in e for e in entries)
     assert {"resnet", "vgg", "cnn", "pca-knn"} <= {e["name"] for e in entries}
+
+
+def test_friedel_channel_is_the_antisymmetric_part():
+    """With ``friedel`` the first conv sees (x, x - rot180 x): zero second channel for a centrosymmetric input."""
+    import torch
+
+    from polarstem.models.nets import create_model
+
+    for arch in ("cnn", "resnet18", "vgg11"):
+        net = create_model(arch, friedel=True).eval()
+        seen = {}
+        first = next(m for m in net.backbone if isinstance(m, torch.nn.Conv2d))
+        assert first.in_channels == 2
+        first.register_forward_hook(lambda m, inp, out: seen.update(x=inp[0]))
+        x = torch.rand(2, 1, 48, 48)
+        sym = x + torch.flip(x, dims=(-2, -1))  # centrosymmetric about the grid centre
+        net(sym)
+        assert torch.allclose(seen["x"][:, 1], torch.zeros(2, 48, 48), atol=1e-6)
+        net(x)
+        assert torch.allclose(seen["x"][:, 1], (x - torch.flip(x, dims=(-2, -1)))[:, 0])
+    assert next(m for m in create_model("cnn").backbone if isinstance(m, torch.nn.Conv2d)).in_channels == 1

@@ -876,6 +876,7 @@ def run(cfg: TrainConfig, progress: bool = True, log=print) -> list[dict]:
             model = NetModel(net, card)
         info["train_minutes"] = round((time.time() - t0) / 60, 2)
         card["training"]["n_patterns_raw"] = int(sum(len(s_) for s_ in sims))
+        card["training"]["n_structures"] = int(sum(len(np.unique(s_.structure)) for s_ in sims))
         card["class_mean_embeddings"] = class_mean_embeddings(model, arrays)
         held_res = heldout_accuracy(model, held, mode, grid, aug=aug)
         card["heldout"] = heldout_summary(held_res)

@@ -99,3 +99,26 @@ def test_train_run_writes_weights_cards_index_and_evaluate(simfolder, cache, tmp
     listed = {e["name"]: e for e in json.loads(capsys.readouterr().out)}
     assert listed["cnn"]["modes"] == ["pattern", "cell"]
     clear_cache()
+
+
+def test_cell_inputs_are_scan_like_subgrid_means():
+    """A g x g probe grid per row gives the full mean, every 3 x 3 (stride 2 of 6) sub-grid mean, two 2 x 2 ones."""
+    from pathlib import Path
+
+    from polarstem.io import Calibration
+
+    g, rows, det = 6, 3, 5
+    rng = np.random.default_rng(0)
+    frames = rng.random((rows * g * g, det, det)).astype(np.float32) + 0.1
+    sim = train.SimSet(frames, np.repeat(np.arange(rows), g * g), np.repeat([5.0, 10.0, 15.0], g * g),
+                       np.zeros(rows * g * g, np.int64), Calibration(mrad_per_px=1.0), Path("."),
+                       {"shape": [rows, g * g, det, det], "config": {"training": {"probes": {"grid": g}}}})
+    out = list(train._raw_inputs(sim, "cell", True, np.random.default_rng(1)))
+    assert len(out) == 1 + 4 + 2  # full, four 3x3 (stride 2), two of the nine 2x2 (stride 3)
+    norm = frames / frames.sum(axis=(1, 2), keepdims=True)
+    grid = norm.reshape(rows, g, g, det, det)
+    np.testing.assert_allclose(out[0][0], grid.mean(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(out[1][0], grid[:, 0::2, 0::2].mean(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(out[4][0], grid[:, 1::2, 1::2].mean(axis=(1, 2)), rtol=1e-5)
+    assert all(np.array_equal(o[1], [0, 1, 2]) and np.array_equal(o[2], [5.0, 10.0, 15.0]) for o in out)
+    assert len(list(train._raw_inputs(sim, "cell", False, np.random.default_rng(1)))) == 1

@@ -132,3 +132,35 @@ def test_resume_after_interruption_equals_a_full_run(scan, model, tmp_path):
     full = classify_scan(ds, model=model, mode="pattern", device="cpu")
     np.testing.assert_array_equal(resumed.classes, full.classes)
     np.testing.assert_allclose(resumed.proba, full.proba, atol=1e-5)
+
+
+def _manual_vote(pattern_result, window):
+    """Mean log-probability over each window (zeros beyond the scan, normalised by the count), softmax."""
+    from scipy import ndimage
+
+    logp = np.log(np.clip(pattern_result.proba, 1e-6, 1.0)) * pattern_result.informative[..., None]
+    n = ndimage.uniform_filter(pattern_result.informative.astype(np.float32), size=window, mode="constant")
+    s = ndimage.uniform_filter(logp.astype(np.float32), size=window + (1,), mode="constant")
+    m = s / np.maximum(n, 1e-6)[..., None]
+    p = np.exp(m - m.max(axis=-1, keepdims=True))
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def test_cell_vote_pools_the_pattern_predictions_of_each_window(scan, model):
+    from polarstem.lattice import Lattice
+
+    lat = Lattice(period=(3.0, 3.0))
+    pat = classify_scan(load(scan), model=model, mode="pattern", device="cpu", lattice=lat)
+    small = load(scan, chunk_bytes=64 * 64 * 2 * 14 * 2)  # 2-row chunks: windows cross block edges
+    vote = classify_scan(small, model=model, mode="cell", device="cpu", lattice=lat, chunk_bytes=64 * 64 * 2 * 14 * 4)
+    assert vote.mode == "cell" and vote.params["cell_method"] == "vote" and vote.done.all()
+    np.testing.assert_allclose(vote.proba, _manual_vote(pat, lat.window), atol=2e-5)
+    np.testing.assert_array_equal(vote.classes, np.argmax(vote.proba, axis=-1))
+    # an ROI: only its positions are classified, from windows that reach outside it
+    roi = np.zeros(vote.classes.shape, bool)
+    roi[4:7, 5:9] = True
+    part = classify_scan(load(scan), model=model, mode="cell", device="cpu", lattice=lat, roi=roi)
+    assert (part.done == roi).all()
+    np.testing.assert_allclose(part.proba[roi], vote.proba[roi], atol=2e-5)
+    mean = classify_scan(load(scan), model=model, mode="cell", device="cpu", lattice=lat, cell_method="mean")
+    assert mean.params["cell_method"] == "mean" and not np.allclose(mean.proba, vote.proba)

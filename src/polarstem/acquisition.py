@@ -51,14 +51,17 @@ def acquisition_warnings(model_name: str, calibration: Calibration, detector_sha
 
 
 def default_model() -> str:
-    """The shipped model with the best held-out accuracy (cell mode preferred), else 'cnn'."""
+    """The shipped model with the best held-out per-pattern accuracy, else 'cnn'.
+
+    Pattern weights decide: cell mode votes them over each cell window by default.
+    """
     from .models import list_models
 
     best, best_acc = None, -1.0
     for entry in list_models():
-        accs = [a for a in (entry.get("accuracy") or {}).values() if isinstance(a, (int, float))]
-        if entry.get("available") and accs and max(accs) > best_acc:
-            best, best_acc = entry["name"], max(accs)
+        acc = (entry.get("accuracy") or {}).get("pattern")
+        if entry.get("available") and isinstance(acc, (int, float)) and acc > best_acc:
+            best, best_acc = entry["name"], acc
     if best is None:
         available = [e["name"] for e in list_models() if e.get("available")]
         best = available[0] if available else "cnn"

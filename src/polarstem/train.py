@@ -660,7 +660,9 @@ def _warm_start(net, name: str, mode: str, log) -> None:
         log(f"no warm start ({exc})")
         return
     state = load_file(str(path), device="cpu")
-    if hasattr(net, "base"):  # prototype net: the plain net's backbone and neck, not its linear head
+    if hasattr(net, "base") and any(k.startswith("base.") for k in state):  # a prototype net, prototypes too
+        missing, _ = net.load_state_dict(state, strict=False)
+    elif hasattr(net, "base"):  # prototype net: the plain net's backbone and neck, not its linear head
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         missing, _ = net.base.load_state_dict(state, strict=False)
     else:  # fine-tuning a plain net (e.g. on more data)

@@ -14,8 +14,10 @@ def register(sub) -> None:
     p = sub.add_parser("classify", help="polarization class, confidence and anomaly maps of a scan")
     p.add_argument("file")
     add_navigation_shape(p)
-    p.add_argument("--model", default="cnn", help="registered model name (see `polarstem models`)")
+    p.add_argument("--model", default=None, help="registered model name (see `polarstem models`; default: the best)")
     p.add_argument("--mode", choices=["auto", "pattern", "cell"], default="auto")
+    p.add_argument("--cell-method", choices=["vote", "mean"], default="vote",
+                   help="cell mode: vote the pattern model over each cell window (default) or classify the window's mean")
     p.add_argument("--roi", help="boolean .npy mask (scan_rows, scan_cols) of the positions to classify")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--batch-size", type=int)
@@ -51,8 +53,9 @@ def load_roi(path: str, scan_shape) -> np.ndarray:
     return roi.astype(bool)
 
 
-def run_classification(file, output, model, mode="auto", roi=None, device="auto", batch_size=None,
-                       navigation_shape=None, scheduler=None, resume=False, checkpoint_every=30.0):
+def run_classification(file, output, model=None, mode="auto", roi=None, device="auto", batch_size=None,
+                       navigation_shape=None, scheduler=None, resume=False, checkpoint_every=30.0,
+                       cell_method="vote"):
     """Load, classify with a progress bar, and export the folder; returns (dataset, result).
 
     While it runs, the maps so far are saved to a checkpoint in the output folder every
@@ -60,17 +63,19 @@ def run_classification(file, output, model, mode="auto", roi=None, device="auto"
     """
     import time
 
+    from ..acquisition import default_model
     from ..export import export_result, load_checkpoint, remove_checkpoint, save_checkpoint
     from ..infer import classify_scan, file_sha256
     from ..io import load
     from ..models import read_card
 
+    model = model or default_model()
     ds = load(file, navigation_shape=navigation_shape)
     roi_mask = load_roi(roi, ds.scan_shape) if roi else None
     warn_acquisition(ds, model)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    key = {"input_sha256": file_sha256(file), "model": model, "mode": mode,
+    key = {"input_sha256": file_sha256(file), "model": model, "mode": mode, "cell_method": cell_method,
            "roi_sha256": None if roi_mask is None else __import__("hashlib").sha256(roi_mask.tobytes()).hexdigest()}
     previous = None
     if resume:
@@ -88,12 +93,13 @@ def run_classification(file, output, model, mode="auto", roi=None, device="auto"
 
     if previous is not None:
         try:
-            previous.model_sha256 = read_card(model, previous.mode).get("sha256", "")
+            weights_mode = "pattern" if (previous.mode == "cell" and cell_method == "vote") else previous.mode
+            previous.model_sha256 = read_card(model, weights_mode).get("sha256", "")
         except Exception:  # noqa: BLE001 - an unknown model is reported by classify_scan below
             pass
     result = classify_scan(ds, model=model, mode=mode if previous is None else previous.mode, roi=roi_mask,
                            device=device, batch_size=batch_size, progress=_tqdm_progress(f"classify ({model})"),
-                           scheduler=scheduler, resume_from=previous, on_block=on_block)
+                           scheduler=scheduler, resume_from=previous, on_block=on_block, cell_method=cell_method)
     if result.complete:
         remove_checkpoint(out)
     else:
@@ -112,7 +118,8 @@ def warn_acquisition(ds, model_name: str) -> None:
 
 def classify(args) -> int:
     ds, result = run_classification(args.file, args.output, args.model, args.mode, args.roi, args.device,
-                                    args.batch_size, _navigation_shape(args), args.scheduler, args.resume)
+                                    args.batch_size, _navigation_shape(args), args.scheduler, args.resume,
+                                    cell_method=args.cell_method)
     status = "complete" if result.complete else "interrupted (partial maps written; --resume continues)"
     rate = result.n_patterns / result.seconds if result.seconds else 0.0
     print(f"{status}: {result.n_patterns} positions in {result.seconds:.1f} s ({rate:.0f}/s), mode "

@@ -26,8 +26,10 @@ def register(sub) -> None:
     p.add_argument("file")
     p.add_argument("--labels", help="labels.npy (default: beside the file)")
     p.add_argument("--defects", help="defects.npy (bool): adds anomaly_auc and accuracy_outside_defects")
-    p.add_argument("--model", default="resnet")
+    p.add_argument("--model", default="resnet-proto")
     p.add_argument("--mode", default="pattern", choices=["pattern", "cell", "auto"])
+    p.add_argument("--cell-method", choices=["vote", "mean"], default="vote",
+                   help="cell mode: vote the pattern model over each cell window (default) or classify the window's mean")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_evaluate)
@@ -66,7 +68,8 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from ..evaluate import evaluate
 
-    res = evaluate(args.file, args.labels, args.model, args.mode, args.defects, args.device)
+    res = evaluate(args.file, args.labels, args.model, args.mode, args.defects, args.device,
+                   cell_method=args.cell_method)
     if args.json:
         print(json.dumps(res, indent=1))
     else:

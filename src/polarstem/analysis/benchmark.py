@@ -3,9 +3,10 @@
 The figures must be the ones a user gets, so every table entry comes from the plugin's own code:
 pattern-mode accuracies are :func:`polarstem.evaluate.evaluate` calls on labeled folders written to disk
 (``polarstem evaluate FOLDER --model M --mode pattern`` prints the same numbers; ``keep_datasets: true``
-keeps the folders); cell-mode inputs (the mean of one row of the training layout: one structure and
-thickness over a probe grid covering one cell) go through :func:`polarstem.infer.classify_scan` with the
-cell weights and are scored by :func:`polarstem.evaluate.scores`. Defect detection is
+keeps the folders); a cell-mode input is one row of the training layout (one structure and thickness
+over a probe grid covering one cell): :func:`polarstem.infer.classify_scan` classifies its patterns and
+:func:`polarstem.infer.vote_windows` pools them as a scan's cell window does (``cell_method: mean``:
+the row's mean pattern with the cell weights); scored by :func:`polarstem.evaluate.scores`. Defect detection is
 ``evaluate(..., defects_path=...)`` on simulated scans. See docs/benchmark.md.
 """
 
@@ -46,7 +47,8 @@ class BenchmarkConfig:
     test: str | list | None = ".cache/sim/heldout"  # held-out simulations, training layout (one or a list)
     thickness_sets: dict | str = "auto"  # name -> [lo, hi) nm; "auto": below / in_range / above training
     n_patterns: int = 1024  # single patterns per test set (subsampled with ``seed``)
-    n_cells: int = 256  # cell averages (rows) per test set
+    n_cells: int = 256  # cells (rows: one structure and thickness over a probe grid) per test set
+    cell_method: str = "vote"  # cell mode as classify_scan does it: vote the pattern model, or "mean" + cell weights
     corruption_set: str = "in_range"  # the thickness set the corruptions are applied to
     corruptions: dict = field(default_factory=lambda: dict(DEFAULT_CORRUPTIONS))
     position_bins: int = 4  # probe-position map: bins per cell edge
@@ -197,21 +199,41 @@ def _score_row(res: dict, **keys) -> dict:
 
 
 def classify_folder(folder, model, mode: str, cfg: BenchmarkConfig):
-    """classify_scan on a labeled test folder with the weights of ``mode``; the inputs are used as they are.
+    """classify_scan on a labeled test folder; returns (result with one position per input, labels).
 
-    Cell-mode inputs are already cell averages, so they are classified position by position
-    (``mode="pattern"`` in classify_scan) with the *cell* weights.
+    Cell mode with ``cell_method: vote`` (the default, as in classify_scan): each row holds the probe
+    positions of one cell; the pattern weights classify every pattern and the row's mean
+    log-probability decides, exactly what a scan's cell window does. With ``mean``: each row is one
+    cell average, classified with the *cell* weights.
     """
-    from ..infer import classify_scan
+    from types import SimpleNamespace
+
+    from ..infer import classify_scan, vote_windows
     from ..io import load
     from ..models import load_model
 
     ds = load(folder)
     labels = np.load(Path(folder) / "labels.npy", allow_pickle=False).reshape(ds.scan_shape)
-    m = load_model(model, mode=mode, device="cpu")
+    vote = mode == "cell" and cfg.cell_method == "vote"
+    m = load_model(model, mode="pattern" if vote else mode, device="cpu")
     res = classify_scan(ds, model=m, mode="pattern", roi=labels >= 0, device=cfg.device,
                         batch_size=cfg.batch_size, anomaly=False)
-    return res, labels
+    if not vote:
+        return res, labels
+    n, k = ds.scan_shape
+    need = np.ones((n, k), bool)
+    emb = np.zeros((n * k, 1), np.float32)
+    proba, _, informative = vote_windows((need, slice(None), slice(None)), np.ones((n, k), bool),
+                                         np.nan_to_num(res.proba.reshape(n * k, -1), nan=1.0 / 8),
+                                         emb, res.informative.reshape(-1), (1, 2 * k + 1))
+    proba = proba.reshape(n, k, -1)[:, k // 2]  # the window of the middle position spans the whole row
+    top2 = np.sort(proba, axis=1)[:, -2:]
+    voted = SimpleNamespace(
+        classes=np.argmax(proba, axis=1).astype(np.int8)[:, None], confidence=top2[:, 1:].astype(np.float32),
+        informative=informative.reshape(n, k)[:, k // 2][:, None],
+        embedding_distance=np.full((n, 1), np.nan, np.float32), model_sha256=res.model_sha256,
+        n_patterns=res.n_patterns, seconds=res.seconds, done=res.done[:, :1])
+    return voted, labels[:, :1]
 
 
 def evaluate_folder(folder, model: str, mode: str, cfg: BenchmarkConfig) -> tuple[dict, object]:
@@ -527,9 +549,11 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
     if "cell" in modes_needed:
         rows = pick_cells(src, window, cfg.n_cells, rng)
         if len(rows):
-            picks["cell"] = (src.read_rows(rows).mean(axis=1), src.labels[rows, 0], {
+            cells = src.read_rows(rows)  # (cells, probe positions, ky, kx)
+            vote = cfg.cell_method == "vote"  # every pattern of the cell is kept (and corrupted on its own)
+            picks["cell"] = (cells if vote else cells.mean(axis=1), src.labels[rows, 0], {
                 "thickness_nm": None if src.thickness is None else src.thickness[rows, 0],
-                "tilt_mrad": None if src.tilt_mrad is None else src.tilt_mrad[rows, 0]}, n_pos)
+                "tilt_mrad": None if src.tilt_mrad is None else src.tilt_mrad[rows, 0]}, 1 if vote else n_pos)
     results["thickness_sets"][set_name] = window
     if not picks:
         results["notes"].append(f"test set '{set_name}' ({window[0]:g}-{window[1]:g} nm): no finished patterns")
@@ -538,7 +562,8 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
         cond = kind if kind == "ideal" else f"{kind}={strength:g}"
         for input_mode, (frames, labels, meta, per_input) in picks.items():
             folder = data_root.joinpath(*set_name.split(":")) / input_mode / cond.replace("=", "_")
-            data = apply_corruption(frames, kind, strength, [cfg.seed, ci, 7], per_input)
+            flat = frames.reshape((-1,) + frames.shape[-2:])
+            data = apply_corruption(flat, kind, strength, [cfg.seed, ci, 7], per_input).reshape(frames.shape)
             write_testset(folder, data, labels, src.calibration, meta,
                           {"source": str(src.folder), "set": set_name, "thickness_window_nm": window,
                            "condition": cond, "input": input_mode, "seed": cfg.seed})
@@ -562,7 +587,9 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
                     r = result if result is not None else classify_folder(folder, e["name"], input_mode, cfg)[0]
                     per_pattern.setdefault((e["name"], input_mode), []).append((labels, meta, r))
                 if kind == "ideal" and primary:
-                    sp = measure_speed(e["name"], input_mode, frames[: cfg.batch_size], src.calibration, cfg)
+                    weights_mode = "pattern" if (input_mode == "cell" and cfg.cell_method == "vote") else input_mode
+                    flat = frames.reshape((-1,) + frames.shape[-2:])
+                    sp = measure_speed(e["name"], weights_mode, flat[: cfg.batch_size], src.calibration, cfg)
                     sp.update(model=e["name"], mode=input_mode, end_to_end_per_s=res.get("patterns_per_s"))
                     results["speed"].append(sp)
             if not cfg.keep_datasets:

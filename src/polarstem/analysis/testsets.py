@@ -178,11 +178,14 @@ def apply_corruption(frames: np.ndarray, kind: str, strength: float, seed, patte
 
 def write_testset(folder, frames: np.ndarray, labels: np.ndarray, calibration: Calibration,
                   per_pattern: dict | None = None, info: dict | None = None) -> Path:
-    """A labeled folder ``polarstem evaluate`` reads: N patterns laid out as an (N, 1) scan."""
+    """A labeled folder ``polarstem evaluate`` reads: N patterns laid out as an (N, 1) scan, or, for
+    frames of shape (N, M, ky, kx) (the M probe positions of N cells), an (N, M) grid whose rows
+    share their label and per-row values."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     n = len(frames)
-    data = np.ascontiguousarray(np.asarray(frames, np.float32).reshape((n, 1) + frames.shape[-2:]))
+    m = frames.shape[1] if frames.ndim == 4 else 1
+    data = np.ascontiguousarray(np.asarray(frames, np.float32).reshape((n, m) + frames.shape[-2:]))
 
     def save(name, arr):
         tmp = folder / f"{name}.{os.getpid()}.partial"
@@ -194,12 +197,13 @@ def write_testset(folder, frames: np.ndarray, labels: np.ndarray, calibration: C
     cal = calibration.to_dict()
     cal["scan_step_nm"] = [None, None]  # independent patterns, not a scan
     (folder / "data.json").write_text(json.dumps(cal))
-    save("labels.npy", np.asarray(labels, np.int8).reshape(n, 1))
+    save("labels.npy", np.repeat(np.asarray(labels, np.int8).reshape(n, 1), m, axis=1))
     for name, arr in (per_pattern or {}).items():
         if arr is not None:
             a = np.asarray(arr)
-            save(f"{name}.npy", a.reshape((n, 1) + a.shape[1:]))
-    manifest = {"format": "polarstem-testset", "data_file": "data.npy", "layout": "rows = independent inputs, 1 col",
+            save(f"{name}.npy", np.repeat(a.reshape((n, 1) + a.shape[1:]), m, axis=1))
+    layout = "rows = independent inputs, 1 col" if m == 1 else f"rows = independent cells, {m} probe positions each"
+    manifest = {"format": "polarstem-testset", "data_file": "data.npy", "layout": layout,
                 "n": n, **(info or {})}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
     return folder

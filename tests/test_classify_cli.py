@@ -69,3 +69,24 @@ def test_local_cluster_gives_the_same_maps(scan):
     np.testing.assert_array_equal(local.classes, remote.classes)
     np.testing.assert_allclose(local.proba, remote.proba, atol=1e-5)
     np.testing.assert_allclose(local.anomaly, remote.anomaly, atol=1e-4, equal_nan=True)
+    # cell mode votes across block edges the same way on the workers
+    from polarstem.lattice import Lattice
+
+    lat = Lattice(period=(3.0, 3.0))
+    local = classify_scan(ds, model=SHIPPED[0], mode="cell", device="cpu", chunk_bytes=64 * 64 * 2 * 12 * 3, lattice=lat)
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+                      processes=True) as cluster:
+        remote = classify_scan(ds, model=SHIPPED[0], mode="cell", device="cpu", lattice=lat,
+                               chunk_bytes=64 * 64 * 2 * 12 * 3, scheduler=cluster.scheduler_address)
+    np.testing.assert_allclose(local.proba, remote.proba, atol=1e-5)
+
+
+def test_classify_cell_mode_records_the_method(tmp_path):
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[1] / "sample_data"
+    out = tmp_path / "maps"
+    assert main(["classify", str(sample), "--model", SHIPPED[0], "--mode", "cell", "-o", str(out)]) == 0
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["parameters"]["mode"] == "cell" and prov["parameters"]["cell_method"] == "vote"
+    assert prov["parameters"]["weights_mode"] == "pattern"

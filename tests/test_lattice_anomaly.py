@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from polarstem.anomaly import class_disagreement, score_anomaly
+from polarstem.anomaly import score_anomaly
 from polarstem.export import export_result, read_map, read_maps
 from polarstem.infer import ClassificationResult, cell_average
 from polarstem.io import Calibration, Dataset4D
@@ -79,11 +79,6 @@ def test_anomaly_highest_at_defect_not_at_hard_positions():
     hard = ((rr % 4) == 0) & ((cc % 4) == 0) & ~truth
     assert np.nanmax(a[~truth]) < np.nanmax(a[truth])
     assert np.nanmean(a[hard]) < 0.5 * np.nanmean(a[truth])
-
-
-def test_class_disagreement_zero_in_domain():
-    c = np.ones((10, 10), np.int8)
-    assert np.allclose(class_disagreement(c, (3, 3)), 0)
 
 
 def test_export_folder_roundtrip(tmp_path):

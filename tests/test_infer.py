@@ -164,3 +164,14 @@ def test_cell_vote_pools_the_pattern_predictions_of_each_window(scan, model):
     np.testing.assert_allclose(part.proba[roi], vote.proba[roi], atol=2e-5)
     mean = classify_scan(load(scan), model=model, mode="cell", device="cpu", lattice=lat, cell_method="mean")
     assert mean.params["cell_method"] == "mean" and not np.allclose(mean.proba, vote.proba)
+
+
+def test_tta_averages_the_symmetry_images(scan, model):
+    ds = load(scan)
+    plain = classify_scan(ds, model=model, mode="pattern", device="cpu", anomaly=False)
+    tta = classify_scan(ds, model=model, mode="pattern", device="cpu", anomaly=False, tta=True)
+    assert tta.params["tta"] and not plain.params["tta"]
+    frames = np.asarray(ds.data[2, :5])
+    x, _ = model.preprocess(frames, ds.calibration)
+    np.testing.assert_allclose(tta.proba[2, :5], model.predict(x, tta=True)["proba"], atol=1e-5)
+    assert not np.allclose(tta.proba, plain.proba)

@@ -51,7 +51,8 @@ def scores(pred: np.ndarray, labels: np.ndarray, valid: np.ndarray | None = None
 
 
 def evaluate(path, labels_path=None, model: str = "cnn", mode: str = "pattern", defects_path=None,
-             device: str = "auto", progress=None, cell_method: str = "vote") -> dict:
+             device: str = "auto", progress=None, cell_method: str = "vote",
+             tta: bool = False) -> dict:
     """Classify the file and compare with the labels; with defects, the anomaly ROC AUC too."""
     from .infer import classify_scan
     from .io import load
@@ -68,10 +69,12 @@ def evaluate(path, labels_path=None, model: str = "cnn", mode: str = "pattern", 
     defects = _load_map(defects_path, ds.scan_shape, bool, "defects") if defects_path else None
     # pattern mode only needs the labeled positions; cell windows need their neighbours, so run everywhere
     res = classify_scan(ds, model=model, mode=mode, roi=roi if mode == "pattern" else None, device=device,
-                        progress=progress, anomaly=defects is not None, cell_method=cell_method)
+                        progress=progress, anomaly=defects is not None, cell_method=cell_method,
+                        tta=tta)
     out = {"file": str(path), "model": res.model, "model_sha256": res.model_sha256, "mode": res.mode}
     if res.mode == "cell":
         out["cell_method"] = cell_method
+    out["tta"] = tta
     out.update(scores(res.classes, labels))
     out["informative_fraction"] = round(float(res.informative[roi].mean()), 4)
     out["accuracy_informative"] = scores(res.classes, labels, res.informative)["accuracy"]

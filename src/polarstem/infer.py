@@ -119,6 +119,7 @@ def classify_scan(
     scheduler: str | None = None,
     resume_from: ClassificationResult | None = None,
     cell_method: str = "vote",
+    tta: bool = False,
 ) -> ClassificationResult:
     """Classify every selected scan position. Cancelling returns the result so far (``complete=False``).
 
@@ -163,7 +164,7 @@ def classify_scan(
     result = ClassificationResult.empty(
         dataset.scan_shape, mode=mode, lattice=lattice, model=name, model_sha256=card.get("sha256", ""),
         device=dev, background=background,
-        params={"mode": mode, "batch_size": bs, "roi": roi is not None, "weights_mode": weights_mode,
+        params={"mode": mode, "batch_size": bs, "roi": roi is not None, "weights_mode": weights_mode, "tta": tta,
                 **({"cell_method": cell_method} if mode == "cell" else {})},
     )
     if resume_from is not None:
@@ -189,12 +190,12 @@ def classify_scan(
             if not isinstance(name, str) or name not in _registered_names():
                 raise PolarstemError("a cluster run needs a registered model name (workers load it themselves)")
             _classify_on_cluster(result, dataset, name, weights_mode, roi, window, halo, chunk_bytes, bs, scheduler,
-                                 prototypes, progress, cancel, on_block, vote)
+                                 prototypes, progress, cancel, on_block, vote, tta)
         else:
             for block in iter_frame_blocks(
                 dataset, mask=roi, budget=chunk_bytes, progress=progress, cancel=cancel, halo=halo, transform=prepare,
             ):
-                sel, proba, emb, informative = predict_block(model, block.prepared, bs, window, cancel)
+                sel, proba, emb, informative = predict_block(model, block.prepared, bs, window, cancel, tta)
                 if proba is None:
                     continue
                 _store(result, block.rows, block.cols, sel, proba, emb, informative, prototypes)
@@ -241,10 +242,10 @@ def _window_sum(values: np.ndarray, window: tuple[int, int]) -> np.ndarray:
     return ndimage.uniform_filter(values, size=size, mode="constant") * (window[0] * window[1])
 
 
-def predict_block(model, prepared, batch_size, window, cancel=None):
+def predict_block(model, prepared, batch_size, window, cancel=None, tta=False):
     """(sel, proba, emb, informative) of one prepared block; a vote pools its window first."""
     sel, x, informative, ctx = prepared
-    proba, emb = predict_batches(model, x, batch_size, cancel)
+    proba, emb = predict_batches(model, x, batch_size, cancel, tta)
     if proba is None or ctx is None:
         return sel, proba, emb, informative
     return (sel,) + vote_windows(ctx, sel, proba, emb, informative, window)
@@ -280,13 +281,15 @@ def vote_windows(ctx, sel, proba, emb, informative, window):
     return p.astype(np.float32), emb_out.astype(np.float32), n > 0.5
 
 
-def predict_batches(model, x, batch_size, cancel=None):
-    """Probabilities and embeddings of preprocessed inputs, batch by batch (cancel between batches)."""
+def predict_batches(model, x, batch_size, cancel=None, tta=False):
+    """Probabilities and embeddings of preprocessed inputs, batch by batch (cancel between batches).
+
+    ``tta`` averages each input's log-probabilities over its 8 square-symmetry images (8x the cost)."""
     probs, embs = [], []
     for start in range(0, len(x), batch_size):
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled by the user")
-        out = model.predict(x[start : start + batch_size])
+        out = model.predict(x[start : start + batch_size], tta=True) if tta else model.predict(x[start : start + batch_size])
         probs.append(out["proba"])
         embs.append(out["embedding"])
     if not probs:
@@ -300,17 +303,18 @@ def _registered_names() -> list[str]:
     return model_names()
 
 
-def _classify_remote(frames, inner_rows, inner_cols, mask, window, calibration, name, mode, batch_size, vote=False):
+def _classify_remote(frames, inner_rows, inner_cols, mask, window, calibration, name, mode, batch_size, vote=False,
+                     tta=False):
     """One block on a cluster worker: load the model there (cached per process) and classify."""
     from .models import load_model
 
     model = load_model(name, mode=mode, device="cpu")
     prepared = prepare_block(model, frames, inner_rows, inner_cols, mask, window, calibration, vote)
-    return predict_block(model, prepared, batch_size, window)
+    return predict_block(model, prepared, batch_size, window, tta=tta)
 
 
 def _classify_on_cluster(result, dataset, name, mode, roi, window, halo, chunk_bytes, batch_size, scheduler,
-                         prototypes, progress, cancel, on_block, vote=False) -> None:
+                         prototypes, progress, cancel, on_block, vote=False, tta=False) -> None:
     """Submit one task per block to a dask.distributed scheduler and fill the maps as they finish."""
     from distributed import Client, as_completed
 
@@ -335,7 +339,7 @@ def _classify_on_cluster(result, dataset, name, mode, roi, window, halo, chunk_b
             mask = None if roi is None else roi[r, c]
             fut = client.compute(frames)
             task = client.submit(_classify_remote, fut, inner[0], inner[1], mask, window, dataset.calibration,
-                                 name, mode, batch_size, vote, pure=False)
+                                 name, mode, batch_size, vote, tta, pure=False)
             futures[task] = (r, c)
         if progress:
             progress(0, len(futures))

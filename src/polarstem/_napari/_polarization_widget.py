@@ -95,6 +95,8 @@ class PolarizationMapWidget(QWidget):
         self.mode_combo.addItems(["auto", "cell", "pattern"])
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        self.tta_check = QCheckBox("symmetry averaging (8x slower, more accurate)")
+        self.tta_check.setToolTip("average every pattern's prediction over its 8 square-symmetry images")
         self.roi_check = QCheckBox("use ROIs from Shapes layer")
         self.roi_combo = QComboBox()
         self.run_button = QPushButton("Run")
@@ -119,6 +121,7 @@ class PolarizationMapWidget(QWidget):
         form.addRow("", self.card_label)
         form.addRow("mode", self.mode_combo)
         form.addRow("device", self.device_combo)
+        form.addRow("", self.tta_check)
         form.addRow(self.roi_check, self.roi_combo)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -258,7 +261,7 @@ class PolarizationMapWidget(QWidget):
         self._progress = progress(total=0, desc=f"polarization map ({name})")
         worker = thread_worker(classify_updates, start_thread=False)(
             dataset, name, self.mode_combo.currentText(), roi, self.device_combo.currentText(), self._cancel,
-            chunk_bytes=self.chunk_bytes)
+            chunk_bytes=self.chunk_bytes, tta=self.tta_check.isChecked())
         worker.yielded.connect(self._on_update)
         worker.finished.connect(self._on_finished)
         self._worker = worker

@@ -18,6 +18,8 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=["auto", "pattern", "cell"], default="auto")
     p.add_argument("--cell-method", choices=["vote", "mean"], default="vote",
                    help="cell mode: vote the pattern model over each cell window (default) or classify the window's mean")
+    p.add_argument("--tta", action="store_true",
+                   help="average over the 8 square-symmetry images of every pattern (8x slower, more accurate)")
     p.add_argument("--roi", help="boolean .npy mask (scan_rows, scan_cols) of the positions to classify")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--batch-size", type=int)
@@ -55,7 +57,7 @@ def load_roi(path: str, scan_shape) -> np.ndarray:
 
 def run_classification(file, output, model=None, mode="auto", roi=None, device="auto", batch_size=None,
                        navigation_shape=None, scheduler=None, resume=False, checkpoint_every=30.0,
-                       cell_method="vote"):
+                       cell_method="vote", tta=False):
     """Load, classify with a progress bar, and export the folder; returns (dataset, result).
 
     While it runs, the maps so far are saved to a checkpoint in the output folder every
@@ -75,7 +77,7 @@ def run_classification(file, output, model=None, mode="auto", roi=None, device="
     warn_acquisition(ds, model)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    key = {"input_sha256": file_sha256(file), "model": model, "mode": mode, "cell_method": cell_method,
+    key = {"input_sha256": file_sha256(file), "model": model, "mode": mode, "cell_method": cell_method, "tta": tta,
            "roi_sha256": None if roi_mask is None else __import__("hashlib").sha256(roi_mask.tobytes()).hexdigest()}
     previous = None
     if resume:
@@ -99,7 +101,8 @@ def run_classification(file, output, model=None, mode="auto", roi=None, device="
             pass
     result = classify_scan(ds, model=model, mode=mode if previous is None else previous.mode, roi=roi_mask,
                            device=device, batch_size=batch_size, progress=_tqdm_progress(f"classify ({model})"),
-                           scheduler=scheduler, resume_from=previous, on_block=on_block, cell_method=cell_method)
+                           scheduler=scheduler, resume_from=previous, on_block=on_block, cell_method=cell_method,
+                           tta=tta)
     if result.complete:
         remove_checkpoint(out)
     else:
@@ -119,7 +122,7 @@ def warn_acquisition(ds, model_name: str) -> None:
 def classify(args) -> int:
     ds, result = run_classification(args.file, args.output, args.model, args.mode, args.roi, args.device,
                                     args.batch_size, _navigation_shape(args), args.scheduler, args.resume,
-                                    cell_method=args.cell_method)
+                                    cell_method=args.cell_method, tta=args.tta)
     status = "complete" if result.complete else "interrupted (partial maps written; --resume continues)"
     rate = result.n_patterns / result.seconds if result.seconds else 0.0
     print(f"{status}: {result.n_patterns} positions in {result.seconds:.1f} s ({rate:.0f}/s), mode "

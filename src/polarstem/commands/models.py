@@ -30,6 +30,7 @@ def register(sub) -> None:
     p.add_argument("--mode", default="pattern", choices=["pattern", "cell", "auto"])
     p.add_argument("--cell-method", choices=["vote", "mean"], default="vote",
                    help="cell mode: vote the pattern model over each cell window (default) or classify the window's mean")
+    p.add_argument("--tta", action="store_true", help="average over the 8 square-symmetry images (8x slower)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_evaluate)
@@ -69,7 +70,7 @@ def _evaluate(args) -> int:
     from ..evaluate import evaluate
 
     res = evaluate(args.file, args.labels, args.model, args.mode, args.defects, args.device,
-                   cell_method=args.cell_method)
+                   cell_method=args.cell_method, tta=args.tta)
     if args.json:
         print(json.dumps(res, indent=1))
     else:

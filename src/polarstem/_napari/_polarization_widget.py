@@ -205,7 +205,9 @@ class PolarizationMapWidget(QWidget):
         acq = entry.get("acquisition") or {}
         ranges = ", ".join(f"{k} {_span(v)}" for k, v in acq.items() if k != "canonical")
         acc = entry.get("accuracy") or {}
-        accs = ", ".join(f"{m}: {a:.2f}" for m, a in acc.items() if isinstance(a, (int, float)))
+        # cell mode votes the pattern weights by default; the cell weights serve the "mean" method only
+        accs = ", ".join(f"{'cell (window mean)' if m == 'cell' else m}: {a:.2f}" for m, a in acc.items()
+                         if isinstance(a, (int, float)))
         self.card_label.setText(f"{entry['summary']}\nmodes: {', '.join(entry['modes'])}"
                                 + (f"\nheld-out accuracy: {accs}" if accs else "")
                                 + (f"\ntrained for: {ranges}" if ranges else ""))

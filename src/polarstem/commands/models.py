@@ -45,7 +45,8 @@ def _models(args) -> int:
         return 0
     for e in entries:
         acc = e.get("accuracy") or {}
-        accs = ", ".join(f"{m} {a:.2f}" if isinstance(a, float) else f"{m} -" for m, a in acc.items())
+        accs = ", ".join(f"{'cell-mean' if m == 'cell' else m} {a:.2f}" if isinstance(a, float) else f"{m} -"
+                         for m, a in acc.items())
         modes = ",".join(e["modes"]) or "no weights"
         print(f"{e['name']:<13} {e['family']:<8} [{modes}] {e['summary']}" + (f"  (held-out acc: {accs})" if accs else ""))
     return 0

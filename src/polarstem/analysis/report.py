@@ -318,7 +318,9 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
                "Ideal patterns (no noise) of the test set (`test` in the config). Sets by thickness (nm, [lo, hi)): "
                + ", ".join(f"`{s}` {results['thickness_sets'][s][0]:g}–{results['thickness_sets'][s][1]:g}" for s in sets)
                + f". `combined=1` is the `{cset}` set with blur 1 px, 5 % background, ±3 px descan and 1e4 electrons "
-               "per pattern. Pattern mode: single patterns; cell mode: the mean over a probe grid covering one cell. "
+               "per pattern. Pattern mode: single patterns; cell mode: one cell's probe grid (16 positions), classified "
+               "as `classify_scan` does (default `vote`: the pattern weights on every pattern, the mean "
+               "log-probability decides). "
                "`±45°`: the share predicted within one class of the truth (from the confusion matrix).", ""]
         sp = {(s["model"], s["mode"]): s for s in results["speed"]}
         header = (["model", "mode"] + [f"{s} (n)" for s in sets]
@@ -357,7 +359,8 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
                    f"On the `{cset}` set, each alone and combined (dose in electrons per pattern; blur and descan in "
                    "simulated detector pixels of "
                    f"{_fmt(results.get('detector_mrad_per_px'), 2)} mrad; background as a fraction of the intensity). "
-                   "Cell inputs get the summed dose of their patterns.", ""]
+                   "In cell mode every pattern of the cell is corrupted on its own (with `cell_method: mean`, the cell "
+                   "average gets the summed dose of its patterns).", ""]
             rows = []
             for m, md_ in mm:
                 ideal = _acc(results, m, md_, cset)

@@ -215,15 +215,16 @@ def classify_scan(
 def prepare_block(model, frames, inner_rows, inner_cols, mask, window, calibration, vote=False):
     """Select the requested positions of a block (with halo), average cells or not, preprocess.
 
-    Returns (sel, x, informative, need): ``sel`` the selected inner positions; for a vote, ``need``
-    marks every block position whose pattern lies in the window of a selected one (x holds those).
+    Returns (sel, x, informative, ctx): ``sel`` the selected inner positions; for a vote, ctx is
+    (need, inner_rows, inner_cols), ``need`` marking every block position whose pattern lies in the
+    window of a selected one (x holds those); else None.
     """
     inner_shape = frames[inner_rows, inner_cols].shape[:2]
     sel = np.ones(inner_shape, bool) if mask is None else np.asarray(mask, bool)
     if window and vote:
         need = np.zeros(frames.shape[:2], bool)
         need[inner_rows, inner_cols] = sel
-        need = _window_sum(need.astype(np.float32), window) > 0.5 / (window[0] * window[1])
+        need = _window_sum(need.astype(np.float32), window) > 0.5
         x, informative = model.preprocess(frames[need], calibration)
         return sel, x, informative, (need, inner_rows, inner_cols)
     if window:
@@ -259,10 +260,10 @@ def vote_windows(ctx, sel, proba, emb, informative, window):
     vote; a window without any informative pattern is flagged uninformative.
     """
     need, inner_rows, inner_cols = ctx
-    ok = np.asarray(informative, bool).astype(np.float32)
+    logp, ok = _log_votes(proba, informative)
     shape = need.shape
-    logp = np.zeros(shape + (proba.shape[1],), np.float32)
-    logp[need] = np.log(np.clip(proba, 1e-6, 1.0)) * ok[:, None]
+    grid_logp = np.zeros(shape + (proba.shape[1],), np.float32)
+    grid_logp[need] = logp
     e = np.zeros(shape + (emb.shape[1],), np.float32)
     e[need] = emb * ok[:, None]
     w = np.zeros(shape, np.float32)
@@ -272,13 +273,29 @@ def vote_windows(ctx, sel, proba, emb, informative, window):
         return a[inner_rows, inner_cols][sel]
 
     n = inner(_window_sum(w, window))
-    denom = np.maximum(n, 1e-6)[:, None]
-    mean_logp = inner(_window_sum(logp, window)) / denom
-    mean_logp -= mean_logp.max(axis=1, keepdims=True)
-    p = np.exp(mean_logp)
-    p /= p.sum(axis=1, keepdims=True)
-    emb_out = inner(_window_sum(e, window)) / denom
-    return p.astype(np.float32), emb_out.astype(np.float32), n > 0.5
+    emb_out = inner(_window_sum(e, window)) / np.maximum(n, 1e-6)[:, None]
+    return _pooled_proba(inner(_window_sum(grid_logp, window)), n), emb_out.astype(np.float32), n > 0.5
+
+
+def vote_cells(proba, informative):
+    """The vote of :func:`vote_windows` over whole cells: ``proba`` (cells, positions, 8) and
+    ``informative`` (cells, positions) -> (proba (cells, 8), informative (cells,))."""
+    logp, ok = _log_votes(proba, informative)
+    n = ok.sum(axis=1)
+    return _pooled_proba(logp.sum(axis=1), n), n > 0.5
+
+
+def _log_votes(proba, informative):
+    """Log-probabilities of the informative patterns (zero for the others) and the 0/1 weights."""
+    ok = np.asarray(informative, bool).astype(np.float32)
+    return np.log(np.clip(proba, 1e-6, 1.0)) * ok[..., None], ok
+
+
+def _pooled_proba(logp_sum, n):
+    """Softmax of the mean log-probability (a product of experts, renormalised)."""
+    m = logp_sum / np.maximum(n, 1e-6)[..., None]
+    p = np.exp(m - m.max(axis=-1, keepdims=True))
+    return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def predict_batches(model, x, batch_size, cancel=None, tta=False):
@@ -289,7 +306,7 @@ def predict_batches(model, x, batch_size, cancel=None, tta=False):
     for start in range(0, len(x), batch_size):
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled by the user")
-        out = model.predict(x[start : start + batch_size], tta=True) if tta else model.predict(x[start : start + batch_size])
+        out = model.predict(x[start : start + batch_size], tta=tta)
         probs.append(out["proba"])
         embs.append(out["embedding"])
     if not probs:

@@ -419,7 +419,7 @@ def _grid_window_inputs(sim: SimSet, g: int, subgrids: bool, rng, rows_per_block
     A scan samples the cell on a coarse grid (e.g. 3 x 3 positions at a/3 steps), and such a mean is
     far from a converged position average (17-20 % for a 3 x 3 grid, docs/simulation.md), so the
     model must see the same kind of mean: the full grid, every stride-s sub-grid with at least 3 x 3
-    positions (s dividing g), and up to four 2 x 2 sub-grids (coarse scans are rarer). Without
+    positions (s dividing g), and two random 2 x 2 sub-grids (coarse scans are rarer). Without
     ``subgrids``: the full grid only.
     """
     n_pos = g * g

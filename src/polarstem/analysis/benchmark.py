@@ -5,7 +5,7 @@ pattern-mode accuracies are :func:`polarstem.evaluate.evaluate` calls on labeled
 (``polarstem evaluate FOLDER --model M --mode pattern`` prints the same numbers; ``keep_datasets: true``
 keeps the folders); a cell-mode input is one row of the training layout (one structure and thickness
 over a probe grid covering one cell): :func:`polarstem.infer.classify_scan` classifies its patterns and
-:func:`polarstem.infer.vote_windows` pools them as a scan's cell window does (``cell_method: mean``:
+:func:`polarstem.infer.vote_cells` pools them as a scan's cell window does (``cell_method: mean``:
 the row's mean pattern with the cell weights); scored by :func:`polarstem.evaluate.scores`. Defect detection is
 ``evaluate(..., defects_path=...)`` on simulated scans. See docs/benchmark.md.
 """
@@ -208,7 +208,7 @@ def classify_folder(folder, model, mode: str, cfg: BenchmarkConfig):
     """
     from types import SimpleNamespace
 
-    from ..infer import classify_scan, vote_windows
+    from ..infer import classify_scan, vote_cells
     from ..io import load
     from ..models import load_model
 
@@ -220,17 +220,11 @@ def classify_folder(folder, model, mode: str, cfg: BenchmarkConfig):
                         batch_size=cfg.batch_size, anomaly=False)
     if not vote:
         return res, labels
-    n, k = ds.scan_shape
-    need = np.ones((n, k), bool)
-    emb = np.zeros((n * k, 1), np.float32)
-    proba, _, informative = vote_windows((need, slice(None), slice(None)), np.ones((n, k), bool),
-                                         np.nan_to_num(res.proba.reshape(n * k, -1), nan=1.0 / 8),
-                                         emb, res.informative.reshape(-1), (1, 2 * k + 1))
-    proba = proba.reshape(n, k, -1)[:, k // 2]  # the window of the middle position spans the whole row
-    top2 = np.sort(proba, axis=1)[:, -2:]
+    n = ds.scan_shape[0]
+    proba, informative = vote_cells(np.nan_to_num(res.proba, nan=1.0 / 8), res.informative)
     voted = SimpleNamespace(
-        classes=np.argmax(proba, axis=1).astype(np.int8)[:, None], confidence=top2[:, 1:].astype(np.float32),
-        informative=informative.reshape(n, k)[:, k // 2][:, None],
+        classes=np.argmax(proba, axis=1).astype(np.int8)[:, None], confidence=proba.max(axis=1, keepdims=True),
+        informative=informative[:, None],
         embedding_distance=np.full((n, 1), np.nan, np.float32), model_sha256=res.model_sha256,
         n_patterns=res.n_patterns, seconds=res.seconds, done=res.done[:, :1])
     return voted, labels[:, :1]

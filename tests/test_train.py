@@ -122,3 +122,55 @@ def test_cell_inputs_are_scan_like_subgrid_means():
     np.testing.assert_allclose(out[4][0], grid[:, 1::2, 1::2].mean(axis=(1, 2)), rtol=1e-5)
     assert all(np.array_equal(o[1], [0, 1, 2]) and np.array_equal(o[2], [5.0, 10.0, 15.0]) for o in out)
     assert len(list(train._raw_inputs(sim, "cell", False, np.random.default_rng(1)))) == 1
+
+
+def test_probe_positions_follow_the_pattern_symmetry():
+    """The auxiliary position targets move with the pattern under every D4 element: a spot at the
+    pattern centre + (dx, dy) lands where transform_positions sends (dx, dy)."""
+    from polarstem.models.symmetry import ELEMENTS, transform
+
+    n, c = 21, 10
+    pos = np.array([[0.2, 0.3]])
+    for e in ELEMENTS:
+        img = np.zeros((n, n))
+        img[c + round(10 * pos[0, 1]), c + round(10 * pos[0, 0])] = 1  # row = y, column = x
+        iy, ix = np.unravel_index(np.argmax(transform(img, e)), img.shape)
+        moved = train.transform_positions(pos, e)[0]
+        expect = (np.array([ix - c, iy - c]) / 10.0) % 1.0
+        assert np.allclose(moved, expect), (e, moved, expect)
+
+
+def test_auxiliary_position_and_thickness_head_trains_and_ships(simfolder, cache, tmp_path, monkeypatch):
+    import torch
+
+    sim = train.load_simset(simfolder / "train")
+    grid = train.InputGrid.from_dict({"size": 32, "mrad_per_px": 2.0, "intensity": "sqrt"})
+    arrays = train.build_arrays(sim, "pattern", grid, 1, train.DEFAULT_AUGMENT, 0)
+    assert arrays["probe"].shape == (len(arrays["y"]), 2)
+    arrays["probe"] = np.random.default_rng(0).random(arrays["probe"].shape).astype(np.float32)
+    cfg = _cfg(simfolder, tmp_path / "w", val_every=3, epochs=2, aux_weight=0.5, arch_kwargs={"aux_dim": 5})
+    net, history, temp, info = train.train_network(cfg, "pattern", arrays, None, progress=False, log=lambda *_: None)
+    assert net.aux is not None and net.aux.out_features == len(train.AUX_TARGETS)
+    with torch.no_grad():
+        assert net(torch.zeros(2, 1, 32, 32)).shape == (2, 8)
+    # aux_weight without the head is a configuration error, not a silent no-op
+    with pytest.raises(train.PolarstemError, match="aux_dim"):
+        train.train_network(_cfg(simfolder, tmp_path / "w2", aux_weight=0.5), "pattern", arrays, None,
+                            progress=False, log=lambda *_: None)
+
+
+def test_probe_positions_are_rebuilt_for_arrays_cached_without_them(tmp_path, cache):
+    root = tmp_path / "sim"
+    train.write_synthetic_simset(root, n_structures=40, n_positions=8, thicknesses=(6, 12), det_px=40)  # > one 512 chunk
+    labels = np.load(root / "labels.npy")
+    probe = np.random.default_rng(1).random(labels.shape + (2,)).astype(np.float32)
+    np.save(root / "probe_frac.npy", probe)
+    sim = train.load_simset(root)
+    grid = train.InputGrid.from_dict({"size": 32, "mrad_per_px": 2.0, "intensity": "sqrt"})
+    fresh = train.build_arrays(sim, "pattern", grid, 2, train.DEFAULT_AUGMENT, 0, progress=False)
+    (cached,) = list((cache / "train").glob("arrays-pattern-*.npz"))
+    with np.load(cached) as z:
+        old = {k: z[k] for k in z.files if k != "probe"}
+    np.savez(cached, **old)
+    again = train.build_arrays(sim, "pattern", grid, 2, train.DEFAULT_AUGMENT, 0, progress=False)
+    assert np.array_equal(again["probe"], fresh["probe"]) and np.isfinite(fresh["probe"]).all()

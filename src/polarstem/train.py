@@ -74,6 +74,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
+    aux_weight: float = 0.0  # > 0: auxiliary regression of probe position and thickness (AUX_TARGETS)
     patience: int = 4
     max_minutes: float = 30.0  # time budget of the pattern mode
     cell_max_minutes: float = 8.0
@@ -119,6 +120,7 @@ class SimSet:
     calibration: Calibration
     folder: Path
     manifest: dict
+    probe: np.ndarray | None = None  # (N, 2) probe position (x, y) in the cell, fractions; None if unknown
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -152,6 +154,10 @@ def load_simset(folder) -> SimSet:
         thick = np.zeros(n)
     if struct is None:
         struct = np.arange(n)
+    probe = None
+    if (folder / "probe_frac.npy").exists():
+        p = np.load(folder / "probe_frac.npy", allow_pickle=False)
+        probe = p.reshape(-1, 2).astype(np.float32) if p.size == 2 * n else None
     cal = ds.calibration
     if not cal.mrad_per_px:
         raise PolarstemError(f"{folder}: the simulated data carry no mrad/px calibration")
@@ -164,7 +170,8 @@ def load_simset(folder) -> SimSet:
         keep = (rows[:, None] * sx + np.arange(sx)[None]).reshape(-1)
         frames = ds.data[rows].reshape(len(keep), ky, kx)
         labels, thick, struct = labels[keep], thick[keep], struct[keep]
-    return SimSet(frames, labels, thick, struct, cal, folder, manifest)
+        probe = probe[keep] if probe is not None else None
+    return SimSet(frames, labels, thick, struct, cal, folder, manifest, probe)
 
 
 def _finished_rows(folder: Path, manifest: dict, n_rows: int) -> np.ndarray | None:
@@ -323,7 +330,8 @@ def _thickness_split(thickness: np.ndarray, val_every: int) -> np.ndarray:
 
 def build_arrays(sim: SimSet, mode: str, grid: InputGrid, copies: int, aug: dict, seed: int,
                  cell_subsets: bool = True, progress: bool = True, corrupted_only: bool = False) -> dict:
-    """Preprocessed inputs for ``mode``: x (M, H, W) float16, y, thickness, group, copy index, informative.
+    """Preprocessed inputs for ``mode``: x (M, H, W) float16, y, thickness, group, copy index, informative,
+    probe (M, 2) position in the cell (NaN when unknown or for cell means).
 
     Cached in ``.cache/train/`` by a fingerprint of the data folder, mode, grid and augmentation.
     """
@@ -334,31 +342,49 @@ def build_arrays(sim: SimSet, mode: str, grid: InputGrid, copies: int, aug: dict
     cache = CACHE / "train" / f"arrays-{mode}-{key}.npz"
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            out = {k: z[k] for k in z.files}
+        if "probe" not in out:  # arrays cached before positions were kept: same order, rebuild them
+            out["probe"] = _probe_in_array_order(sim, mode, copies, len(out["y"]))
+        return out
     rng = np.random.default_rng(seed)
     mrad = float(sim.calibration.mrad_per_px)
     if mode == "cell":
         aug = cell_augment(aug)
     raw_iter = _raw_inputs(sim, mode, cell_subsets, rng)
-    xs, ys, ts, gs, cs, oks = [], [], [], [], [], []
+    xs, ys, ts, gs, cs, oks, ps = [], [], [], [], [], [], []
     total = len(sim) if mode == "pattern" else None
     bar = _progress(total, f"preprocess {mode}", progress)
+    start = 0  # pattern mode yields the set in order
     for frames, y, t, g in raw_iter:
+        if mode == "pattern" and sim.probe is not None:
+            probe = sim.probe[start:start + len(y)]
+        else:
+            probe = np.full((len(y), 2), np.nan, np.float32)
+        start += len(y)
         for c in range(copies):
             ideal = c == 0 and not corrupted_only
             x, ok = corrupt_and_preprocess(frames, mrad, rng, aug, ideal, grid, group=512 if mode == "pattern" else 32)
             xs.append(x.astype(np.float16))
-            ys.append(y); ts.append(t); gs.append(g); cs.append(np.full(len(y), c)); oks.append(ok)
+            ys.append(y); ts.append(t); gs.append(g); cs.append(np.full(len(y), c)); oks.append(ok); ps.append(probe)
         bar.update(len(y))
     bar.close()
     out = {"x": np.concatenate(xs), "y": np.concatenate(ys), "thickness": np.concatenate(ts),
-           "group": np.concatenate(gs), "copy": np.concatenate(cs), "informative": np.concatenate(oks)}
+           "group": np.concatenate(gs), "copy": np.concatenate(cs), "informative": np.concatenate(oks),
+           "probe": np.concatenate(ps).astype(np.float32)}
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(cache.name + ".partial")
     with open(tmp, "wb") as fh:
         np.savez(fh, **out)
     os.replace(tmp, cache)
     return out
+
+
+def _probe_in_array_order(sim: SimSet, mode: str, copies: int, n: int, chunk: int = 512) -> np.ndarray:
+    """Probe positions in the order :func:`build_arrays` writes pattern inputs (per chunk, every copy)."""
+    if mode != "pattern" or sim.probe is None or n != copies * len(sim):
+        return np.full((n, 2), np.nan, np.float32)
+    parts = [np.tile(sim.probe[i:i + chunk], (copies, 1)) for i in range(0, len(sim), chunk)]
+    return np.concatenate(parts).astype(np.float32)
 
 
 def _raw_inputs(sim: SimSet, mode: str, cell_subsets: bool, rng, chunk: int = 512):
@@ -460,13 +486,42 @@ def _set_threads(threads):
         torch.set_num_threads(int(threads))
 
 
-def _d4_batch(xb, yb, rng, generators):
-    """One random symmetry element per batch (a batch-wide op is as good and much cheaper)."""
+def _d4_batch(xb, yb, rng, generators, probe=None):
+    """One random symmetry element per batch (a batch-wide op is as good and much cheaper).
+
+    With ``probe`` (N, 2) positions (x, y) in the cell, also returns them moved by the same element:
+    the A column at the cell origin is a centre of the projected lattice's square symmetry.
+    """
     from .models.symmetry import ELEMENTS, class_permutation, transform
 
     e = ELEMENTS[int(rng.integers(0, len(ELEMENTS)))]
     perm = class_permutation(e, generators)
-    return transform(xb, e), perm[yb]
+    if probe is None:
+        return transform(xb, e), perm[yb]
+    return transform(xb, e), perm[yb], transform_positions(probe, e)
+
+
+def transform_positions(probe: np.ndarray, element) -> np.ndarray:
+    """Positions (x = column, y = row) under the D4 element that ``symmetry.transform`` applies to
+    patterns: a quarter turn of np.rot90 maps (x, y) -> (y, -x), the transpose (x, y) -> (y, x)."""
+    r, t = element
+    x, y = probe[:, 0], probe[:, 1]
+    for _ in range(r):
+        x, y = y, -x
+    if t:
+        x, y = y, x
+    return np.stack([x, y], 1) % 1.0
+
+
+#: What the auxiliary head regresses (``TrainConfig.aux_weight`` > 0): the probe position in the cell
+#: as cos/sin of 2 pi x and 2 pi y (periodic, no wrap-around jump) and the thickness, centred and scaled.
+AUX_TARGETS = ("cos 2pi x", "sin 2pi x", "cos 2pi y", "sin 2pi y", "(thickness - 25 nm) / 12 nm")
+
+
+def aux_targets(probe: np.ndarray, thickness: np.ndarray) -> np.ndarray:
+    ang = 2 * np.pi * probe
+    return np.stack([np.cos(ang[:, 0]), np.sin(ang[:, 0]), np.cos(ang[:, 1]), np.sin(ang[:, 1]),
+                     (np.asarray(thickness, np.float32) - 25.0) / 12.0], 1).astype(np.float32)
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
@@ -504,6 +559,8 @@ def train_network(cfg: TrainConfig, mode: str, arrays: dict, generators: dict, p
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     x, y, thick = arrays["x"], arrays["y"], arrays["thickness"]
+    probe_all = arrays.get("probe")
+    use_aux = cfg.aux_weight > 0 and probe_all is not None and mode == "pattern"
     keep = (y >= 0) & arrays["informative"]
     val = _thickness_split(thick, cfg.val_every) & keep
     tr = keep & ~val
@@ -516,6 +573,9 @@ def train_network(cfg: TrainConfig, mode: str, arrays: dict, generators: dict, p
     if len(tr_idx) == 0:
         raise PolarstemError("no training patterns left after filtering")
     net = create_model(cfg.arch, prototype=cfg.prototype, **cfg.arch_kwargs)
+    base_net = net.base if hasattr(net, "base") else net
+    if use_aux and getattr(base_net, "aux", None) is None:
+        raise PolarstemError("aux_weight > 0 needs arch_kwargs aux_dim: 5 (probe position and thickness)")
     device = torch.device(cfg.device)
     ckdir = CACHE / "train" / f"{cfg.name}-{mode}"
     ckdir.mkdir(parents=True, exist_ok=True)
@@ -563,18 +623,26 @@ def train_network(cfg: TrainConfig, mode: str, arrays: dict, generators: dict, p
             order = np.random.default_rng(state["order_seed"] + epoch).permutation(tr_idx)
             idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
             brng = np.random.default_rng((state["order_seed"], state["step"]))
-            xb, yb = _d4_batch(x[idx].astype(np.float32), y[idx], brng, generators)
+            if use_aux:
+                xb, yb, pb = _d4_batch(x[idx].astype(np.float32), y[idx], brng, generators, probe_all[idx])
+            else:
+                xb, yb = _d4_batch(x[idx].astype(np.float32), y[idx], brng, generators)
             xt = torch.from_numpy(xb)[:, None].to(device)
             yt = torch.from_numpy(yb).to(device)
             for g in opt.param_groups:
                 g["lr"] = lr_at(state["step"])
+            z = base_net.embed(xt)
             if cfg.prototype:
-                z = net.base.embed(xt)
                 logits = net.head(z)
                 loss = prototype_loss(net, logits, z, yt)
             else:
-                logits = net(xt)
+                logits = base_net.head(z)
                 loss = F.cross_entropy(logits, yt, label_smoothing=cfg.label_smoothing)
+            if use_aux:
+                target = torch.from_numpy(aux_targets(pb, thick[idx])).to(device)
+                known = torch.isfinite(target).all(dim=1)
+                if bool(known.any()):
+                    loss = loss + cfg.aux_weight * F.mse_loss(base_net.aux(z[known]), target[known])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -45,6 +45,12 @@ class Classifier(nn.Module):
     pool: int = 1
     friedel: bool = False
 
+    def _make_aux(self, aux_dim: int) -> None:
+        """Optional auxiliary head on the embedding: regresses the probe position in the cell and the
+        thickness during training (``train.AUX_TARGETS``), so the embedding separates the two nuisances
+        that change a pattern most from the polarization. Not used at inference."""
+        self.aux = nn.Linear(self.embed_dim, aux_dim) if aux_dim else None
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.friedel:  # second channel: the Friedel-antisymmetric part, where the sign of P lives
             x = torch.cat([x, x - torch.flip(x, dims=(-2, -1))], dim=1)
@@ -64,7 +70,7 @@ class ResNet18(Classifier):
     """
 
     def __init__(self, width: int = 32, embed_dim: int = 128, n_classes: int = N_CLASSES, pool: int = 1,
-                 friedel: bool = False):
+                 friedel: bool = False, aux_dim: int = 0):
         super().__init__()
         self.pool, self.friedel = pool, friedel
         w = width
@@ -78,6 +84,7 @@ class ResNet18(Classifier):
         self.embed_dim = embed_dim
         self.neck = nn.Sequential(nn.Linear(cin * pool * pool, embed_dim), nn.BatchNorm1d(embed_dim), nn.ReLU(inplace=True))
         self.head = nn.Linear(embed_dim, n_classes)
+        self._make_aux(aux_dim)
 
 
 VGG_CONFIGS = {
@@ -90,7 +97,7 @@ class VGG(Classifier):
     """VGG-style stacks of 3x3 conv + BN + ReLU with max-pools, then global average pooling (no big FC)."""
 
     def __init__(self, config: str = "vgg11", width: int = 16, embed_dim: int = 128, n_classes: int = N_CLASSES,
-                 pool: int = 1, friedel: bool = False):
+                 pool: int = 1, friedel: bool = False, aux_dim: int = 0):
         super().__init__()
         self.pool, self.friedel = pool, friedel
         layers: list[nn.Module] = []
@@ -107,13 +114,14 @@ class VGG(Classifier):
         self.neck = nn.Sequential(nn.Dropout(0.2), nn.Linear(cin * pool * pool, embed_dim), nn.BatchNorm1d(embed_dim),
                                   nn.ReLU(inplace=True))
         self.head = nn.Linear(embed_dim, n_classes)
+        self._make_aux(aux_dim)
 
 
 class CompactCNN(Classifier):
     """The study's custom CNN, compact: four conv blocks (16-32-64-128), each conv-BN-ReLU-pool."""
 
     def __init__(self, widths=(16, 32, 64, 128), embed_dim: int = 64, n_classes: int = N_CLASSES, pool: int = 1,
-                 friedel: bool = False):
+                 friedel: bool = False, aux_dim: int = 0):
         super().__init__()
         self.pool, self.friedel = pool, friedel
         layers: list[nn.Module] = []
@@ -127,6 +135,7 @@ class CompactCNN(Classifier):
         self.embed_dim = embed_dim
         self.neck = nn.Sequential(nn.Linear(cin * pool * pool, embed_dim), nn.BatchNorm1d(embed_dim), nn.ReLU(inplace=True))
         self.head = nn.Linear(embed_dim, n_classes)
+        self._make_aux(aux_dim)
 
 
 class PrototypeHead(nn.Module):

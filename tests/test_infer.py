@@ -152,18 +152,95 @@ def test_cell_vote_pools_the_pattern_predictions_of_each_window(scan, model):
     lat = Lattice(period=(3.0, 3.0))
     pat = classify_scan(load(scan), model=model, mode="pattern", device="cpu", lattice=lat)
     small = load(scan, chunk_bytes=64 * 64 * 2 * 14 * 2)  # 2-row chunks: windows cross block edges
-    vote = classify_scan(small, model=model, mode="cell", device="cpu", lattice=lat, chunk_bytes=64 * 64 * 2 * 14 * 4)
-    assert vote.mode == "cell" and vote.params["cell_method"] == "vote" and vote.done.all()
+    vote = classify_scan(small, model=model, mode="cell", device="cpu", lattice=lat, chunk_bytes=64 * 64 * 2 * 14 * 4,
+                         cell_method="vote-centred")
+    assert vote.mode == "cell" and vote.params["cell_method"] == "vote-centred" and vote.done.all()
     np.testing.assert_allclose(vote.proba, _manual_vote(pat, lat.window), atol=2e-5)
     np.testing.assert_array_equal(vote.classes, np.argmax(vote.proba, axis=-1))
     # an ROI: only its positions are classified, from windows that reach outside it
     roi = np.zeros(vote.classes.shape, bool)
     roi[4:7, 5:9] = True
-    part = classify_scan(load(scan), model=model, mode="cell", device="cpu", lattice=lat, roi=roi)
+    part = classify_scan(load(scan), model=model, mode="cell", device="cpu", lattice=lat, roi=roi,
+                         cell_method="vote-centred")
     assert (part.done == roi).all()
     np.testing.assert_allclose(part.proba[roi], vote.proba[roi], atol=2e-5)
     mean = classify_scan(load(scan), model=model, mode="cell", device="cpu", lattice=lat, cell_method="mean")
     assert mean.params["cell_method"] == "mean" and not np.allclose(mean.proba, vote.proba)
+
+
+def _manual_edge_vote(pattern_result, window):
+    """Per position: among the windows containing it (at least half full, or its own), the one whose
+    mean log-probability of its leading class is highest; plain loops, no shared code."""
+    logp = np.log(np.clip(pattern_result.proba, 1e-6, 1.0)) * pattern_result.informative[..., None]
+    ok = pattern_result.informative.astype(float)
+    h, w = ok.shape
+    wy, wx = window
+
+    def win(qy, qx):  # scipy's alignment: q - w//2 .. q + (w - 1 - w//2)
+        ys = slice(max(0, qy - wy // 2), min(h, qy + wy - wy // 2))
+        xs = slice(max(0, qx - wx // 2), min(w, qx + wx - wx // 2))
+        n = ok[ys, xs].sum()
+        m = logp[ys, xs].sum(axis=(0, 1)) / max(n, 1e-6)
+        return n, m
+
+    out = np.zeros(pattern_result.proba.shape)
+    for py in range(h):
+        for px in range(w):
+            n0, best_m = win(py, px)
+            best = best_m.max() if n0 > 0.5 else -np.inf
+            for dy in range(-(wy - 1 - wy // 2), wy // 2 + 1):
+                for dx in range(-(wx - 1 - wx // 2), wx // 2 + 1):
+                    qy, qx = py + dy, px + dx
+                    if (dy, dx) == (0, 0) or not (0 <= qy < h and 0 <= qx < w):
+                        continue
+                    n, m = win(qy, qx)
+                    if n >= 0.5 * wy * wx and m.max() > best:
+                        best, best_m = m.max(), m
+            p = np.exp(best_m - best_m.max())
+            out[py, px] = p / p.sum()
+    return out
+
+
+def test_edge_preserving_vote_picks_the_most_consistent_window(scan, model):
+    from polarstem.lattice import Lattice
+
+    lat = Lattice(period=(3.0, 3.0))
+    pat = classify_scan(load(scan), model=model, mode="pattern", device="cpu", lattice=lat)
+    small = load(scan, chunk_bytes=64 * 64 * 2 * 14 * 2)  # 2-row chunks: candidate windows cross block edges
+    vote = classify_scan(small, model=model, mode="cell", device="cpu", lattice=lat, chunk_bytes=64 * 64 * 2 * 14 * 4)
+    assert vote.params["cell_method"] == "vote" and vote.done.all()
+    np.testing.assert_allclose(vote.proba, _manual_edge_vote(pat, lat.window), atol=2e-5)
+    centred = classify_scan(load(scan), model=model, mode="cell", device="cpu", lattice=lat, cell_method="vote-centred")
+    assert not np.allclose(vote.proba, centred.proba)
+    roi = np.zeros(vote.classes.shape, bool)
+    roi[3:6, 2:9] = True
+    part = classify_scan(load(scan), model=model, mode="cell", device="cpu", lattice=lat, roi=roi)
+    np.testing.assert_allclose(part.proba[roi], vote.proba[roi], atol=2e-5)
+
+
+def test_edge_preserving_vote_keeps_a_domain_wall_sharp():
+    """Two domains meeting at a wall, noisy per-pattern predictions (about half right): near the wall
+    the centred window mixes both domains' votes; choosing the most consistent window containing the
+    position does better there and overall."""
+    from polarstem.infer import _pooled_proba, _window_sum, best_windows
+
+    rng = np.random.default_rng(0)
+    h, w = 30, 30
+    truth = np.where(np.arange(w) < 15, 1, 5)[None].repeat(h, 0)
+    logits = rng.normal(0, 1.5, (h, w, 8))
+    logits[np.arange(h)[:, None], np.arange(w)[None], truth] += 2.0
+    proba = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    s, n = _window_sum(np.log(proba).astype(np.float32), (3, 3)), _window_sum(np.ones((h, w), np.float32), (3, 3))
+    centred = _pooled_proba(s, n).argmax(-1)
+    qy, qx = best_windows(s, n, (3, 3))
+    edge = _pooled_proba(s[qy, qx], n[qy, qx]).argmax(-1)
+    assert 0.4 < (proba.argmax(-1) == truth).mean() < 0.6
+    near = slice(13, 17)
+    assert (edge[:, near] == truth[:, near]).mean() > (centred[:, near] == truth[:, near]).mean() + 0.03
+    assert (edge == truth).mean() > (centred == truth).mean()
+    # every chosen window contains its position
+    yy, xx = np.indices((h, w))
+    assert (np.abs(qy - yy) <= 1).all() and (np.abs(qx - xx) <= 1).all()
 
 
 def test_tta_averages_the_symmetry_images(scan, model):

@@ -214,7 +214,7 @@ def classify_folder(folder, model, mode: str, cfg: BenchmarkConfig):
 
     ds = load(folder)
     labels = np.load(Path(folder) / "labels.npy", allow_pickle=False).reshape(ds.scan_shape)
-    vote = mode == "cell" and cfg.cell_method == "vote"
+    vote = mode == "cell" and cfg.cell_method != "mean"
     m = load_model(model, mode="pattern" if vote else mode, device="cpu")
     res = classify_scan(ds, model=m, mode="pattern", roi=labels >= 0, device=cfg.device,
                         batch_size=cfg.batch_size, anomaly=False)
@@ -374,7 +374,8 @@ def scan_phase_analysis(scan, model: str, cfg: BenchmarkConfig, mode: str = "pat
         if (folder / "defects.npy").exists() else np.zeros(ds.scan_shape, bool)
     known = simulated_lattice(folder)
     lattice = (known or scan_lattice(ds)[0]) if mode == "pattern" else None
-    res = classify_scan(ds, model=model, mode=mode, lattice=lattice, device=cfg.device, batch_size=cfg.batch_size)
+    res = classify_scan(ds, model=model, mode=mode, lattice=lattice, device=cfg.device, batch_size=cfg.batch_size,
+                        cell_method=cfg.cell_method)
     lattice = known or res.lattice
     if lattice is None:
         return None
@@ -544,7 +545,7 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
         rows = pick_cells(src, window, cfg.n_cells, rng)
         if len(rows):
             cells = src.read_rows(rows)  # (cells, probe positions, ky, kx)
-            vote = cfg.cell_method == "vote"  # every pattern of the cell is kept (and corrupted on its own)
+            vote = cfg.cell_method != "mean"  # every pattern of the cell is kept (and corrupted on its own)
             picks["cell"] = (cells if vote else cells.mean(axis=1), src.labels[rows, 0], {
                 "thickness_nm": None if src.thickness is None else src.thickness[rows, 0],
                 "tilt_mrad": None if src.tilt_mrad is None else src.tilt_mrad[rows, 0]}, 1 if vote else n_pos)
@@ -581,7 +582,7 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
                     r = result if result is not None else classify_folder(folder, e["name"], input_mode, cfg)[0]
                     per_pattern.setdefault((e["name"], input_mode), []).append((labels, meta, r))
                 if kind == "ideal" and primary:
-                    weights_mode = "pattern" if (input_mode == "cell" and cfg.cell_method == "vote") else input_mode
+                    weights_mode = "pattern" if (input_mode == "cell" and cfg.cell_method != "mean") else input_mode
                     flat = frames.reshape((-1,) + frames.shape[-2:])
                     sp = measure_speed(e["name"], weights_mode, flat[: cfg.batch_size], src.calibration, cfg)
                     sp.update(model=e["name"], mode=input_mode, end_to_end_per_s=res.get("patterns_per_s"))
@@ -642,7 +643,8 @@ def _run_scans(cfg, models, results, figures, log) -> None:
                 t0 = time.perf_counter()
                 try:
                     res = evaluate(folder, model=e["name"], mode=mode,
-                                   defects_path=defects if defects.exists() else None, device=cfg.device)
+                                   defects_path=defects if defects.exists() else None, device=cfg.device,
+                                   cell_method=cfg.cell_method)
                 except PolarstemError as exc:  # no weights for the mode auto chose, no lattice for cell
                     results["notes"].append(f"scan {folder.name}, {e['name']} {mode}: {exc}")
                     continue

@@ -16,8 +16,9 @@ def register(sub) -> None:
     add_navigation_shape(p)
     p.add_argument("--model", default=None, help="registered model name (see `polarstem models`; default: the best)")
     p.add_argument("--mode", choices=["auto", "pattern", "cell"], default="auto")
-    p.add_argument("--cell-method", choices=["vote", "mean"], default="vote",
-                   help="cell mode: vote the pattern model over each cell window (default) or classify the window's mean")
+    p.add_argument("--cell-method", choices=["vote", "vote-centred", "mean"], default="vote",
+                   help="cell mode: vote the pattern model over the most consistent cell window containing each "
+                        "position (default), over the centred window, or classify the window's mean")
     p.add_argument("--tta", action="store_true",
                    help="average over the 8 square-symmetry images of every pattern (8x slower, more accurate)")
     p.add_argument("--roi", help="boolean .npy mask (scan_rows, scan_cols) of the positions to classify")
@@ -95,7 +96,7 @@ def run_classification(file, output, model=None, mode="auto", roi=None, device="
 
     if previous is not None:
         try:
-            weights_mode = "pattern" if (previous.mode == "cell" and cell_method == "vote") else previous.mode
+            weights_mode = "pattern" if (previous.mode == "cell" and cell_method != "mean") else previous.mode
             previous.model_sha256 = read_card(model, weights_mode).get("sha256", "")
         except Exception:  # noqa: BLE001 - an unknown model is reported by classify_scan below
             pass

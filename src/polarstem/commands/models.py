@@ -28,8 +28,9 @@ def register(sub) -> None:
     p.add_argument("--defects", help="defects.npy (bool): adds anomaly_auc and accuracy_outside_defects")
     p.add_argument("--model", default="resnet-proto")
     p.add_argument("--mode", default="pattern", choices=["pattern", "cell", "auto"])
-    p.add_argument("--cell-method", choices=["vote", "mean"], default="vote",
-                   help="cell mode: vote the pattern model over each cell window (default) or classify the window's mean")
+    p.add_argument("--cell-method", choices=["vote", "vote-centred", "mean"], default="vote",
+                   help="cell mode: vote the pattern model over the most consistent cell window containing each "
+                        "position (default), over the centred window, or classify the window's mean")
     p.add_argument("--tta", action="store_true", help="average over the 8 square-symmetry images (8x slower)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")

@@ -81,6 +81,24 @@ def test_anomaly_highest_at_defect_not_at_hard_positions():
     assert np.nanmean(a[hard]) < 0.5 * np.nanmean(a[truth])
 
 
+def test_domain_walls_are_not_anomalies_but_islands_inside_a_domain_are():
+    """Patterns at a wall are mixed (low confidence), as at a defect; the wall between two large
+    domains is discounted, the defect (low confidence, small islands of other classes) is not."""
+    from polarstem.anomaly import domain_walls
+
+    res, truth = synthetic_result()
+    wall_cols = slice(22, 26)
+    res.confidence[:, wall_cols] = 0.45
+    res.embedding_distance[:, wall_cols] = 2.5
+    walls = domain_walls(res.classes, res.done, res.lattice.window)
+    assert walls[:, wall_cols].all() and not walls[truth].any()
+    a = score_anomaly(res)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(truth.ravel(), a.ravel()) > 0.95
+    assert np.nanmax(a[:, wall_cols]) < 0.5 * np.nanmean(a[truth])
+
+
 def test_export_folder_roundtrip(tmp_path):
     res, _ = synthetic_result()
     res.anomaly = score_anomaly(res)

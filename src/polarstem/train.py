@@ -59,7 +59,7 @@ class TrainConfig:
     arch: str | None = "cnn"  # None for pca-knn
     arch_kwargs: dict = field(default_factory=dict)
     prototype: dict | None = None  # {"per_class": 4, "scale": 16} -> prototype regime
-    warm_start: str | None = None  # registry name whose trained backbone starts this one
+    warm_start: str | None = None  # registry name (or a .safetensors file) whose trained backbone starts this one
     modes: list = field(default_factory=lambda: ["pattern", "cell"])
     data: str | list = ".cache/sim/canonical"  # one simulated folder or several
     heldout: str | None = ".cache/sim/heldout"
@@ -722,11 +722,16 @@ def _warm_start(net, name: str, mode: str, log) -> None:
 
     from .models.registry import verified_weights_path
 
-    try:
-        path = verified_weights_path(name, mode)
-    except PolarstemError as exc:
-        log(f"no warm start ({exc})")
-        return
+    if str(name).endswith(".safetensors"):  # a candidate's weights file (e.g. .cache/candidates/...)
+        path = Path(name)
+        if not path.exists():
+            raise PolarstemError(f"warm start: {path} does not exist")
+    else:
+        try:
+            path = verified_weights_path(name, mode)
+        except PolarstemError as exc:
+            log(f"no warm start ({exc})")
+            return
     state = load_file(str(path), device="cpu")
     if hasattr(net, "base") and any(k.startswith("base.") for k in state):  # a prototype net, prototypes too
         missing, _ = net.load_state_dict(state, strict=False)

@@ -592,14 +592,16 @@ def train_network(cfg: TrainConfig, mode: str, arrays: dict, generators: dict, p
              "history": [], "seconds": 0.0, "order_seed": int(rng.integers(1 << 31))}
     ck = ckdir / "last.pt"
     fp = _run_fingerprint(cfg, mode, arrays)
+    resumed = False
     if ck.exists() and max_steps is None:
         saved = torch.load(ck, map_location="cpu", weights_only=True)
         if saved.get("fingerprint") == fp:
             net.load_state_dict(saved["model"])
             opt.load_state_dict(saved["opt"])
             state = json.loads(saved["state"])
+            resumed = True
             log(f"resumed {cfg.name}/{mode} at step {state['step']}")
-    elif cfg.prototype:
+    if cfg.prototype and not resumed:  # (a stale checkpoint of another run must not skip this)
         z = _embed_numpy(net, x[tr_idx[:4000]], device)
         init_prototypes(net, z, y[tr_idx[:4000]], cfg.seed)
     val_check = val_idx if len(val_idx) <= 4000 else np.random.default_rng(cfg.seed).choice(val_idx, 4000, replace=False)

@@ -245,10 +245,23 @@ def test_edge_preserving_vote_keeps_a_domain_wall_sharp():
 
 def test_tta_averages_the_symmetry_images(scan, model):
     ds = load(scan)
-    plain = classify_scan(ds, model=model, mode="pattern", device="cpu", anomaly=False)
+    plain = classify_scan(ds, model=model, mode="pattern", device="cpu", anomaly=False, tta=1)
     tta = classify_scan(ds, model=model, mode="pattern", device="cpu", anomaly=False, tta=True)
-    assert tta.params["tta"] and not plain.params["tta"]
     frames = np.asarray(ds.data[2, :5])
     x, _ = model.preprocess(frames, ds.calibration)
     np.testing.assert_allclose(tta.proba[2, :5], model.predict(x, tta=True)["proba"], atol=1e-5)
     assert not np.allclose(tta.proba, plain.proba)
+    # two images: the pattern and its 180° rotation (the opposite polarization's image, classes k -> k + 4)
+    pair = classify_scan(ds, model=model, mode="pattern", device="cpu", anomaly=False, tta=2)
+    assert pair.params["tta"] == 2 and tta.params["tta"] == 8 and plain.params["tta"] == 1
+    from polarstem.models.symmetry import class_permutation
+
+    flipped = model.predict(np.rot90(x, 2, axes=(-2, -1)).copy())["proba"]
+    perm = class_permutation((2, False), model.generators)
+    own = model.predict(x)["proba"]
+    expect = np.exp((np.log(own + 1e-12) + np.log(flipped[:, perm] + 1e-12)) / 2)
+    np.testing.assert_allclose(pair.proba[2, :5], expect / expect.sum(1, keepdims=True), atol=1e-5)
+    from polarstem.errors import PolarstemError
+
+    with pytest.raises(PolarstemError, match="1, 2, 4 or 8"):
+        classify_scan(ds, model=model, mode="pattern", device="cpu", tta=3)

@@ -52,7 +52,7 @@ def scores(pred: np.ndarray, labels: np.ndarray, valid: np.ndarray | None = None
 
 def evaluate(path, labels_path=None, model: str = "cnn", mode: str = "pattern", defects_path=None,
              device: str = "auto", progress=None, cell_method: str = "vote",
-             tta: bool = False) -> dict:
+             tta: bool | int | None = None) -> dict:
     """Classify the file and compare with the labels; with defects, the anomaly ROC AUC too."""
     from .infer import classify_scan
     from .io import load
@@ -74,7 +74,7 @@ def evaluate(path, labels_path=None, model: str = "cnn", mode: str = "pattern", 
     out = {"file": str(path), "model": res.model, "model_sha256": res.model_sha256, "mode": res.mode}
     if res.mode == "cell":
         out["cell_method"] = cell_method
-    out["tta"] = tta
+    out["tta"] = res.params["tta"]
     out.update(scores(res.classes, labels))
     out["informative_fraction"] = round(float(res.informative[roi].mean()), 4)
     out["accuracy_informative"] = scores(res.classes, labels, res.informative)["accuracy"]

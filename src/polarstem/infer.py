@@ -126,19 +126,26 @@ def classify_scan(
     scheduler: str | None = None,
     resume_from: ClassificationResult | None = None,
     cell_method: str = "vote",
-    tta: bool = False,
+    tta: bool | int | None = None,
 ) -> ClassificationResult:
     """Classify every selected scan position. Cancelling returns the result so far (``complete=False``).
 
     With ``scheduler`` (a dask.distributed address) the blocks are classified on the cluster's
     workers, each loading the model by name (hash-checked) from its own installation; the maps are
     the same as a local run. ``resume_from`` (the partial result of an interrupted run with the same
-    model and mode) keeps its classified positions and classifies only the rest.
+    model and mode) keeps its classified positions and classifies only the rest. ``tta``: how many
+    symmetry images of each pattern are averaged (1, 2, 4 or 8; None = ``symmetry.DEFAULT_TTA``).
     """
     from .device import choose_device, default_batch_size
     from .models import load_model
 
+    from .models.symmetry import DEFAULT_TTA, tta_elements
+
     t0 = time.perf_counter()
+    try:
+        tta = len(tta_elements(DEFAULT_TTA if tta is None else tta))
+    except (TypeError, ValueError) as exc:
+        raise PolarstemError(str(exc)) from None
     if roi is not None:
         roi = np.asarray(roi, dtype=bool)
         if roi.shape != dataset.scan_shape:
@@ -358,7 +365,7 @@ def _pooled_proba(logp_sum, n):
 def predict_batches(model, x, batch_size, cancel=None, tta=False):
     """Probabilities and embeddings of preprocessed inputs, batch by batch (cancel between batches).
 
-    ``tta`` averages each input's log-probabilities over its 8 square-symmetry images (8x the cost)."""
+    ``tta`` averages each input's log-probabilities over that many square-symmetry images (as much cost)."""
     probs, embs = [], []
     for start in range(0, len(x), batch_size):
         if cancel is not None and cancel.is_set():

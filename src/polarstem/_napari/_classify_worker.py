@@ -28,7 +28,7 @@ class ClassifyDone:
 
 def classify_updates(dataset, model: str, mode: str, roi: np.ndarray | None, device: str,
                      cancel: threading.Event, partial_every: float = 1.0, chunk_bytes: int | None = None,
-                     tta: bool = False):
+                     tta: int | None = None):
     """Generator for ``thread_worker``: runs :func:`~polarstem.infer.classify_scan` and yields updates."""
     from ..infer import classify_scan
 

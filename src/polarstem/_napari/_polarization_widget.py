@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..classes import CLASS_NAMES, N_CLASSES, direction_colors
+from ..models.symmetry import DEFAULT_TTA
 from ._classify_worker import ClassifyDone, ClassifyPartial, classify_updates
 from ._layers import shapes_to_mask, show_result
 from ._state import DATASET_KEY, dataset_layers
@@ -95,8 +96,13 @@ class PolarizationMapWidget(QWidget):
         self.mode_combo.addItems(["auto", "cell", "pattern"])
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
-        self.tta_check = QCheckBox("symmetry averaging (8x slower, more accurate)")
-        self.tta_check.setToolTip("average every pattern's prediction over its 8 square-symmetry images")
+        self.tta_combo = QComboBox()  # symmetry images averaged per pattern (models.symmetry.TTA_ELEMENTS)
+        for n, text in ((1, "off"), (2, "pattern + 180° rotation (2x time)"), (4, "4 rotations (4x time)"),
+                        (8, "all 8 symmetry images (8x time)")):
+            self.tta_combo.addItem(text, n)
+        self.tta_combo.setCurrentIndex(self.tta_combo.findData(DEFAULT_TTA))
+        self.tta_combo.setToolTip("average every pattern's prediction over square-symmetry images of it: "
+                                  "slower, more accurate")
         self.roi_check = QCheckBox("use ROIs from Shapes layer")
         self.roi_combo = QComboBox()
         self.run_button = QPushButton("Run")
@@ -121,7 +127,7 @@ class PolarizationMapWidget(QWidget):
         form.addRow("", self.card_label)
         form.addRow("mode", self.mode_combo)
         form.addRow("device", self.device_combo)
-        form.addRow("", self.tta_check)
+        form.addRow("symmetry averaging", self.tta_combo)
         form.addRow(self.roi_check, self.roi_combo)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -263,7 +269,7 @@ class PolarizationMapWidget(QWidget):
         self._progress = progress(total=0, desc=f"polarization map ({name})")
         worker = thread_worker(classify_updates, start_thread=False)(
             dataset, name, self.mode_combo.currentText(), roi, self.device_combo.currentText(), self._cancel,
-            chunk_bytes=self.chunk_bytes, tta=self.tta_check.isChecked())
+            chunk_bytes=self.chunk_bytes, tta=int(self.tta_combo.currentData()))
         worker.yielded.connect(self._on_update)
         worker.finished.connect(self._on_finished)
         self._worker = worker

@@ -19,8 +19,9 @@ def register(sub) -> None:
     p.add_argument("--cell-method", choices=["vote", "vote-centred", "mean"], default="vote",
                    help="cell mode: vote the pattern model over the most consistent cell window containing each "
                         "position (default), over the centred window, or classify the window's mean")
-    p.add_argument("--tta", action="store_true",
-                   help="average over the 8 square-symmetry images of every pattern (8x slower, more accurate)")
+    p.add_argument("--tta", type=int, nargs="?", const=8, default=None, choices=[1, 2, 4, 8], metavar="N",
+                   help="symmetry averaging: 1 (off), 2 (each pattern and its 180° rotation, 2x time), 4 or 8 "
+                        "(all square-symmetry images, 8x time; `--tta` alone); default: the package's choice")
     p.add_argument("--roi", help="boolean .npy mask (scan_rows, scan_cols) of the positions to classify")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--batch-size", type=int)
@@ -58,7 +59,7 @@ def load_roi(path: str, scan_shape) -> np.ndarray:
 
 def run_classification(file, output, model=None, mode="auto", roi=None, device="auto", batch_size=None,
                        navigation_shape=None, scheduler=None, resume=False, checkpoint_every=30.0,
-                       cell_method="vote", tta=False):
+                       cell_method="vote", tta=None):
     """Load, classify with a progress bar, and export the folder; returns (dataset, result).
 
     While it runs, the maps so far are saved to a checkpoint in the output folder every
@@ -78,7 +79,10 @@ def run_classification(file, output, model=None, mode="auto", roi=None, device="
     warn_acquisition(ds, model)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    key = {"input_sha256": file_sha256(file), "model": model, "mode": mode, "cell_method": cell_method, "tta": tta,
+    from ..models.symmetry import DEFAULT_TTA
+
+    key = {"input_sha256": file_sha256(file), "model": model, "mode": mode, "cell_method": cell_method,
+           "tta": DEFAULT_TTA if tta is None else int(tta),
            "roi_sha256": None if roi_mask is None else __import__("hashlib").sha256(roi_mask.tobytes()).hexdigest()}
     previous = None
     if resume:

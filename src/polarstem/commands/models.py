@@ -31,7 +31,8 @@ def register(sub) -> None:
     p.add_argument("--cell-method", choices=["vote", "vote-centred", "mean"], default="vote",
                    help="cell mode: vote the pattern model over the most consistent cell window containing each "
                         "position (default), over the centred window, or classify the window's mean")
-    p.add_argument("--tta", action="store_true", help="average over the 8 square-symmetry images (8x slower)")
+    p.add_argument("--tta", type=int, nargs="?", const=8, default=None, choices=[1, 2, 4, 8], metavar="N",
+                   help="symmetry averaging: 1 (off), 2 (pattern + 180° rotation), 4, 8 (`--tta` alone)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_evaluate)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ModelFileError
 from ..preprocess import InputGrid, preprocess
-from .symmetry import ELEMENTS, class_permutation, transform
+from .symmetry import class_permutation, transform, tta_elements
 
 
 class BaseModel:
@@ -117,16 +117,19 @@ class NetModel(BaseModel):
     def predict(self, x, batch_size: int = 256, tta: bool = False) -> dict:
         """``proba`` (N, 8) temperature-scaled, ``embedding`` (N, D) float32, ``logits`` (N, 8).
 
-        ``tta`` averages the log-probabilities over the 8 symmetry images of each pattern (8x slower).
+        ``tta`` averages the log-probabilities over symmetry images of each pattern: True or 8 all
+        of them (8x slower), 2 the pattern and its 180° rotation, 4 the rotations (``tta_elements``).
         """
         logits, emb = self.logits_and_embedding(x, batch_size)
-        if tta and len(x):
+        elements = tta_elements(tta)
+        if len(elements) > 1 and len(x):
             acc = np.zeros_like(logits)
-            for element in ELEMENTS:
+            for element in elements:
                 perm = class_permutation(element, self.generators)
-                lg, _ = self.logits_and_embedding(transform(np.asarray(x, np.float32), element), batch_size)
+                lg = logits if element == (0, False) else \
+                    self.logits_and_embedding(transform(np.asarray(x, np.float32), element), batch_size)[0]
                 logp = np.log(_softmax(lg / self.temperature) + 1e-12)
                 acc += logp[:, perm]  # column perm[k] of the transformed image = class k of the original
-            logits = acc / len(ELEMENTS) * self.temperature
+            logits = acc / len(elements) * self.temperature
         proba = _softmax(logits / self.temperature).astype(np.float32)
         return {"proba": proba, "embedding": emb, "logits": logits.astype(np.float32)}

@@ -16,6 +16,22 @@ from ..classes import N_CLASSES
 #: The 8 elements as (number of np.rot90 quarter turns on (row, col), then transpose?).
 ELEMENTS = [(r, t) for t in (False, True) for r in range(4)]
 
+#: Test-time symmetry averaging: how many symmetry images of a pattern are averaged, and which.
+#: 2 = the pattern and its 180° rotation (the image of the opposite polarization, k -> k + 4): it
+#: makes the model judge the Friedel-antisymmetric part, where the sign of P lives, consistently, and
+#: measured almost all of the full group's gain at a quarter of its cost (docs/classify.md).
+TTA_ELEMENTS = {1: [(0, False)], 2: [(0, False), (2, False)], 4: [(r, False) for r in range(4)], 8: ELEMENTS}
+#: What classify / evaluate / the widget use unless told otherwise.
+DEFAULT_TTA = 1
+
+
+def tta_elements(tta) -> list[tuple[int, bool]]:
+    """The symmetry elements a ``tta`` setting averages: False/1 none, True/8 all, 2 or 4 a subgroup."""
+    n = 8 if tta is True else 1 if tta in (False, None) else int(tta)
+    if n not in TTA_ELEMENTS:
+        raise ValueError(f"symmetry averaging takes 1, 2, 4 or 8 images, not {tta!r}")
+    return TTA_ELEMENTS[n]
+
 
 def transform(x: np.ndarray, element: tuple[int, bool]) -> np.ndarray:
     """Apply a D4 element to the last two axes of ``x``."""

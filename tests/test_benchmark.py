@@ -126,7 +126,8 @@ def test_report_files(report):
 
 
 def test_numbers_match_evaluate(report, weights, capsys, monkeypatch):
-    """Pattern-mode rows are what ``polarstem evaluate FOLDER --mode pattern --json`` prints."""
+    """Pattern-mode rows are what ``polarstem evaluate FOLDER --mode pattern --tta N --json`` prints
+    (N: the benchmark's ``tta``, 1 unless configured)."""
     res = json.loads((report / "results.json").read_text())
     monkeypatch.setenv("POLARSTEM_WEIGHTS", str(weights))
     from polarstem.models.registry import clear_cache
@@ -139,7 +140,8 @@ def test_numbers_match_evaluate(report, weights, capsys, monkeypatch):
         cond = "ideal" if r["condition"] == "ideal" else f"{r['condition']}_{r['strength']:g}"
         folder = report / "datasets" / r["set"] / "pattern" / cond
         capsys.readouterr()
-        assert main(["evaluate", str(folder), "--model", r["model"], "--mode", "pattern", "--json"]) == 0
+        assert main(["evaluate", str(folder), "--model", r["model"], "--mode", "pattern", "--json",
+                     "--tta", str(res["config"]["tta"])]) == 0
         ev = json.loads(capsys.readouterr().out)
         assert ev["accuracy"] == r["accuracy"] and ev["confusion"] == r["confusion"] and ev["n"] == r["n"]
         checked += 1

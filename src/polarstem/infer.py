@@ -134,18 +134,20 @@ def classify_scan(
     workers, each loading the model by name (hash-checked) from its own installation; the maps are
     the same as a local run. ``resume_from`` (the partial result of an interrupted run with the same
     model and mode) keeps its classified positions and classifies only the rest. ``tta``: how many
-    symmetry images of each pattern are averaged (1, 2, 4 or 8; None = ``symmetry.DEFAULT_TTA``).
+    symmetry images of each pattern are averaged (1, 2, 4 or 8; None = automatic, ``symmetry.auto_tta``:
+    8, or 2 for large jobs on a CPU).
     """
     from .device import choose_device, default_batch_size
     from .models import load_model
 
-    from .models.symmetry import DEFAULT_TTA, tta_elements
+    from .models.symmetry import auto_tta, tta_elements
 
     t0 = time.perf_counter()
-    try:
-        tta = len(tta_elements(DEFAULT_TTA if tta is None else tta))
-    except (TypeError, ValueError) as exc:
-        raise PolarstemError(str(exc)) from None
+    if tta is not None:
+        try:
+            tta = len(tta_elements(tta))
+        except (TypeError, ValueError) as exc:
+            raise PolarstemError(str(exc)) from None
     if roi is not None:
         roi = np.asarray(roi, dtype=bool)
         if roi.shape != dataset.scan_shape:
@@ -166,6 +168,8 @@ def classify_scan(
         todo = ~resume_from.done if roi is None else (roi & ~resume_from.done)
         roi = todo
     dev = choose_device(device)
+    if tta is None:
+        tta = auto_tta(int(roi.sum()) if roi is not None else int(np.prod(dataset.scan_shape)), dev)
     if isinstance(model, str):
         name = model
         model = load_model(name, mode=weights_mode, device=dev)

@@ -26,7 +26,6 @@ from qtpy.QtWidgets import (
 )
 
 from ..classes import CLASS_NAMES, N_CLASSES, direction_colors
-from ..models.symmetry import DEFAULT_TTA
 from ._classify_worker import ClassifyDone, ClassifyPartial, classify_updates
 from ._layers import shapes_to_mask, show_result
 from ._state import DATASET_KEY, dataset_layers
@@ -97,10 +96,10 @@ class PolarizationMapWidget(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
         self.tta_combo = QComboBox()  # symmetry images averaged per pattern (models.symmetry.TTA_ELEMENTS)
-        for n, text in ((1, "off"), (2, "pattern + 180° rotation (2x time)"), (4, "4 rotations (4x time)"),
+        for n, text in ((0, "auto (8 images; 2 for > 20,000 patterns on a CPU)"), (1, "off"),
+                        (2, "pattern + 180° rotation (2x time)"), (4, "4 rotations (4x time)"),
                         (8, "all 8 symmetry images (8x time)")):
             self.tta_combo.addItem(text, n)
-        self.tta_combo.setCurrentIndex(self.tta_combo.findData(DEFAULT_TTA))
         self.tta_combo.setToolTip("average every pattern's prediction over square-symmetry images of it: "
                                   "slower, more accurate")
         self.roi_check = QCheckBox("use ROIs from Shapes layer")
@@ -269,7 +268,7 @@ class PolarizationMapWidget(QWidget):
         self._progress = progress(total=0, desc=f"polarization map ({name})")
         worker = thread_worker(classify_updates, start_thread=False)(
             dataset, name, self.mode_combo.currentText(), roi, self.device_combo.currentText(), self._cancel,
-            chunk_bytes=self.chunk_bytes, tta=int(self.tta_combo.currentData()))
+            chunk_bytes=self.chunk_bytes, tta=int(self.tta_combo.currentData()) or None)
         worker.yielded.connect(self._on_update)
         worker.finished.connect(self._on_finished)
         self._worker = worker

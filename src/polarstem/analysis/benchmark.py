@@ -49,6 +49,8 @@ class BenchmarkConfig:
     n_patterns: int = 1024  # single patterns per test set (subsampled with ``seed``)
     n_cells: int = 256  # cells (rows: one structure and thickness over a probe grid) per test set
     cell_method: str = "vote"  # cell mode as classify_scan does it: vote the pattern model, or "mean" + cell weights
+    tta: int | None = 1  # symmetry images averaged on the test sets (1: none; the tables compare the models themselves)
+    scan_tta: int | None = None  # ... on the scans: None = classify's automatic choice (the default-mode check)
     corruption_set: str = "in_range"  # the thickness set the corruptions are applied to
     corruptions: dict = field(default_factory=lambda: dict(DEFAULT_CORRUPTIONS))
     position_bins: int = 4  # probe-position map: bins per cell edge
@@ -217,7 +219,7 @@ def classify_folder(folder, model, mode: str, cfg: BenchmarkConfig):
     vote = mode == "cell" and cfg.cell_method != "mean"
     m = load_model(model, mode="pattern" if vote else mode, device="cpu")
     res = classify_scan(ds, model=m, mode="pattern", roi=labels >= 0, device=cfg.device,
-                        batch_size=cfg.batch_size, anomaly=False)
+                        batch_size=cfg.batch_size, anomaly=False, tta=cfg.tta)
     if not vote:
         return res, labels
     n = ds.scan_shape[0]
@@ -235,7 +237,7 @@ def evaluate_folder(folder, model: str, mode: str, cfg: BenchmarkConfig) -> tupl
     from ..evaluate import evaluate, scores
 
     if mode == "pattern":
-        return evaluate(folder, model=model, mode="pattern", device=cfg.device), None
+        return evaluate(folder, model=model, mode="pattern", device=cfg.device, tta=cfg.tta), None
     res, labels = classify_folder(folder, model, mode, cfg)
     out = {"file": str(folder), "model": model, "model_sha256": res.model_sha256, "mode": mode}
     out.update(scores(res.classes, labels))
@@ -375,7 +377,7 @@ def scan_phase_analysis(scan, model: str, cfg: BenchmarkConfig, mode: str = "pat
     known = simulated_lattice(folder)
     lattice = (known or scan_lattice(ds)[0]) if mode == "pattern" else None
     res = classify_scan(ds, model=model, mode=mode, lattice=lattice, device=cfg.device, batch_size=cfg.batch_size,
-                        cell_method=cfg.cell_method)
+                        cell_method=cfg.cell_method, tta=cfg.tta)
     lattice = known or res.lattice
     if lattice is None:
         return None
@@ -644,13 +646,13 @@ def _run_scans(cfg, models, results, figures, log) -> None:
                 try:
                     res = evaluate(folder, model=e["name"], mode=mode,
                                    defects_path=defects if defects.exists() else None, device=cfg.device,
-                                   cell_method=cfg.cell_method)
+                                   cell_method=cfg.cell_method, tta=cfg.scan_tta)
                 except PolarstemError as exc:  # no weights for the mode auto chose, no lattice for cell
                     results["notes"].append(f"scan {folder.name}, {e['name']} {mode}: {exc}")
                     continue
                 row = {"scan": str(folder), "model": e["name"], "mode_requested": mode, "mode": res["mode"]}
                 for k in ("accuracy", "accuracy_outside_defects", "accuracy_at_defects", "anomaly_auc", "n",
-                          "informative_fraction", "per_class", "confusion", "patterns_per_s"):
+                          "informative_fraction", "per_class", "confusion", "patterns_per_s", "tta"):
                     row[k] = res.get(k)
                 results["scans"].append(row)
                 log(f"  scan {folder.name} {e['name']:<13} {mode}->{res['mode']}: acc {row['accuracy']}, "

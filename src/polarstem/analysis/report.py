@@ -321,7 +321,9 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
                "per pattern. Pattern mode: single patterns; cell mode: one cell's probe grid (16 positions), classified "
                "as `classify_scan` does (default `vote`: the pattern weights on every pattern, the mean "
                "log-probability decides). "
-               "`±45°`: the share predicted within one class of the truth (from the confusion matrix).", ""]
+               "`±45°`: the share predicted within one class of the truth (from the confusion matrix). "
+               f"Symmetry images averaged per pattern (`tta`): {results.get('config', {}).get('tta', 1) or 'auto'} "
+               "(1 = none: the tables compare the models themselves; `polarstem evaluate --tta N` reproduces a row).", ""]
         sp = {(s["model"], s["mode"]): s for s in results["speed"]}
         header = (["model", "mode"] + [f"{s} (n)" for s in sets]
                   + [f"{cset} ±45°", "combined=1", "informative", "e2e pat/s", "fwd pat/s"])
@@ -408,11 +410,12 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
     if results["scans"] or results["scan_phases"]:
         md += ["## Defect detection on simulated scans", "",
                "`polarstem evaluate SCAN --defects defects.npy --mode M` per model: accuracy over polar positions, away "
-               "from the defects, and the anomaly score's ROC AUC for the defect mask. `auto` is the default mode.", ""]
-        rows = [[Path(r["scan"]).name, r["model"], f"{r['mode_requested']}→{r['mode']}", r["accuracy"],
+               "from the defects, and the anomaly score's ROC AUC for the defect mask. `auto` is the default mode; "
+               "`tta` is the number of symmetry images averaged per pattern (the default: 8 for scans this small).", ""]
+        rows = [[Path(r["scan"]).name, r["model"], f"{r['mode_requested']}→{r['mode']}", r.get("tta"), r["accuracy"],
                  within_45(r["confusion"]) if r.get("confusion") else None,
                  r["accuracy_outside_defects"], r["anomaly_auc"], r["informative_fraction"]] for r in results["scans"]]
-        md += [_table(["scan", "model", "mode", "accuracy", "±45°", "acc. away from defects", "anomaly AUC",
+        md += [_table(["scan", "model", "mode", "tta", "accuracy", "±45°", "acc. away from defects", "anomaly AUC",
                        "informative"], rows), ""]
         if results["scan_phases"]:
             md += ["By place in the unit cell (phase bin from the scan's lattice), away from defects: "

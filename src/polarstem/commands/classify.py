@@ -21,7 +21,8 @@ def register(sub) -> None:
                         "position (default), over the centred window, or classify the window's mean")
     p.add_argument("--tta", type=int, nargs="?", const=8, default=None, choices=[1, 2, 4, 8], metavar="N",
                    help="symmetry averaging: 1 (off), 2 (each pattern and its 180° rotation, 2x time), 4 or 8 "
-                        "(all square-symmetry images, 8x time; `--tta` alone); default: the package's choice")
+                        "(all square-symmetry images, 8x time; `--tta` alone); default: 8, or 2 for more than "
+                        "20,000 patterns on a CPU")
     p.add_argument("--roi", help="boolean .npy mask (scan_rows, scan_cols) of the positions to classify")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--batch-size", type=int)
@@ -79,10 +80,8 @@ def run_classification(file, output, model=None, mode="auto", roi=None, device="
     warn_acquisition(ds, model)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    from ..models.symmetry import DEFAULT_TTA
-
     key = {"input_sha256": file_sha256(file), "model": model, "mode": mode, "cell_method": cell_method,
-           "tta": DEFAULT_TTA if tta is None else int(tta),
+           "tta": "auto" if tta is None else int(tta),
            "roi_sha256": None if roi_mask is None else __import__("hashlib").sha256(roi_mask.tobytes()).hexdigest()}
     previous = None
     if resume:

@@ -32,7 +32,8 @@ def register(sub) -> None:
                    help="cell mode: vote the pattern model over the most consistent cell window containing each "
                         "position (default), over the centred window, or classify the window's mean")
     p.add_argument("--tta", type=int, nargs="?", const=8, default=None, choices=[1, 2, 4, 8], metavar="N",
-                   help="symmetry averaging: 1 (off), 2 (pattern + 180° rotation), 4, 8 (`--tta` alone)")
+                   help="symmetry averaging: 1 (off), 2 (pattern + 180° rotation), 4, 8 (`--tta` alone); "
+                        "default: 8, or 2 for more than 20,000 patterns on a CPU")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_evaluate)

@@ -50,10 +50,16 @@ def scores(pred: np.ndarray, labels: np.ndarray, valid: np.ndarray | None = None
             "per_class": per_class, "confusion": conf.tolist(), "unclassified": int((~ok).sum())}
 
 
-def evaluate(path, labels_path=None, model: str = "cnn", mode: str = "pattern", defects_path=None,
+def evaluate(path, labels_path=None, model: str | None = None, mode: str = "pattern", defects_path=None,
              device: str = "auto", progress=None, cell_method: str = "vote",
              tta: bool | int | None = None) -> dict:
-    """Classify the file and compare with the labels; with defects, the anomaly ROC AUC too."""
+    """Classify the file and compare with the labels; with defects, the anomaly ROC AUC too.
+
+    ``model`` None is the default model (the best per-pattern held-out accuracy, as classify uses)."""
+    if model is None:
+        from .acquisition import default_model
+
+        model = default_model()
     from .infer import classify_scan
     from .io import load
 

@@ -26,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("file")
     p.add_argument("--labels", help="labels.npy (default: beside the file)")
     p.add_argument("--defects", help="defects.npy (bool): adds anomaly_auc and accuracy_outside_defects")
-    p.add_argument("--model", default="resnet-proto")
+    p.add_argument("--model", default=None, help="registered model name (default: the best, as classify uses)")
     p.add_argument("--mode", default="pattern", choices=["pattern", "cell", "auto"])
     p.add_argument("--cell-method", choices=["vote", "vote-centred", "mean"], default="vote",
                    help="cell mode: vote the pattern model over the most consistent cell window containing each "

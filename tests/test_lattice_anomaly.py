@@ -130,3 +130,31 @@ def test_phase_bins_are_even_on_a_scan_with_whole_steps_per_cell():
     lat = Lattice(period=(3.0289, 3.0248), origin=(2.876, 2.910))
     counts = np.bincount(lat.phase_bins((30, 30)).ravel())
     assert len(counts) == 9 and counts.min() >= 80 and counts.max() <= 120
+
+
+def test_wall_bands_of_the_bisecting_direction_go_to_the_adjacent_domains():
+    """A [110] domain above a [-110] one, with a two-row band of [010] (their sum's direction) at
+    the wall: the band is the wall. Thin bands that bisect nothing stay."""
+    from polarstem.walls import assign_wall_bands
+
+    h, w = 24, 24
+    classes = np.full((h, w), 1, np.int8)
+    classes[12:] = 3
+    classes[11:13] = 2  # the wall band
+    proba = np.full((h, w, 8), 0.05, np.float32)
+    proba[:12, :, 1] = 0.6
+    proba[12:, :, 3] = 0.6
+    valid = np.ones((h, w), bool)
+    out, changed = assign_wall_bands(classes, proba, valid, (3, 3))
+    assert changed[11:13].all() and changed.sum() == 2 * w
+    np.testing.assert_array_equal(out[11], 1)
+    np.testing.assert_array_equal(out[12], 3)
+    # a thin band of another direction (not between these domains' directions) is kept
+    other = classes.copy()
+    other[11:13] = 6
+    out2, changed2 = assign_wall_bands(other, proba, valid, (3, 3))
+    assert not changed2.any() and (out2 == other).all()
+    # opposite domains (a 180° wall) have no bisecting direction: nothing changes
+    flip = np.where(classes == 3, 5, classes).astype(np.int8)
+    flip[11:13] = 3
+    assert not assign_wall_bands(flip, proba, valid, (3, 3))[1].any()

@@ -52,7 +52,7 @@ def scores(pred: np.ndarray, labels: np.ndarray, valid: np.ndarray | None = None
 
 def evaluate(path, labels_path=None, model: str | None = None, mode: str = "pattern", defects_path=None,
              device: str = "auto", progress=None, cell_method: str = "vote",
-             tta: bool | int | None = None) -> dict:
+             tta: bool | int | None = None, wall_bands: bool = True) -> dict:
     """Classify the file and compare with the labels; with defects, the anomaly ROC AUC too.
 
     ``model`` None is the default model (the best per-pattern held-out accuracy, as classify uses)."""
@@ -76,7 +76,7 @@ def evaluate(path, labels_path=None, model: str | None = None, mode: str = "patt
     # pattern mode only needs the labeled positions; cell windows need their neighbours, so run everywhere
     res = classify_scan(ds, model=model, mode=mode, roi=roi if mode == "pattern" else None, device=device,
                         progress=progress, anomaly=defects is not None, cell_method=cell_method,
-                        tta=tta)
+                        tta=tta, wall_bands=wall_bands)
     out = {"file": str(path), "model": res.model, "model_sha256": res.model_sha256, "mode": res.mode}
     if res.mode == "cell":
         out["cell_method"] = cell_method

@@ -127,6 +127,7 @@ def classify_scan(
     resume_from: ClassificationResult | None = None,
     cell_method: str = "vote",
     tta: bool | int | None = None,
+    wall_bands: bool = True,
 ) -> ClassificationResult:
     """Classify every selected scan position. Cancelling returns the result so far (``complete=False``).
 
@@ -135,7 +136,8 @@ def classify_scan(
     the same as a local run. ``resume_from`` (the partial result of an interrupted run with the same
     model and mode) keeps its classified positions and classifies only the rest. ``tta``: how many
     symmetry images of each pattern are averaged (1, 2, 4 or 8; None = automatic, ``symmetry.auto_tta``:
-    8, or 2 for large jobs on a CPU).
+    8, or 2 for large jobs on a CPU). ``wall_bands`` (cell mode): give the thin bands of the bisecting
+    direction that the model reports on domain walls to the adjacent domains (``polarstem.walls``).
     """
     from .device import choose_device, default_batch_size
     from .models import load_model
@@ -222,6 +224,14 @@ def classify_scan(
                     on_block(result)
     except (Cancelled, KeyboardInterrupt):
         result.complete = False
+    if mode == "cell" and window and result.done.any():
+        result.params["wall_bands"] = "assigned" if wall_bands else "kept"
+        if wall_bands:
+            from .walls import assign_wall_bands
+
+            classes, changed = assign_wall_bands(result.classes, result.proba, result.done, window)
+            result.classes = classes.astype(result.classes.dtype)
+            result.params["wall_band_positions"] = int(changed.sum())
     result.seconds = time.perf_counter() - t0
     if anomaly and result.done.any():
         from .anomaly import score_anomaly

@@ -23,6 +23,9 @@ def register(sub) -> None:
                    help="symmetry averaging: 1 (off), 2 (each pattern and its 180° rotation, 2x time), 4 or 8 "
                         "(all square-symmetry images, 8x time; `--tta` alone); default: 8, or 2 for more than "
                         "20,000 patterns on a CPU")
+    p.add_argument("--keep-wall-bands", action="store_true",
+                   help="cell mode: keep the thin bands of the in-between direction the model reports on domain "
+                        "walls (default: give them to the adjacent domains, docs/classify.md)")
     p.add_argument("--roi", help="boolean .npy mask (scan_rows, scan_cols) of the positions to classify")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--batch-size", type=int)
@@ -60,7 +63,7 @@ def load_roi(path: str, scan_shape) -> np.ndarray:
 
 def run_classification(file, output, model=None, mode="auto", roi=None, device="auto", batch_size=None,
                        navigation_shape=None, scheduler=None, resume=False, checkpoint_every=30.0,
-                       cell_method="vote", tta=None):
+                       cell_method="vote", tta=None, wall_bands=True):
     """Load, classify with a progress bar, and export the folder; returns (dataset, result).
 
     While it runs, the maps so far are saved to a checkpoint in the output folder every
@@ -81,7 +84,7 @@ def run_classification(file, output, model=None, mode="auto", roi=None, device="
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     key = {"input_sha256": file_sha256(file), "model": model, "mode": mode, "cell_method": cell_method,
-           "tta": "auto" if tta is None else int(tta),
+           "tta": "auto" if tta is None else int(tta), "wall_bands": wall_bands,
            "roi_sha256": None if roi_mask is None else __import__("hashlib").sha256(roi_mask.tobytes()).hexdigest()}
     previous = None
     if resume:
@@ -106,7 +109,7 @@ def run_classification(file, output, model=None, mode="auto", roi=None, device="
     result = classify_scan(ds, model=model, mode=mode if previous is None else previous.mode, roi=roi_mask,
                            device=device, batch_size=batch_size, progress=_tqdm_progress(f"classify ({model})"),
                            scheduler=scheduler, resume_from=previous, on_block=on_block, cell_method=cell_method,
-                           tta=tta)
+                           tta=tta, wall_bands=wall_bands)
     if result.complete:
         remove_checkpoint(out)
     else:
@@ -126,7 +129,8 @@ def warn_acquisition(ds, model_name: str) -> None:
 def classify(args) -> int:
     ds, result = run_classification(args.file, args.output, args.model, args.mode, args.roi, args.device,
                                     args.batch_size, _navigation_shape(args), args.scheduler, args.resume,
-                                    cell_method=args.cell_method, tta=args.tta)
+                                    cell_method=args.cell_method, tta=args.tta,
+                                    wall_bands=not args.keep_wall_bands)
     status = "complete" if result.complete else "interrupted (partial maps written; --resume continues)"
     rate = result.n_patterns / result.seconds if result.seconds else 0.0
     print(f"{status}: {result.n_patterns} positions in {result.seconds:.1f} s ({rate:.0f}/s), mode "

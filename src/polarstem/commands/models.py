@@ -34,6 +34,8 @@ def register(sub) -> None:
     p.add_argument("--tta", type=int, nargs="?", const=8, default=None, choices=[1, 2, 4, 8], metavar="N",
                    help="symmetry averaging: 1 (off), 2 (pattern + 180° rotation), 4, 8 (`--tta` alone); "
                         "default: 8, or 2 for more than 20,000 patterns on a CPU")
+    p.add_argument("--keep-wall-bands", action="store_true",
+                   help="cell mode: keep the in-between direction the model reports on domain walls")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_evaluate)
@@ -74,7 +76,7 @@ def _evaluate(args) -> int:
     from ..evaluate import evaluate
 
     res = evaluate(args.file, args.labels, args.model, args.mode, args.defects, args.device,
-                   cell_method=args.cell_method, tta=args.tta)
+                   cell_method=args.cell_method, tta=args.tta, wall_bands=not args.keep_wall_bands)
     if args.json:
         print(json.dumps(res, indent=1))
     else:

@@ -1,0 +1,78 @@
+"""Domain walls in a cell-mode class map: thin bands of the in-between direction.
+
+A probe on a wall between two domains sees both: its pattern, and every cell window that holds it,
+looks like the *sum* of the two projected polarizations. At the wall between a [110] (class 1) and a
+[-110] (class 3) domain the model therefore reports [010] (class 2), the bisecting direction, in a
+band one or two scan positions thick (measured on validation scan B: whole wall rows came out as
+class 2; docs/classify.md). Such a band is the wall, not a domain: :func:`assign_wall_bands` gives
+each of its positions to the adjacent domain the position's own vote favours.
+
+A band qualifies only when all of this holds: it is thinner than a unit cell (an opening with a
+cell-sized square removes it), the two domains within one cell of it are real domains (connected
+regions of at least two cells that are not thin themselves), and the band's direction lies within
+30° of the sum of the two domains' directions. A thin region that is not between two such domains
+(a defect, a real narrow domain at the scan edge) is left alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .classes import N_CLASSES
+
+#: Unit vectors of the 8 classes (class k at 45°·k from +x towards +y, as in the conventions).
+_DIRECTIONS = np.stack([np.cos(np.deg2rad(45.0 * np.arange(N_CLASSES))),
+                        np.sin(np.deg2rad(45.0 * np.arange(N_CLASSES)))], axis=1)
+#: How far (degrees) a band's direction may lie from the sum of its two domains' directions.
+BISECTOR_TOLERANCE_DEG = 30.0
+#: A domain covers at least this many unit cells.
+DOMAIN_CELLS = 2
+
+
+def assign_wall_bands(classes: np.ndarray, proba: np.ndarray, valid: np.ndarray,
+                      window: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(new class map, mask of the reassigned positions) for a cell-mode ``classes`` map.
+
+    ``proba`` (H, W, 8) are the positions' pooled probabilities: a band position goes to whichever of
+    its two domains' classes it gives the higher probability. ``window`` is the cell window (px).
+    """
+    from scipy import ndimage
+
+    classes = np.asarray(classes)
+    valid = np.asarray(valid, bool) & (classes >= 0)
+    wy, wx = max(2, int(window[0])), max(2, int(window[1]))
+    square = np.ones((wy, wx), bool)
+    thin = np.zeros(classes.shape, bool)
+    big = np.zeros(classes.shape, bool)
+    for k in np.unique(classes[valid]):
+        m = (classes == k) & valid
+        thin |= m & ~ndimage.binary_opening(m, structure=square)
+        lab, n = ndimage.label(m)
+        if n:
+            sizes = np.bincount(lab.ravel())
+            sizes[0] = 0
+            big |= (sizes >= DOMAIN_CELLS * wy * wx)[lab]
+    domain = big & ~thin
+    out = classes.copy()
+    changed = np.zeros(classes.shape, bool)
+    cos_tol = np.cos(np.deg2rad(BISECTOR_TOLERANCE_DEG))
+    h, w = classes.shape
+    for y, x in zip(*np.nonzero(thin)):
+        ys, xs = slice(max(0, y - wy), min(h, y + wy + 1)), slice(max(0, x - wx), min(w, x + wx + 1))
+        near = np.unique(classes[ys, xs][domain[ys, xs]])
+        own = int(classes[y, x])
+        near = [int(k) for k in near if k != own]
+        best, best_p = None, -1.0
+        for i, a in enumerate(near):
+            for b in near[i + 1:]:
+                s = _DIRECTIONS[a] + _DIRECTIONS[b]
+                norm = float(np.linalg.norm(s))
+                if norm < 1e-6 or float(s @ _DIRECTIONS[own]) / norm < cos_tol:
+                    continue  # opposite domains (no bisector) or a band that is not between them
+                for k in (a, b):
+                    if proba[y, x, k] > best_p:
+                        best, best_p = k, float(proba[y, x, k])
+        if best is not None:
+            out[y, x] = best
+            changed[y, x] = True
+    return out, changed

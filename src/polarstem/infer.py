@@ -17,8 +17,9 @@ memory. Two modes (see docs/classify.md):
   cell at a few fixed sub-cell positions, so a window's mean pattern is far from a converged
   position average (17-20 % for a 3 x 3 grid, docs/simulation.md): the centred vote measured 0.77 /
   0.94 on the sample and validation scan A where ``mean`` gave 0.16 / 0.55 (first weights); the
-  edge-preserving vote lifted the second release's resnet from 0.924 / 0.946 / 0.728 (centred) to 0.981 / 0.970 / 0.796 on
-  the sample and validation scans A / B. ``auto`` uses ``cell`` when the scan resolves the lattice.
+  edge-preserving vote lifted the second release's resnet from 0.924 / 0.946 / 0.728 (centred) to
+  0.981 / 0.959 / 0.802 on the sample and validation scans A / B. ``auto`` uses ``cell`` when the
+  scan resolves the lattice.
 """
 
 from __future__ import annotations

@@ -12,9 +12,10 @@ with the *other positions at the same place in the unit cell* (its phase bin, fr
 
 Each term is clipped at 0 (only "worse than usual" counts). Domain walls are not defects, but their
 patterns are mixed, so the terms rise there too: positions within one cell of the boundary between two
-domains (connected regions of one class, each at least ``WALL_DOMAIN_CELLS`` cells large and healthy:
-median score at most ``WALL_DOMAIN_HEALTH``) count ``WALL_WEIGHT`` (0) of their score. A defect instead shows as low confidence inside a domain, or as
-small islands of other classes, which no large domain explains. The sum is then smoothed over one
+domains (``walls.domains``: connected regions of one class of at least two cells, here also healthy:
+median score at most ``WALL_DOMAIN_HEALTH``) count ``WALL_WEIGHT`` (0) of their score. A defect
+instead shows as low confidence inside a domain, or as small islands of other classes, which no
+large domain explains. The sum is then smoothed over one
 unit cell, because a crystal defect spans at least a cell. Without a lattice there is one bin.
 
 Measured (resnet, edge-preserving cell vote, defect ROC AUC on the sample / validation scans A / B):
@@ -29,13 +30,12 @@ from __future__ import annotations
 import numpy as np
 
 from .lattice import Lattice
+from .walls import domains
 
 #: Weight of the embedding-distance term against the confidence deficit.
 EMBEDDING_WEIGHT = 0.25
-#: Weight of the score within one cell of a wall between two domains, and how large (in cells) a
-#: connected region of one class must be to count as a domain.
+#: Weight of the score within one cell of a wall between two domains.
 WALL_WEIGHT = 0.0
-WALL_DOMAIN_CELLS = 2
 #: A domain must also look healthy: the median of its positions' score at most this (robust z units).
 WALL_DOMAIN_HEALTH = 1.0
 
@@ -44,28 +44,16 @@ def domain_walls(classes: np.ndarray, valid: np.ndarray, window: tuple[int, int]
                  score: np.ndarray | None = None) -> np.ndarray:
     """Positions of a domain that lie within one cell of a domain of another class.
 
-    A domain is a 4-connected region of one class covering at least ``WALL_DOMAIN_CELLS`` cells and,
-    given the per-position ``score``, whose median score is at most ``WALL_DOMAIN_HEALTH``. The
+    A domain is what :func:`polarstem.walls.domains` finds (a 4-connected region of one class of at
+    least two cells) and, given the per-position ``score``, whose median score is at most
+    ``WALL_DOMAIN_HEALTH``. The
     islands a defect leaves in the class map are smaller, and a large misclassified region around a
     defect is not healthy, so neither makes walls (without the health rule, a model that
     misclassified the domain around scan B's O-vacancy block lost its AUC there: 0.96 -> 0.78).
     """
     from scipy import ndimage
 
-    cell = int(window[0]) * int(window[1])
-    big = np.zeros(classes.shape, bool)
-    for k in np.unique(classes[valid]):
-        lab, n = ndimage.label((classes == k) & valid)
-        if n == 0:
-            continue
-        sizes = np.bincount(lab.ravel())
-        sizes[0] = 0
-        ok = sizes >= WALL_DOMAIN_CELLS * cell
-        if score is not None:
-            med = ndimage.median(score, lab, index=np.arange(n + 1))
-            ok &= np.asarray(med, float) <= WALL_DOMAIN_HEALTH
-        ok[0] = False
-        big |= ok[lab]
+    big = domains(classes, valid, window, score, WALL_DOMAIN_HEALTH)
     reach = np.ones((2 * int(window[0]) + 1, 2 * int(window[1]) + 1), bool)
     wall = np.zeros(classes.shape, bool)
     for k in np.unique(classes[big]):

@@ -45,6 +45,11 @@ CELL_METHODS = ("vote", "vote-centred", "mean")
 _VOTE_KIND = {"vote": "edge", "vote-centred": "centred"}
 
 
+def weights_mode_for(mode: str, cell_method: str) -> str:
+    """Which weights a run uses: a cell-mode vote runs the *pattern* weights on every pattern."""
+    return "pattern" if mode == "cell" and cell_method in _VOTE_KIND else mode
+
+
 @dataclass
 class ClassificationResult:
     """Maps of shape (scan_rows, scan_cols) for one run; valid where ``done`` is True."""
@@ -142,7 +147,6 @@ def classify_scan(
     """
     from .device import choose_device, default_batch_size
     from .models import load_model
-
     from .models.symmetry import auto_tta, tta_elements
 
     t0 = time.perf_counter()
@@ -164,7 +168,7 @@ def classify_scan(
     if cell_method not in CELL_METHODS:
         raise PolarstemError(f"unknown cell method '{cell_method}' (use one of {', '.join(CELL_METHODS)})")
     vote = _VOTE_KIND.get(cell_method) if mode == "cell" else None
-    weights_mode = "pattern" if vote else mode  # a vote runs the pattern weights on every pattern
+    weights_mode = weights_mode_for(mode, cell_method)
     if resume_from is not None:
         if resume_from.classes.shape != dataset.scan_shape or resume_from.mode != mode:
             raise PolarstemError("the partial result to resume does not match this scan or mode")

@@ -18,15 +18,34 @@ from __future__ import annotations
 
 import numpy as np
 
-from .classes import N_CLASSES
+from .classes import CLASS_DIRECTIONS
 
-#: Unit vectors of the 8 classes (class k at 45°·k from +x towards +y, as in the conventions).
-_DIRECTIONS = np.stack([np.cos(np.deg2rad(45.0 * np.arange(N_CLASSES))),
-                        np.sin(np.deg2rad(45.0 * np.arange(N_CLASSES)))], axis=1)
 #: How far (degrees) a band's direction may lie from the sum of its two domains' directions.
 BISECTOR_TOLERANCE_DEG = 30.0
 #: A domain covers at least this many unit cells.
 DOMAIN_CELLS = 2
+
+
+def domains(classes: np.ndarray, valid: np.ndarray, window: tuple[int, int], score: np.ndarray | None = None,
+            max_median_score: float | None = None) -> np.ndarray:
+    """Positions in a domain: a 4-connected region of one class covering at least ``DOMAIN_CELLS``
+    cells of ``window`` (px), and, given a per-position ``score``, whose median score is at most
+    ``max_median_score`` (the region looks regular itself)."""
+    from scipy import ndimage
+
+    cell = int(window[0]) * int(window[1])
+    big = np.zeros(classes.shape, bool)
+    for k in np.unique(classes[valid]):
+        lab, n = ndimage.label((classes == k) & valid)
+        if n == 0:
+            continue
+        sizes = np.bincount(lab.ravel())
+        ok = sizes >= DOMAIN_CELLS * cell
+        if score is not None:
+            ok &= np.asarray(ndimage.median(score, lab, index=np.arange(n + 1)), float) <= max_median_score
+        ok[0] = False
+        big |= ok[lab]
+    return big
 
 
 def assign_wall_bands(classes: np.ndarray, proba: np.ndarray, valid: np.ndarray,
@@ -43,16 +62,10 @@ def assign_wall_bands(classes: np.ndarray, proba: np.ndarray, valid: np.ndarray,
     wy, wx = max(2, int(window[0])), max(2, int(window[1]))
     square = np.ones((wy, wx), bool)
     thin = np.zeros(classes.shape, bool)
-    big = np.zeros(classes.shape, bool)
     for k in np.unique(classes[valid]):
         m = (classes == k) & valid
         thin |= m & ~ndimage.binary_opening(m, structure=square)
-        lab, n = ndimage.label(m)
-        if n:
-            sizes = np.bincount(lab.ravel())
-            sizes[0] = 0
-            big |= (sizes >= DOMAIN_CELLS * wy * wx)[lab]
-    domain = big & ~thin
+    domain = domains(classes, valid, (wy, wx)) & ~thin
     out = classes.copy()
     changed = np.zeros(classes.shape, bool)
     cos_tol = np.cos(np.deg2rad(BISECTOR_TOLERANCE_DEG))
@@ -65,9 +78,9 @@ def assign_wall_bands(classes: np.ndarray, proba: np.ndarray, valid: np.ndarray,
         best, best_p = None, -1.0
         for i, a in enumerate(near):
             for b in near[i + 1:]:
-                s = _DIRECTIONS[a] + _DIRECTIONS[b]
+                s = CLASS_DIRECTIONS[a] + CLASS_DIRECTIONS[b]
                 norm = float(np.linalg.norm(s))
-                if norm < 1e-6 or float(s @ _DIRECTIONS[own]) / norm < cos_tol:
+                if norm < 1e-6 or float(s @ CLASS_DIRECTIONS[own]) / norm < cos_tol:
                     continue  # opposite domains (no bisector) or a band that is not between them
                 for k in (a, b):
                     if proba[y, x, k] > best_p:

@@ -210,14 +210,15 @@ def classify_folder(folder, model, mode: str, cfg: BenchmarkConfig):
     """
     from types import SimpleNamespace
 
-    from ..infer import classify_scan, vote_cells
+    from ..infer import classify_scan, vote_cells, weights_mode_for
     from ..io import load
     from ..models import load_model
 
     ds = load(folder)
     labels = np.load(Path(folder) / "labels.npy", allow_pickle=False).reshape(ds.scan_shape)
-    vote = mode == "cell" and cfg.cell_method != "mean"
-    m = load_model(model, mode="pattern" if vote else mode, device="cpu")
+    weights_mode = weights_mode_for(mode, cfg.cell_method)
+    vote = weights_mode != mode
+    m = load_model(model, mode=weights_mode, device="cpu")
     res = classify_scan(ds, model=m, mode="pattern", roi=labels >= 0, device=cfg.device,
                         batch_size=cfg.batch_size, anomaly=False, tta=cfg.tta)
     if not vote:
@@ -527,6 +528,7 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
     ``per_pattern`` (a dict, or None) collects the ideal predictions for the thickness/position/tilt analyses,
     which describe the first test folder only (pooling simulations of different setups would blur them).
     """
+    from ..infer import weights_mode_for
     from .testsets import apply_corruption, pick_cells, pick_patterns, write_testset
 
     modes_needed = sorted({m for e in models for m in e["modes"]})
@@ -547,7 +549,8 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
         rows = pick_cells(src, window, cfg.n_cells, rng)
         if len(rows):
             cells = src.read_rows(rows)  # (cells, probe positions, ky, kx)
-            vote = cfg.cell_method != "mean"  # every pattern of the cell is kept (and corrupted on its own)
+            # a vote keeps every pattern of the cell (each corrupted on its own); "mean" their average
+            vote = weights_mode_for("cell", cfg.cell_method) == "pattern"
             picks["cell"] = (cells if vote else cells.mean(axis=1), src.labels[rows, 0], {
                 "thickness_nm": None if src.thickness is None else src.thickness[rows, 0],
                 "tilt_mrad": None if src.tilt_mrad is None else src.tilt_mrad[rows, 0]}, 1 if vote else n_pos)
@@ -584,7 +587,7 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
                     r = result if result is not None else classify_folder(folder, e["name"], input_mode, cfg)[0]
                     per_pattern.setdefault((e["name"], input_mode), []).append((labels, meta, r))
                 if kind == "ideal" and primary:
-                    weights_mode = "pattern" if (input_mode == "cell" and cfg.cell_method != "mean") else input_mode
+                    weights_mode = weights_mode_for(input_mode, cfg.cell_method)
                     flat = frames.reshape((-1,) + frames.shape[-2:])
                     sp = measure_speed(e["name"], weights_mode, flat[: cfg.batch_size], src.calibration, cfg)
                     sp.update(model=e["name"], mode=input_mode, end_to_end_per_s=res.get("patterns_per_s"))

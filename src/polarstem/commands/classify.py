@@ -16,16 +16,7 @@ def register(sub) -> None:
     add_navigation_shape(p)
     p.add_argument("--model", default=None, help="registered model name (see `polarstem models`; default: the best)")
     p.add_argument("--mode", choices=["auto", "pattern", "cell"], default="auto")
-    p.add_argument("--cell-method", choices=["vote", "vote-centred", "mean"], default="vote",
-                   help="cell mode: vote the pattern model over the most consistent cell window containing each "
-                        "position (default), over the centred window, or classify the window's mean")
-    p.add_argument("--tta", type=int, nargs="?", const=8, default=None, choices=[1, 2, 4, 8], metavar="N",
-                   help="symmetry averaging: 1 (off), 2 (each pattern and its 180° rotation, 2x time), 4 or 8 "
-                        "(all square-symmetry images, 8x time; `--tta` alone); default: 8, or 2 for more than "
-                        "20,000 patterns on a CPU")
-    p.add_argument("--keep-wall-bands", action="store_true",
-                   help="cell mode: keep the thin bands of the in-between direction the model reports on domain "
-                        "walls (default: give them to the adjacent domains, docs/classify.md)")
+    add_cell_options(p)
     p.add_argument("--roi", help="boolean .npy mask (scan_rows, scan_cols) of the positions to classify")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--batch-size", type=int)
@@ -45,6 +36,20 @@ def register(sub) -> None:
     p.add_argument("--model", default=None, help="model (default: the best shipped model)")
     p.add_argument("--no-screenshot", action="store_true")
     p.set_defaults(func=demo)
+
+
+def add_cell_options(parser) -> None:
+    """The options of how a scan is classified that ``classify`` and ``evaluate`` share."""
+    parser.add_argument("--cell-method", choices=["vote", "vote-centred", "mean"], default="vote",
+                        help="cell mode: vote the pattern model over the most consistent cell window containing "
+                             "each position (default), over the centred window, or classify the window's mean")
+    parser.add_argument("--tta", type=int, nargs="?", const=8, default=None, choices=[1, 2, 4, 8], metavar="N",
+                        help="symmetry averaging: 1 (off), 2 (each pattern and its 180° rotation, 2x time), 4 or 8 "
+                             "(all square-symmetry images, 8x time; `--tta` alone); default: 8, or 2 for more "
+                             "than 20,000 patterns on a CPU")
+    parser.add_argument("--keep-wall-bands", action="store_true",
+                        help="cell mode: keep the thin bands of the in-between direction the model reports on "
+                             "domain walls (default: give them to the adjacent domains, docs/classify.md)")
 
 
 def load_roi(path: str, scan_shape) -> np.ndarray:
@@ -73,7 +78,7 @@ def run_classification(file, output, model=None, mode="auto", roi=None, device="
 
     from ..acquisition import default_model
     from ..export import export_result, load_checkpoint, remove_checkpoint, save_checkpoint
-    from ..infer import classify_scan, file_sha256
+    from ..infer import classify_scan, file_sha256, weights_mode_for
     from ..io import load
     from ..models import read_card
 
@@ -102,8 +107,7 @@ def run_classification(file, output, model=None, mode="auto", roi=None, device="
 
     if previous is not None:
         try:
-            weights_mode = "pattern" if (previous.mode == "cell" and cell_method != "mean") else previous.mode
-            previous.model_sha256 = read_card(model, weights_mode).get("sha256", "")
+            previous.model_sha256 = read_card(model, weights_mode_for(previous.mode, cell_method)).get("sha256", "")
         except Exception:  # noqa: BLE001 - an unknown model is reported by classify_scan below
             pass
     result = classify_scan(ds, model=model, mode=mode if previous is None else previous.mode, roi=roi_mask,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from .classify import add_cell_options
+
 
 def register(sub) -> None:
     p = sub.add_parser("models", help="list the pretrained models and their cards")
@@ -28,14 +30,7 @@ def register(sub) -> None:
     p.add_argument("--defects", help="defects.npy (bool): adds anomaly_auc and accuracy_outside_defects")
     p.add_argument("--model", default=None, help="registered model name (default: the best, as classify uses)")
     p.add_argument("--mode", default="pattern", choices=["pattern", "cell", "auto"])
-    p.add_argument("--cell-method", choices=["vote", "vote-centred", "mean"], default="vote",
-                   help="cell mode: vote the pattern model over the most consistent cell window containing each "
-                        "position (default), over the centred window, or classify the window's mean")
-    p.add_argument("--tta", type=int, nargs="?", const=8, default=None, choices=[1, 2, 4, 8], metavar="N",
-                   help="symmetry averaging: 1 (off), 2 (pattern + 180° rotation), 4, 8 (`--tta` alone); "
-                        "default: 8, or 2 for more than 20,000 patterns on a CPU")
-    p.add_argument("--keep-wall-bands", action="store_true",
-                   help="cell mode: keep the in-between direction the model reports on domain walls")
+    add_cell_options(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_evaluate)

@@ -158,3 +158,24 @@ def test_wall_bands_of_the_bisecting_direction_go_to_the_adjacent_domains():
     flip = np.where(classes == 3, 5, classes).astype(np.int8)
     flip[11:13] = 3
     assert not assign_wall_bands(flip, proba, valid, (3, 3))[1].any()
+
+
+def test_edge_bands_go_to_the_domain_beside_them_within_90_degrees():
+    """A wall along the scan border has its far domain outside the scan: a thin band at the border
+    whose direction is within 90° of the domain beside it is that wall; farther directions, and
+    the same band away from the border, stay."""
+    from polarstem.walls import assign_wall_bands
+
+    h, w = 24, 24
+    proba = np.full((h, w, 8), 0.05, np.float32)
+    proba[..., 1] = 0.6
+    valid = np.ones((h, w), bool)
+    for band, moved in ((2, True), (0, True), (7, True), (3, True), (5, False), (4, False)):
+        classes = np.full((h, w), 1, np.int8)
+        classes[0] = band  # 45°, 45°, 90°, 90°: walls; 180°, 135°: not
+        out, changed = assign_wall_bands(classes, proba, valid, (3, 3))
+        assert changed[0].all() == moved and changed[1:].sum() == 0, band
+        assert (out[0] == (1 if moved else band)).all()
+    inner = np.full((h, w), 1, np.int8)
+    inner[12] = 2  # inside the scan with one domain on both sides: not a wall band
+    assert not assign_wall_bands(inner, proba, valid, (3, 3))[1].any()

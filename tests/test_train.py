@@ -174,3 +174,24 @@ def test_probe_positions_are_rebuilt_for_arrays_cached_without_them(tmp_path, ca
     np.savez(cached, **old)
     again = train.build_arrays(sim, "pattern", grid, 2, train.DEFAULT_AUGMENT, 0, progress=False)
     assert np.array_equal(again["probe"], fresh["probe"]) and np.isfinite(fresh["probe"]).all()
+
+
+def test_warm_start_keeps_a_prototype_nets_trained_prototypes(tmp_path):
+    """Continuing a prototype run must not reset its prototypes to class means; a plain start must."""
+    import torch
+
+    from polarstem.models.nets import create_model
+
+    proto = {"per_class": 2, "scale": 16.0}
+    donor = create_model("cnn", prototype=proto)
+    with torch.no_grad():
+        donor.head.prototypes.copy_(torch.arange(donor.head.prototypes.numel(), dtype=torch.float32)
+                                    .reshape(donor.head.prototypes.shape))
+    path = tmp_path / "donor.safetensors"
+    train._save_state_dict(donor, path)
+    net = create_model("cnn", prototype=proto)
+    assert train._warm_start(net, str(path), "pattern", log=lambda *_: None) is True
+    assert torch.equal(net.head.prototypes, donor.head.prototypes)
+    plain = tmp_path / "plain.safetensors"
+    train._save_state_dict(create_model("cnn"), plain)
+    assert train._warm_start(create_model("cnn", prototype=proto), str(plain), "pattern", log=lambda *_: None) is False

@@ -579,8 +579,7 @@ def train_network(cfg: TrainConfig, mode: str, arrays: dict, generators: dict, p
     device = torch.device(cfg.device)
     ckdir = CACHE / "train" / f"{cfg.name}-{mode}"
     ckdir.mkdir(parents=True, exist_ok=True)
-    if cfg.warm_start:
-        _warm_start(net, cfg.warm_start, mode, log)
+    warm_prototypes = bool(cfg.warm_start) and _warm_start(net, cfg.warm_start, mode, log)
     net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     epochs = cfg.epochs if mode == "pattern" else cfg.cell_epochs
@@ -601,7 +600,7 @@ def train_network(cfg: TrainConfig, mode: str, arrays: dict, generators: dict, p
             state = json.loads(saved["state"])
             resumed = True
             log(f"resumed {cfg.name}/{mode} at step {state['step']}")
-    if cfg.prototype and not resumed:  # (a stale checkpoint of another run must not skip this)
+    if cfg.prototype and not resumed and not warm_prototypes:  # (a stale checkpoint must not skip this)
         z = _embed_numpy(net, x[tr_idx[:4000]], device)
         init_prototypes(net, z, y[tr_idx[:4000]], cfg.seed)
     val_check = val_idx if len(val_idx) <= 4000 else np.random.default_rng(cfg.seed).choice(val_idx, 4000, replace=False)
@@ -718,8 +717,11 @@ def _save_state_dict(net, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _warm_start(net, name: str, mode: str, log) -> None:
-    """Start from a shipped network's weights (a prototype net takes the plain net's backbone)."""
+def _warm_start(net, name: str, mode: str, log) -> bool:
+    """Start from a shipped network's weights (a prototype net takes the plain net's backbone).
+
+    Returns True when the weights brought trained prototypes along (a prototype net continued), so
+    that they are not re-initialised from class means."""
     from safetensors.torch import load_file
 
     from .models.registry import verified_weights_path
@@ -733,16 +735,19 @@ def _warm_start(net, name: str, mode: str, log) -> None:
             path = verified_weights_path(name, mode)
         except PolarstemError as exc:
             log(f"no warm start ({exc})")
-            return
+            return False
     state = load_file(str(path), device="cpu")
+    has_prototypes = False
     if hasattr(net, "base") and any(k.startswith("base.") for k in state):  # a prototype net, prototypes too
         missing, _ = net.load_state_dict(state, strict=False)
+        has_prototypes = not any(k.startswith("head.") for k in missing)
     elif hasattr(net, "base"):  # prototype net: the plain net's backbone and neck, not its linear head
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         missing, _ = net.base.load_state_dict(state, strict=False)
     else:  # fine-tuning a plain net (e.g. on more data)
         missing, _ = net.load_state_dict(state, strict=False)
     log(f"warm start from {name}/{mode} ({len(state)} tensors, missing {len(missing)})")
+    return has_prototypes
 
 
 def _batched_numpy(fn, x, device, batch: int, width: int) -> np.ndarray:

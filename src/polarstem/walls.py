@@ -11,7 +11,14 @@ A band qualifies only when all of this holds: it is thinner than a unit cell (an
 cell-sized square removes it), the two domains within one cell of it are real domains (connected
 regions of at least two cells that are not thin themselves), and the band's direction lies within
 30° of the sum of the two domains' directions. A thin region that is not between two such domains
-(a defect, a real narrow domain at the scan edge) is left alone.
+(a defect, a band of an unrelated direction, a 180° wall) is left alone.
+
+At the scan edge the far domain of a wall may lie outside the scan (a wall along the border, as the
+periodic supercell of a simulation puts there, or a scan that stops at a wall). An *edge band* (a thin
+region lying wholly within one cell of the border, with one real domain beside it and no other) goes to that domain when
+its direction is within 90° of the band's: the band's direction is then the sum of that domain's
+and an unseen one's. Bands more than 90° from every domain beside them stay. A real domain thinner
+than one cell at the border is below what cell windows resolve anyway.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from .classes import CLASS_DIRECTIONS
 
 #: How far (degrees) a band's direction may lie from the sum of its two domains' directions.
 BISECTOR_TOLERANCE_DEG = 30.0
+#: An edge band's direction may lie at most this far (degrees) from the domain it is given to.
+EDGE_TOLERANCE_DEG = 90.0
 #: A domain covers at least this many unit cells.
 DOMAIN_CELLS = 2
 
@@ -53,7 +62,8 @@ def assign_wall_bands(classes: np.ndarray, proba: np.ndarray, valid: np.ndarray,
     """(new class map, mask of the reassigned positions) for a cell-mode ``classes`` map.
 
     ``proba`` (H, W, 8) are the positions' pooled probabilities: a band position goes to whichever of
-    its two domains' classes it gives the higher probability. ``window`` is the cell window (px).
+    its two domains' classes it gives the higher probability (an edge band: of the domains beside it
+    within 90°). ``window`` is the cell window (px).
     """
     from scipy import ndimage
 
@@ -66,9 +76,19 @@ def assign_wall_bands(classes: np.ndarray, proba: np.ndarray, valid: np.ndarray,
         m = (classes == k) & valid
         thin |= m & ~ndimage.binary_opening(m, structure=square)
     domain = domains(classes, valid, (wy, wx)) & ~thin
+    edge_zone = np.ones(classes.shape, bool)
+    edge_zone[wy:-wy, wx:-wx] = False
+    edge_band = np.zeros(classes.shape, bool)  # thin regions lying wholly within one cell of the border
+    for k in np.unique(classes[thin]):
+        lab, n = ndimage.label(thin & (classes == k), structure=np.ones((3, 3), bool))
+        inside = np.bincount(lab[~edge_zone], minlength=n + 1)
+        whole = inside == 0
+        whole[0] = False
+        edge_band |= whole[lab]
     out = classes.copy()
     changed = np.zeros(classes.shape, bool)
     cos_tol = np.cos(np.deg2rad(BISECTOR_TOLERANCE_DEG))
+    cos_edge = np.cos(np.deg2rad(EDGE_TOLERANCE_DEG)) - 1e-9
     h, w = classes.shape
     for y, x in zip(*np.nonzero(thin)):
         ys, xs = slice(max(0, y - wy), min(h, y + wy + 1)), slice(max(0, x - wx), min(w, x + wx + 1))
@@ -85,6 +105,10 @@ def assign_wall_bands(classes: np.ndarray, proba: np.ndarray, valid: np.ndarray,
                 for k in (a, b):
                     if proba[y, x, k] > best_p:
                         best, best_p = k, float(proba[y, x, k])
+        if best is None and edge_band[y, x] and len(near) == 1:  # the wall's other domain is outside the scan
+            for a in near:
+                if float(CLASS_DIRECTIONS[a] @ CLASS_DIRECTIONS[own]) >= cos_edge and proba[y, x, a] > best_p:
+                    best, best_p = a, float(proba[y, x, a])
         if best is not None:
             out[y, x] = best
             changed[y, x] = True

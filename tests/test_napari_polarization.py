@@ -122,3 +122,24 @@ def test_napari_writer_saves_the_maps_folder(qtbot, viewer_and_widget, tmp_path)
     cls, meta = read_map(tmp_path / "saved" / "class.tif")
     np.testing.assert_array_equal(cls, widget.result.classes)
     assert (tmp_path / "saved" / "maps.hspy").exists()
+
+
+def test_wall_bands_checkbox_reaches_the_classification(qtbot, make_napari_viewer):
+    """Cell mode on the sample scan: the checkbox (on by default) decides whether wall bands are given
+    to their domains, and the provenance says which; unticked, the map is the model's raw one."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-polarstem", "knn_scan")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-polarstem", "Polarization map")
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData(SHIPPED[0]))
+    widget.mode_combo.setCurrentText("cell")
+    widget.tta_combo.setCurrentIndex(widget.tta_combo.findData(1))
+    assert widget.walls_check.isChecked()
+    _run_and_wait(qtbot, widget)
+    assigned = widget.result
+    assert assigned.params["wall_bands"] == "assigned"
+    widget.walls_check.setChecked(False)
+    _run_and_wait(qtbot, widget)
+    raw = widget.result
+    assert raw.params["wall_bands"] == "kept"
+    changed = assigned.classes != raw.classes
+    assert changed.sum() == assigned.params["wall_band_positions"]

@@ -28,7 +28,7 @@ class ClassifyDone:
 
 def classify_updates(dataset, model: str, mode: str, roi: np.ndarray | None, device: str,
                      cancel: threading.Event, partial_every: float = 1.0, chunk_bytes: int | None = None,
-                     tta: int | None = None):
+                     tta: int | None = None, wall_bands: bool = True):
     """Generator for ``thread_worker``: runs :func:`~polarstem.infer.classify_scan` and yields updates."""
     from ..infer import classify_scan
 
@@ -44,7 +44,7 @@ def classify_updates(dataset, model: str, mode: str, roi: np.ndarray | None, dev
         kw = {"chunk_bytes": chunk_bytes} if chunk_bytes else {}
         result = classify_scan(dataset, model=model, mode=mode, roi=roi, device=device, cancel=cancel,
                                progress=lambda d, t: emit(Progress("classify", d, t)), on_block=on_block, tta=tta,
-                               **kw)
+                               wall_bands=wall_bands, **kw)
         emit(ClassifyDone(result))
 
     yield from stream_job(job)  # a generator function, so thread_worker makes a GeneratorWorker

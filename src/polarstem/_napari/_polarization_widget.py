@@ -102,6 +102,11 @@ class PolarizationMapWidget(QWidget):
             self.tta_combo.addItem(text, n)
         self.tta_combo.setToolTip("average every pattern's prediction over square-symmetry images of it: "
                                   "slower, more accurate")
+        self.walls_check = QCheckBox("give wall bands to their domains (cell mode)")
+        self.walls_check.setChecked(True)
+        self.walls_check.setToolTip("a probe on a domain wall sees both domains and reads as their sum's "
+                                    "direction: thin bands of it between domains (or along the scan edge) "
+                                    "go to the adjacent domain; untick to see the model's raw map")
         self.roi_check = QCheckBox("use ROIs from Shapes layer")
         self.roi_combo = QComboBox()
         self.run_button = QPushButton("Run")
@@ -127,6 +132,7 @@ class PolarizationMapWidget(QWidget):
         form.addRow("mode", self.mode_combo)
         form.addRow("device", self.device_combo)
         form.addRow("symmetry averaging", self.tta_combo)
+        form.addRow("", self.walls_check)
         form.addRow(self.roi_check, self.roi_combo)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -268,7 +274,8 @@ class PolarizationMapWidget(QWidget):
         self._progress = progress(total=0, desc=f"polarization map ({name})")
         worker = thread_worker(classify_updates, start_thread=False)(
             dataset, name, self.mode_combo.currentText(), roi, self.device_combo.currentText(), self._cancel,
-            chunk_bytes=self.chunk_bytes, tta=int(self.tta_combo.currentData()) or None)
+            chunk_bytes=self.chunk_bytes, tta=int(self.tta_combo.currentData()) or None,
+            wall_bands=self.walls_check.isChecked())
         worker.yielded.connect(self._on_update)
         worker.finished.connect(self._on_finished)
         self._worker = worker

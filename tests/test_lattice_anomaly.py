@@ -179,3 +179,20 @@ def test_edge_bands_go_to_the_domain_beside_them_within_90_degrees():
     inner = np.full((h, w), 1, np.int8)
     inner[12] = 2  # inside the scan with one domain on both sides: not a wall band
     assert not assign_wall_bands(inner, proba, valid, (3, 3))[1].any()
+
+
+def test_a_wall_band_one_cell_thick_still_goes_but_a_thicker_domain_stays():
+    """Bands up to one cell (3 positions at 3 steps per cell) are walls; 4 positions is a domain."""
+    from polarstem.walls import assign_wall_bands
+
+    h, w = 30, 24
+    proba = np.full((h, w, 8), 0.05, np.float32)
+    proba[:15, :, 1] = 0.6
+    proba[15:, :, 3] = 0.6
+    valid = np.ones((h, w), bool)
+    for rows, moved in ((3, True), (4, False)):
+        classes = np.full((h, w), 1, np.int8)
+        classes[15:] = 3
+        classes[14:14 + rows] = 2
+        out, changed = assign_wall_bands(classes, proba, valid, (3, 3))
+        assert changed[14:14 + rows].all() == moved and changed.sum() == (rows * w if moved else 0), rows

@@ -3,22 +3,22 @@
 A probe on a wall between two domains sees both: its pattern, and every cell window that holds it,
 looks like the *sum* of the two projected polarizations. At the wall between a [110] (class 1) and a
 [-110] (class 3) domain the model therefore reports [010] (class 2), the bisecting direction, in a
-band one or two scan positions thick (measured on validation scan B: whole wall rows came out as
-class 2; docs/classify.md). Such a band is the wall, not a domain: :func:`assign_wall_bands` gives
+band one to three scan positions (up to a cell) thick (measured on validation scan B: whole wall
+rows came out as class 2; docs/classify.md). Such a band is the wall, not a domain: :func:`assign_wall_bands` gives
 each of its positions to the adjacent domain the position's own vote favours.
 
-A band qualifies only when all of this holds: it is thinner than a unit cell (an opening with a
-cell-sized square removes it), the two domains within one cell of it are real domains (connected
+A band qualifies only when all of this holds: it is at most one unit cell thick (an opening with a
+square one position larger than the cell removes it), the two domains within one cell of it are real domains (connected
 regions of at least two cells that are not thin themselves), and the band's direction lies within
 30° of the sum of the two domains' directions. A thin region that is not between two such domains
 (a defect, a band of an unrelated direction, a 180° wall) is left alone.
 
 At the scan edge the far domain of a wall may lie outside the scan (a wall along the border, as the
 periodic supercell of a simulation puts there, or a scan that stops at a wall). An *edge band* (a thin
-region lying wholly within one cell of the border, with one real domain beside it and no other) goes to that domain when
-its direction is within 90° of the band's: the band's direction is then the sum of that domain's
-and an unseen one's. Bands more than 90° from every domain beside them stay. A real domain thinner
-than one cell at the border is below what cell windows resolve anyway.
+region lying wholly within one cell of the border, with one real domain beside it and no other)
+goes to that domain when its direction is within 90° of the band's: the band's direction is then the sum of that domain's
+and an unseen one's. Bands more than 90° from every domain beside them stay. A real domain at most
+one cell thick is at the limit of what cell windows resolve anyway.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ BISECTOR_TOLERANCE_DEG = 30.0
 EDGE_TOLERANCE_DEG = 90.0
 #: A domain covers at least this many unit cells.
 DOMAIN_CELLS = 2
+#: A band is thin when an opening with a square of (cell + THICK_EXTRA) px removes it: at most one
+#: cell thick (a wall's mixed zone spans the windows that straddle it, up to a cell; measured: the
+#: bisecting band at scan B's 1|3 wall came out three positions, one cell, thick for one network).
+THICK_EXTRA = 1
 
 
 def domains(classes: np.ndarray, valid: np.ndarray, window: tuple[int, int], score: np.ndarray | None = None,
@@ -70,7 +74,7 @@ def assign_wall_bands(classes: np.ndarray, proba: np.ndarray, valid: np.ndarray,
     classes = np.asarray(classes)
     valid = np.asarray(valid, bool) & (classes >= 0)
     wy, wx = max(2, int(window[0])), max(2, int(window[1]))
-    square = np.ones((wy, wx), bool)
+    square = np.ones((wy + THICK_EXTRA, wx + THICK_EXTRA), bool)
     thin = np.zeros(classes.shape, bool)
     for k in np.unique(classes[valid]):
         m = (classes == k) & valid

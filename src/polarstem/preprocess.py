@@ -239,9 +239,10 @@ def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: 
     med_r = float(np.median(radius[radius > 0])) if (radius > 0).any() else None
     mrad = resolve_mrad_per_px(calibration, med_r)
     x = resample(f, centers, mrad, grid.size, grid.mrad_per_px)
-    info = informative_mask(f, x, finite, totals, radius * mrad, grid.mrad_per_px, integer_like, calibration)
+    info, usable = informative_mask(f, x, finite, totals, radius * mrad, grid.mrad_per_px, integer_like,
+                                    calibration, return_usable=True)
     x = normalize(x, grid.intensity)
-    x[~info] = 0.0
+    x[~usable] = 0.0  # broken inputs only: a low-contrast ("featureless") pattern keeps its data
     if return_info:
         return x, info, {"centers": centers, "radius_mrad": radius * mrad, "totals": totals, "mrad_per_px": mrad}
     return x, info
@@ -249,12 +250,18 @@ def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: 
 
 def informative_mask(frames: np.ndarray, resampled: np.ndarray, finite: np.ndarray, totals: np.ndarray,
                      radius_mrad: np.ndarray, grid_mrad_per_px: float, integer_like: bool = False, calibration=None,
-                     min_counts: float = 500.0) -> np.ndarray:
+                     min_counts: float = 500.0, return_usable: bool = False):
     """True where a pattern carries enough information to classify.
 
     False for: any NaN/inf; no intensity; fewer than ``min_counts`` electrons (counting data only);
     no bright-field disk of plausible size (radius 0.5-1.5x the convergence angle); featureless
     (the disk is less than 1.3x brighter than a ring just outside it on the canonical grid).
+
+    With ``return_usable`` also the mask without the featureless test: :func:`preprocess` zeroes
+    only the inputs that are not usable (broken, empty, no disk). A featureless pattern keeps its
+    data and is only flagged (cell votes leave it out): measured on 900 random held-out single
+    patterns, `resnet` classifies the 12 % flagged featureless 0.81 right from their data, against
+    0.07 from a zeroed input (docs/models.md).
     """
     n = len(frames)
     ok = finite.copy() & (totals > 0)
@@ -274,5 +281,6 @@ def informative_mask(frames: np.ndarray, resampled: np.ndarray, finite: np.ndarr
         m_in = (resampled * inner).sum(axis=(1, 2)) / inner.sum(axis=(1, 2))
         m_ring = (resampled * ring).sum(axis=(1, 2)) / ring.sum(axis=(1, 2))
         ratio = np.where(ring.any(axis=(1, 2)), m_in / np.maximum(m_ring, 1e-12), np.inf)
+    usable = ok.copy()
     ok &= np.nan_to_num(ratio, nan=0.0) > 1.3
-    return ok
+    return (ok, usable) if return_usable else ok

@@ -4,21 +4,22 @@ A probe on a wall between two domains sees both: its pattern, and every cell win
 looks like the *sum* of the two projected polarizations. At the wall between a [110] (class 1) and a
 [-110] (class 3) domain the model therefore reports [010] (class 2), the bisecting direction, in a
 band one to three scan positions (up to a cell) thick (measured on validation scan B: whole wall
-rows came out as class 2; docs/classify.md). Such a band is the wall, not a domain: :func:`assign_wall_bands` gives
-each of its positions to the adjacent domain the position's own vote favours.
+rows came out as class 2; docs/classify.md). Such a band is the wall, not a domain:
+:func:`assign_wall_bands` gives each of its positions to the adjacent domain the position's own
+vote favours.
 
 A band qualifies only when all of this holds: it is at most one unit cell thick (an opening with a
-square one position larger than the cell removes it), the two domains within one cell of it are real domains (connected
-regions of at least two cells that are not thin themselves), and the band's direction lies within
-30° of the sum of the two domains' directions. A thin region that is not between two such domains
-(a defect, a band of an unrelated direction, a 180° wall) is left alone.
+square one position larger than the cell removes it), the two domains within one cell of it are
+real domains (connected regions of at least two cells that are not thin themselves), and the band's
+direction lies within 30° of the sum of the two domains' directions. A thin region that is not
+between two such domains (a defect, a band of an unrelated direction, a 180° wall) is left alone.
 
 At the scan edge the far domain of a wall may lie outside the scan (a wall along the border, as the
-periodic supercell of a simulation puts there, or a scan that stops at a wall). An *edge band* (a thin
-region lying wholly within one cell of the border, with one real domain beside it and no other)
-goes to that domain when its direction is within 90° of the band's: the band's direction is then the sum of that domain's
-and an unseen one's. Bands more than 90° from every domain beside them stay. A real domain at most
-one cell thick is at the limit of what cell windows resolve anyway.
+periodic supercell of a simulation puts there, or a scan that stops at a wall). An *edge band* (a
+thin region lying wholly within one cell of the border, with one real domain beside it and no
+other) goes to that domain when its direction is within 90° of the band's: the band's direction is
+then the sum of that domain's and an unseen one's. Bands more than 90° from every domain beside
+them stay. A real domain at most one cell thick is at the limit of what cell windows resolve anyway.
 """
 
 from __future__ import annotations
@@ -110,9 +111,8 @@ def assign_wall_bands(classes: np.ndarray, proba: np.ndarray, valid: np.ndarray,
                     if proba[y, x, k] > best_p:
                         best, best_p = k, float(proba[y, x, k])
         if best is None and edge_band[y, x] and len(near) == 1:  # the wall's other domain is outside the scan
-            for a in near:
-                if float(CLASS_DIRECTIONS[a] @ CLASS_DIRECTIONS[own]) >= cos_edge and proba[y, x, a] > best_p:
-                    best, best_p = a, float(proba[y, x, a])
+            if float(CLASS_DIRECTIONS[near[0]] @ CLASS_DIRECTIONS[own]) >= cos_edge:
+                best = near[0]
         if best is not None:
             out[y, x] = best
             changed[y, x] = True

@@ -135,11 +135,12 @@ def test_resume_after_interruption_equals_a_full_run(scan, model, tmp_path):
 
 
 def _manual_vote(pattern_result, window):
-    """Mean log-probability over each window (zeros beyond the scan, normalised by the count), softmax."""
+    """Mean log-probability of the usable patterns over each window (zeros beyond the scan, normalised
+    by the count), softmax."""
     from scipy import ndimage
 
-    logp = np.log(np.clip(pattern_result.proba, 1e-6, 1.0)) * pattern_result.informative[..., None]
-    n = ndimage.uniform_filter(pattern_result.informative.astype(np.float32), size=window, mode="constant")
+    logp = np.log(np.clip(pattern_result.proba, 1e-6, 1.0)) * pattern_result.usable[..., None]
+    n = ndimage.uniform_filter(pattern_result.usable.astype(np.float32), size=window, mode="constant")
     s = ndimage.uniform_filter(logp.astype(np.float32), size=window + (1,), mode="constant")
     m = s / np.maximum(n, 1e-6)[..., None]
     p = np.exp(m - m.max(axis=-1, keepdims=True))
@@ -171,8 +172,8 @@ def test_cell_vote_pools_the_pattern_predictions_of_each_window(scan, model):
 def _manual_edge_vote(pattern_result, window):
     """Per position: among the windows containing it (at least half full, or its own), the one whose
     mean log-probability of its leading class is highest; plain loops, no shared code."""
-    logp = np.log(np.clip(pattern_result.proba, 1e-6, 1.0)) * pattern_result.informative[..., None]
-    ok = pattern_result.informative.astype(float)
+    logp = np.log(np.clip(pattern_result.proba, 1e-6, 1.0)) * pattern_result.usable[..., None]
+    ok = pattern_result.usable.astype(float)
     h, w = ok.shape
     wy, wx = window
 
@@ -216,6 +217,32 @@ def test_edge_preserving_vote_picks_the_most_consistent_window(scan, model):
     roi[3:6, 2:9] = True
     part = classify_scan(load(scan), model=model, mode="cell", device="cpu", lattice=lat, roi=roi)
     np.testing.assert_allclose(part.proba[roi], vote.proba[roi], atol=2e-5)
+
+
+def test_featureless_patterns_vote_but_broken_ones_do_not(tmp_path, model):
+    """A low-contrast ("featureless") pattern keeps its data and votes in its cell window (it is
+    classified 0.81 right on held-out data); a broken one (no counts) does not. The filter map flags
+    both; a window holding only featureless patterns is flagged uninformative but still voted."""
+    from polarstem.lattice import Lattice
+
+    frames = disk_patterns(shape=(9, 9)).astype(np.float32)
+    yy, xx = np.indices(frames.shape[2:])
+    faint = 20.0 * (np.hypot(yy - 32, xx - 32) < 64 / 6) + 130.0  # a disk only 1.15x brighter than around it
+    frames[0:3, 0:3] = np.random.default_rng(1).poisson(faint, (3, 3) + faint.shape)
+    frames[6, 6] = 0.0  # broken: empty
+    np.save(tmp_path / "scan.npy", frames.astype(np.uint16))
+    (tmp_path / "scan.json").write_text(json.dumps({"scan_step_nm": 0.1, "mrad_per_px": 1.2, "beam_energy_kev": 200,
+                                                   "convergence_mrad": 20}))
+    lat = Lattice(period=(3.0, 3.0))
+    pat = classify_scan(load(tmp_path / "scan.npy"), model=model, mode="pattern", device="cpu", lattice=lat)
+    assert not pat.informative[0:3, 0:3].any() and pat.usable[0:3, 0:3].all()
+    assert not pat.informative[6, 6] and not pat.usable[6, 6]
+    assert pat.informative.sum() == pat.usable.sum() - 9 == 81 - 10
+    cell = classify_scan(load(tmp_path / "scan.npy"), model=model, mode="cell", device="cpu", lattice=lat,
+                         cell_method="vote-centred", wall_bands=False)
+    np.testing.assert_allclose(cell.proba, _manual_vote(pat, lat.window), atol=2e-5)
+    assert not cell.informative[1, 1] and cell.informative[2, 2]  # (2, 2)'s window reaches informative ones
+    assert np.isfinite(cell.proba[1, 1]).all() and cell.done.all()
 
 
 def test_edge_preserving_vote_keeps_a_domain_wall_sharp():

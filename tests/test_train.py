@@ -195,3 +195,44 @@ def test_warm_start_keeps_a_prototype_nets_trained_prototypes(tmp_path):
     plain = tmp_path / "plain.safetensors"
     train._save_state_dict(create_model("cnn"), plain)
     assert train._warm_start(create_model("cnn", prototype=proto), str(plain), "pattern", log=lambda *_: None) is False
+
+
+def test_copy_partners_pair_each_ideal_input_with_its_corrupted_version(tmp_path, cache):
+    root = tmp_path / "sim"
+    train.write_synthetic_simset(root, n_structures=40, n_positions=8, thicknesses=(6, 12), det_px=40)  # > one 512 chunk
+    sim = train.load_simset(root)
+    grid = train.InputGrid.from_dict({"size": 32, "mrad_per_px": 2.0, "intensity": "sqrt"})
+    arrays = train.build_arrays(sim, "pattern", grid, 2, train.DEFAULT_AUGMENT, 0, progress=False)
+    partner = train.copy_partners(arrays["copy"])
+    ideal = arrays["copy"] == 0
+    assert (partner[ideal] >= 0).all() and (partner[~ideal] == -1).all()
+    assert (arrays["copy"][partner[ideal]] == 1).all()
+    # the partner is the same raw pattern: same label, thickness, structure and probe position
+    for k in ("y", "thickness", "group", "probe"):
+        assert np.array_equal(arrays[k][ideal], arrays[k][partner[ideal]], equal_nan=k == "probe"), k
+    assert not np.array_equal(arrays["x"][ideal], arrays["x"][partner[ideal]])  # corrupted differs
+
+
+def test_prototype_consistency_term_trains_for_a_fixed_step_count(simfolder, cache, tmp_path):
+    sim = train.load_simset(simfolder / "train")
+    grid = train.InputGrid.from_dict({"size": 32, "mrad_per_px": 2.0, "intensity": "sqrt"})
+    arrays = train.build_arrays(sim, "pattern", grid, 2, train.DEFAULT_AUGMENT, 0, progress=False)
+    proto = {"per_class": 2, "scale": 16.0}
+    cfg = _cfg(simfolder, tmp_path / "w", copies=2, prototype=proto, consistency=1.0, steps=7, epochs=50, val_every=3)
+    net, history, temp, info = train.train_network(cfg, "pattern", arrays, None, progress=False, log=lambda *_: None)
+    assert history[-1]["step"] == 7 and np.isfinite(history[-1]["loss"])
+    # the term belongs to the prototype regime, and it needs paired views
+    with pytest.raises(train.PolarstemError, match="prototype"):
+        train.train_network(_cfg(simfolder, tmp_path / "w2", consistency=1.0), "pattern", arrays, None,
+                            progress=False, log=lambda *_: None)
+    single = train.build_arrays(sim, "pattern", grid, 1, train.DEFAULT_AUGMENT, 0, progress=False)
+    with pytest.raises(train.PolarstemError, match="copies: 2"):
+        train.train_network(_cfg(simfolder, tmp_path / "w3", prototype=proto, consistency=1.0), "pattern", single,
+                            None, progress=False, log=lambda *_: None)
+    import torch
+
+    from polarstem.models.prototype import assignment_consistency
+
+    z = torch.randn(6, net.embed_dim)
+    assert float(assignment_consistency(net, torch.cat([z[:3], z[:3]]), 3)) < 1e-6  # identical views: no cost
+    assert float(assignment_consistency(net, z, 3)) > 0

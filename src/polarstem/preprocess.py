@@ -207,7 +207,8 @@ def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: 
 
     ``center``: "each" finds the disk in every frame (removes per-pattern descan), "mean" uses the
     disk of the mean frame for all (steadier at very low dose), "calibration" uses
-    ``calibration.detector_center_px``. With ``return_info`` a dict of centres/radii/counts is added.
+    ``calibration.detector_center_px``. With ``return_info`` a dict of centres/radii/counts is added, and
+    ``usable``: the informative mask without the featureless test (what a cell vote may count).
     """
     grid = grid or InputGrid()
     f, finite = _as_float_frames(frames)
@@ -244,7 +245,8 @@ def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: 
     x = normalize(x, grid.intensity)
     x[~usable] = 0.0  # broken inputs only: a low-contrast ("featureless") pattern keeps its data
     if return_info:
-        return x, info, {"centers": centers, "radius_mrad": radius * mrad, "totals": totals, "mrad_per_px": mrad}
+        return x, info, {"centers": centers, "radius_mrad": radius * mrad, "totals": totals, "mrad_per_px": mrad,
+                         "usable": usable}
     return x, info
 
 

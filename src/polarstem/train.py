@@ -75,6 +75,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
     aux_weight: float = 0.0  # > 0: auxiliary regression of probe position and thickness (AUX_TARGETS)
+    consistency: float = 0.0  # > 0 (prototype regime): paired ideal/corrupted views, prototype-assignment term
+    steps: int | None = None  # fixed number of optimiser steps (equal-footing comparisons); else the time budget
     patience: int = 4
     max_minutes: float = 30.0  # time budget of the pattern mode
     cell_max_minutes: float = 8.0
@@ -554,7 +556,7 @@ def train_network(cfg: TrainConfig, mode: str, arrays: dict, generators: dict, p
     import torch.nn.functional as F
 
     from .models.nets import create_model
-    from .models.prototype import init_prototypes, prototype_loss
+    from .models.prototype import assignment_consistency, init_prototypes, prototype_loss
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -572,6 +574,16 @@ def train_network(cfg: TrainConfig, mode: str, arrays: dict, generators: dict, p
     tr_idx, val_idx = np.nonzero(tr)[0], np.nonzero(val)[0]
     if len(tr_idx) == 0:
         raise PolarstemError("no training patterns left after filtering")
+    pool, per_step = tr_idx, cfg.batch_size  # what an epoch permutes, and how many of them one step takes
+    if cfg.consistency > 0:
+        if not cfg.prototype:
+            raise PolarstemError("consistency > 0 is part of the prototype regime: set prototype: {per_class: 4, scale: 16}")
+        partner = copy_partners(arrays["copy"])
+        pool = tr_idx[partner[tr_idx] >= 0]
+        pool = pool[tr[partner[pool]]]  # both views usable and in the training split
+        per_step = max(1, cfg.batch_size // 2)
+        if len(pool) == 0:
+            raise PolarstemError("consistency > 0 needs copies: 2 (an ideal and a corrupted view of each pattern)")
     net = create_model(cfg.arch, prototype=cfg.prototype, **cfg.arch_kwargs)
     base_net = net.base if hasattr(net, "base") else net
     if use_aux and getattr(base_net, "aux", None) is None:
@@ -584,10 +596,10 @@ def train_network(cfg: TrainConfig, mode: str, arrays: dict, generators: dict, p
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     epochs = cfg.epochs if mode == "pattern" else cfg.cell_epochs
     budget_s = 60.0 * (cfg.max_minutes if mode == "pattern" else cfg.cell_max_minutes)
-    steps_per_epoch = max(1, len(tr_idx) // cfg.batch_size)
+    steps_per_epoch = max(1, len(pool) // per_step)
     round_steps = max(1, min(steps_per_epoch, 300))  # validate and checkpoint every round
     # the schedule (warm-up, cosine decay) spans what the time budget allows, measured on the first round
-    state = {"step": 0, "total_steps": epochs * steps_per_epoch, "best_acc": -1.0, "bad_rounds": 0,
+    state = {"step": 0, "total_steps": cfg.steps if cfg.steps else epochs * steps_per_epoch, "best_acc": -1.0, "bad_rounds": 0,
              "history": [], "seconds": 0.0, "order_seed": int(rng.integers(1 << 31))}
     ck = ckdir / "last.pt"
     fp = _run_fingerprint(cfg, mode, arrays)
@@ -621,8 +633,10 @@ def train_network(cfg: TrainConfig, mode: str, arrays: dict, generators: dict, p
         bar = _progress(round_steps * cfg.batch_size, f"{cfg.name}/{mode} step {state['step']}/{state['total_steps']}", progress)
         for _ in range(round_steps):
             epoch, pos = divmod(state["step"], steps_per_epoch)
-            order = np.random.default_rng(state["order_seed"] + epoch).permutation(tr_idx)
-            idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+            order = np.random.default_rng(state["order_seed"] + epoch).permutation(pool)
+            idx = order[pos * per_step:(pos + 1) * per_step]
+            if cfg.consistency > 0:  # ideal views first, then their corrupted partners
+                idx = np.concatenate([idx, partner[idx]])
             brng = np.random.default_rng((state["order_seed"], state["step"]))
             if use_aux:
                 xb, yb, pb = _d4_batch(x[idx].astype(np.float32), y[idx], brng, generators, probe_all[idx])
@@ -636,6 +650,8 @@ def train_network(cfg: TrainConfig, mode: str, arrays: dict, generators: dict, p
             if cfg.prototype:
                 logits = net.head(z)
                 loss = prototype_loss(net, logits, z, yt)
+                if cfg.consistency > 0:
+                    loss = loss + cfg.consistency * assignment_consistency(net, z, len(idx) // 2)
             else:
                 logits = base_net.head(z)
                 loss = F.cross_entropy(logits, yt, label_smoothing=cfg.label_smoothing)
@@ -655,7 +671,7 @@ def train_network(cfg: TrainConfig, mode: str, arrays: dict, generators: dict, p
                 break
         bar.close()
         state["seconds"] += time.time() - t_round
-        if len(state["history"]) == 0 and max_steps is None:
+        if len(state["history"]) == 0 and max_steps is None and not cfg.steps:
             rate = state["step"] / max(state["seconds"], 1e-6)  # steps per second, incl. validation later
             state["total_steps"] = int(min(state["total_steps"], max(round_steps, 0.9 * rate * budget_s)))
             log(f"{cfg.name}/{mode}: {rate * cfg.batch_size:.0f} inputs/s -> {state['total_steps']} steps "
@@ -698,6 +714,21 @@ def _concat_arrays(parts: list[dict]) -> dict:
     offsets = np.cumsum([0] + [int(p["group"].max()) + 1 for p in parts[:-1]])
     out["group"] = np.concatenate([p["group"] + o for p, o in zip(parts, offsets)])
     return out
+
+
+def copy_partners(copy: np.ndarray) -> np.ndarray:
+    """For each copy-0 (ideal) input, the index of its copy-1 (corrupted) version of the same raw pattern; -1
+    elsewhere. :func:`build_arrays` writes each block of raw patterns once per copy, block after block."""
+    copy = np.asarray(copy)
+    partner = np.full(len(copy), -1, np.int64)
+    if len(copy) == 0:
+        return partner
+    change = np.flatnonzero(np.diff(copy)) + 1
+    starts, ends = np.r_[0, change], np.r_[change, len(copy)]
+    for s0, e0, s1, e1 in zip(starts[:-1], ends[:-1], starts[1:], ends[1:]):
+        if copy[s0] == 0 and copy[s1] == 1 and e0 - s0 == e1 - s1:
+            partner[s0:e0] = np.arange(s1, e1)
+    return partner
 
 
 def _bin_centres(thick, idx) -> list:

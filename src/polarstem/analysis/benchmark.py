@@ -224,7 +224,7 @@ def classify_folder(folder, model, mode: str, cfg: BenchmarkConfig):
     if not vote:
         return res, labels
     n = ds.scan_shape[0]
-    proba, informative = vote_cells(np.nan_to_num(res.proba, nan=1.0 / 8), res.informative)
+    proba, informative = vote_cells(np.nan_to_num(res.proba, nan=1.0 / 8), res.informative, res.usable)
     voted = SimpleNamespace(
         classes=np.argmax(proba, axis=1).astype(np.int8)[:, None], confidence=proba.max(axis=1, keepdims=True),
         informative=informative[:, None],

@@ -30,9 +30,9 @@ class BaseModel:
     def input_shape(self) -> tuple[int, int]:
         return (self.grid.size, self.grid.size)
 
-    def preprocess(self, frames, calibration=None, center: str = "each"):
-        """Raw frames (N, ky, kx) -> (float32 (N, H, W), informative mask (N,) bool)."""
-        return preprocess(frames, calibration, self.grid, center=center)
+    def preprocess(self, frames, calibration=None, center: str = "each", return_info: bool = False):
+        """Raw frames (N, ky, kx) -> (float32 (N, H, W), informative mask (N,) bool[, info dict])."""
+        return preprocess(frames, calibration, self.grid, center=center, return_info=return_info)
 
     def to(self, device):
         self.device = str(device)

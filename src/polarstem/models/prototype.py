@@ -12,6 +12,13 @@ Definition used here (precisely):
 * Loss = cross-entropy on s + λ_pull · mean(1 - max_m cos(z, p_ym)) (pull each embedding to its
   nearest own-class prototype: compact classes) + λ_sep · mean over pairs of different-class
   prototypes of max(0, cos(p_km, p_jn) - 0.5)^2 (keep classes apart).
+* Optional paired-view term (``consistency: λ_c`` in a training config, with ``copies: 2``): each
+  batch holds n ideal views and the n corrupted views of the same raw patterns (same symmetry
+  element); with a_m(x) = softmax over all 8·M prototypes of α cos(z, p), the loss adds
+  λ_c · KL(a(x_ideal) ‖ a(x_corrupted)), the ideal view's assignment held fixed (no gradient). The
+  corrupted view must land not only in the right class but at the same sub-prototype (the same
+  probe-position / thickness mode) as its clean version: the prototypes become the anchors that
+  tie detector artefacts to the physics.
 * Prototypes are initialised from the class-mean embeddings of the plain-trained network, perturbed,
   when a warm start is given; otherwise at random.
 * The prototype distance d(x) = 1 - max_m cos(z, p_ŷm) of the predicted class ŷ is the embedding-space
@@ -46,6 +53,17 @@ def prototype_loss(net, logits, z, y):
     other = cls[:, None] != cls[None, :]
     sep = (torch.clamp(cos[other] - 0.5, min=0.0) ** 2).mean()
     return ce + PULL_WEIGHT * pull + SEPARATION_WEIGHT * sep
+
+
+def assignment_consistency(net, z, n_ideal: int):
+    """KL(a(ideal) || a(corrupted)) of soft prototype assignments; ``z[:n]`` ideal views, ``z[n:]`` their
+    corrupted versions in the same order (see the module docstring)."""
+    import torch.nn.functional as F
+
+    head = net.head
+    s = head.scale * head.similarities(z).flatten(1)
+    target = F.log_softmax(s[:n_ideal].detach(), dim=1)
+    return F.kl_div(F.log_softmax(s[n_ideal:2 * n_ideal], dim=1), target, log_target=True, reduction="batchmean")
 
 
 def init_prototypes(net, embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> None:

@@ -289,13 +289,9 @@ def prepare_block(model, frames, inner_rows, inner_cols, mask, window, calibrati
 
 
 def _preprocess(model, frames, calibration):
-    """(x, informative, usable) from the model's preprocessing (a model without the info: usable = informative)."""
-    try:
-        x, informative, info = model.preprocess(frames, calibration, return_info=True)
-    except TypeError:  # a user-supplied model object whose preprocess takes no return_info
-        x, informative = model.preprocess(frames, calibration)
-        return x, informative, informative
-    return x, informative, np.asarray(info.get("usable", informative), bool)
+    """(x, informative, usable) from the model's preprocessing (``BaseModel.preprocess``)."""
+    x, informative, info = model.preprocess(frames, calibration, return_info=True)
+    return x, informative, info["usable"]
 
 
 def _window_sum(values: np.ndarray, window: tuple[int, int]) -> np.ndarray:
@@ -485,7 +481,7 @@ def _classify_on_cluster(result, dataset, name, mode, roi, window, halo, chunk_b
             client.cancel(list(futures))
 
 
-def _store(result, rows, cols, sel, proba, emb, informative, prototypes, usable=None) -> None:
+def _store(result, rows, cols, sel, proba, emb, informative, prototypes, usable) -> None:
     """Write one block's predictions into the result maps."""
     cls = np.argmax(proba, axis=1)
     top2 = np.sort(proba, axis=1)[:, -2:]
@@ -496,7 +492,7 @@ def _store(result, rows, cols, sel, proba, emb, informative, prototypes, usable=
     sub(result.proba)[sel] = proba
     sub(result.informative)[sel] = np.asarray(informative, bool)
     if result.usable is not None:
-        sub(result.usable)[sel] = np.asarray(informative if usable is None else usable, bool)
+        sub(result.usable)[sel] = np.asarray(usable, bool)
     sub(result.done)[sel] = True
     if prototypes is not None:
         dist = np.linalg.norm(emb - prototypes[cls], axis=1)

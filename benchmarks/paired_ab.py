@@ -5,7 +5,9 @@
 
 Each model is NAME@WEIGHTS_FOLDER (a folder with an ``index.json``, as ``polarstem train`` writes).
 The held-out patterns are drawn as :func:`polarstem.train.heldout_accuracy` draws them (seed 123), made
-once ideal and once with the experiment-like corruptions, and every model sees exactly these inputs,
+once ideal, once with the training augmentation's experiment-like corruptions, and once per ``--bench``
+corruption of the benchmark (default ``combined:1.0``: blur 1 px, 5 % background, 3 px descan and
+1e4 electrons, all at the edge of physics.md's ranges at once), and every model sees exactly these inputs,
 with one image and with the 8 symmetry images. The script prints each model's accuracy and, for each
 pair, the difference with McNemar's exact test on the patterns only one of the two gets right: two
 models scored on the same 4,000 patterns differ by noise far less than two independent draws would
@@ -26,13 +28,18 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--pairs", nargs="*", default=None, help="LABEL:LABEL (default: every pair)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bench", nargs="*", default=["combined:1.0"],
+                    help="KIND:STRENGTH benchmark corruptions (polarstem.analysis.testsets) added as conditions, "
+                         "e.g. combined:1.0 (every corruption at the edge of physics.md's ranges) or dose:1e4")
     args = ap.parse_args(argv)
 
     import torch
     from scipy.stats import binomtest
 
     from polarstem import train
+    from polarstem.analysis.testsets import apply_corruption
     from polarstem.models import load_model
+    from polarstem.preprocess import preprocess
 
     torch.set_num_threads(args.threads)
     specs = {}
@@ -55,27 +62,36 @@ def main(argv=None) -> None:
                                                 cond == "ideal", grid)
             xs.append(x)
         inputs[cond] = np.concatenate(xs)
+    for spec in args.bench:  # benchmark corruptions: one fixed draw (seed 7) on the raw simulated frames
+        kind, strength = spec.split(":")
+        xs = []
+        for i in range(0, n, 1000):
+            frames = np.asarray(sim.frames[pick[i:i + 1000]], dtype=np.float32)
+            x, _ = preprocess(apply_corruption(frames, kind, float(strength), 7 + i), sim.calibration, grid)
+            xs.append(x)
+        inputs[spec] = np.concatenate(xs)
+    conditions = list(inputs)
     y = sim.labels[pick]
     correct = {}
     for label, (name, folder) in specs.items():
         model = load_model(name, "pattern", folder=folder)
         if model.grid.to_dict() != grid.to_dict():
             raise SystemExit(f"{label}: input grid differs from the first model's; compare like with like")
-        for cond in ("ideal", "corrupted"):
+        for cond in conditions:
             for tta in (1, 8):
                 pred = model.predict(inputs[cond], tta=tta == 8)["proba"].argmax(1)
                 correct[(label, cond, tta)] = pred == y
-                print(f"{label:12s} {cond:9s} tta {tta}: {float((pred == y).mean()):.4f}", flush=True)
+                print(f"{label:12s} {cond:12s} tta {tta}: {float((pred == y).mean()):.4f}", flush=True)
     labels = list(specs)
     pairs = [tuple(p.split(":")) for p in args.pairs] if args.pairs else \
         [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]]
     for a, b in pairs:
-        for cond in ("ideal", "corrupted"):
+        for cond in conditions:
             for tta in (1, 8):
                 ca, cb = correct[(a, cond, tta)], correct[(b, cond, tta)]
                 only_b, only_a = int((~ca & cb).sum()), int((ca & ~cb).sum())
                 p = binomtest(only_b, only_b + only_a).pvalue if only_a + only_b else 1.0
-                print(f"{cond:9s} tta {tta}: {b} - {a} = {cb.mean() - ca.mean():+.4f} "
+                print(f"{cond:12s} tta {tta}: {b} - {a} = {cb.mean() - ca.mean():+.4f} "
                       f"(only {b} right {only_b}, only {a} right {only_a}; McNemar p = {p:.3f})")
 
 

@@ -1006,6 +1006,7 @@ def run(cfg: TrainConfig, progress: bool = True, log=print) -> list[dict]:
         log(f"== {cfg.name} / {mode}: {sum(len(s) for s in sims)} raw patterns from {', '.join(str(s.folder) for s in sims)}")
         parts = [build_arrays(s, mode, grid, cfg.copies, aug, cfg.seed, cfg.cell_subsets, progress) for s in sims]
         arrays = parts[0] if len(parts) == 1 else _concat_arrays(parts)
+        del parts  # the per-folder arrays are copied into ``arrays``: keep one copy (GBs with several folders)
         log(f"{len(arrays['y'])} inputs, {int((~arrays['informative']).sum())} flagged uninformative")
         gens = class_mean_generators(arrays, log)
         t0 = time.time()

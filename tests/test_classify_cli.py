@@ -90,3 +90,43 @@ def test_classify_cell_mode_records_the_method(tmp_path):
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["parameters"]["mode"] == "cell" and prov["parameters"]["cell_method"] == "vote"
     assert prov["parameters"]["weights_mode"] == "pattern"
+
+
+def test_evaluate_defaults_to_the_mode_classify_uses(tmp_path, capsys):
+    """No --mode: auto, as classify: cell mode on a scan that resolves the lattice (the sample), pattern
+    mode on a grid of independent patterns (no lattice)."""
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[1] / "sample_data"
+    assert main(["evaluate", str(sample), "--model", "cnn", "--tta", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mode"] == "cell"
+    from polarstem.io import load
+
+    frames = np.asarray(load(sample).data)
+    flat = frames.reshape(-1, *frames.shape[2:])
+    grid = flat[np.random.default_rng(0).permutation(len(flat))[:400]].reshape(20, 20, *flat.shape[1:])
+    np.save(tmp_path / "indep.npy", grid)
+    (tmp_path / "indep.json").write_text(json.dumps({"mrad_per_px": 1.0, "beam_energy_kev": 200, "convergence_mrad": 20}))
+    np.save(tmp_path / "labels.npy", np.zeros((20, 20), np.int8))
+    assert main(["evaluate", str(tmp_path / "indep.npy"), "--labels", str(tmp_path / "labels.npy"), "--model", "cnn",
+                 "--tta", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mode"] == "pattern"
+
+
+def test_lattice_survives_random_descan_on_a_small_detector():
+    """The sample (43 px detector, disk radius 10 px) with a random ±3 px descan per pattern (physics.md's
+    range): the lattice finder's annulus keeps clear of the flickering disk edge."""
+    from pathlib import Path
+
+    import dask.array as da
+
+    from polarstem.infer import scan_lattice
+    from polarstem.io import Dataset4D, load
+    from polarstem.simulate.corruptions import DescanShift
+
+    ds = load(Path(__file__).resolve().parents[1] / "sample_data")
+    raw = np.asarray(ds.data, dtype=np.float32)
+    shifted = DescanShift(3.0)(raw.reshape(-1, *raw.shape[2:]), np.random.default_rng(11)).reshape(raw.shape)
+    lat, _ = scan_lattice(Dataset4D(da.from_array(shifted, chunks=(8, 8, -1, -1)), ds.calibration, "shifted"))
+    assert lat is not None and lat.resolved
+    np.testing.assert_allclose(lat.period, (3.0, 3.0), atol=0.1)

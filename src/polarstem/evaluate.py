@@ -50,7 +50,7 @@ def scores(pred: np.ndarray, labels: np.ndarray, valid: np.ndarray | None = None
             "per_class": per_class, "confusion": conf.tolist(), "unclassified": int((~ok).sum())}
 
 
-def evaluate(path, labels_path=None, model: str | None = None, mode: str = "pattern", defects_path=None,
+def evaluate(path, labels_path=None, model: str | None = None, mode: str = "auto", defects_path=None,
              device: str = "auto", progress=None, cell_method: str = "vote",
              tta: bool | int | None = None, wall_bands: bool = True) -> dict:
     """Classify the file and compare with the labels; with defects, the anomaly ROC AUC too.

@@ -94,6 +94,10 @@ class ClassificationResult:
         return out
 
 
+#: Extra inner radius (px) of the lattice finder's second ADF annulus: room for descan (``scan_lattice``).
+LATTICE_DESCAN_MARGIN_PX = 4.0
+
+
 def choose_mode(mode: str, dataset: Dataset4D, lattice: Lattice | None) -> str:
     if mode not in MODES:
         raise PolarstemError(f"unknown mode '{mode}' (use one of {', '.join(MODES)})")
@@ -107,15 +111,39 @@ def choose_mode(mode: str, dataset: Dataset4D, lattice: Lattice | None) -> str:
 
 
 def scan_lattice(dataset: Dataset4D, progress=None, cancel=None) -> tuple[Lattice | None, np.ndarray | None]:
-    """The lattice from the virtual ADF image (atomic columns show best in ADF), and that image."""
-    from .virtual import VirtualDetector, virtual_image
+    """The lattice from the virtual ADF image (atomic columns show best in ADF), and that image.
+
+    The annulus first hugs the bright-field disk (from 1.1 disk radii: the best column contrast). When
+    that image shows no lattice, it is tried again from ``LATTICE_DESCAN_MARGIN_PX`` further out: a
+    descan offset of up to ±3 px (physics.md) that varies from pattern to pattern moves the disk edge
+    into an annulus that hugs it, and on a small detector (the sample: 43 px, disk radius 10 px) that
+    flicker buries the lattice (not found with a random 3 px descan; found with the margin).
+    """
+    from .virtual import VirtualDetector, detector_geometry, virtual_image
 
     try:
-        image = virtual_image(dataset, VirtualDetector("adf", units="px"), progress=progress, cancel=cancel)
+        geometry = detector_geometry(dataset)
     except PolarstemError:
         return None, None
     step = dataset.calibration.scan_step_nm
-    return find_lattice(image, step if all(step) else None), image
+    step = step if all(step) else None
+    lattice, first = None, None
+    for margin in (0.0, LATTICE_DESCAN_MARGIN_PX):
+        inner = 1.1 * geometry.disk_radius_px + margin
+        if margin and inner >= 0.9 * min(dataset.detector_shape) / 2:  # no room for a wider margin
+            break
+        try:
+            image = virtual_image(dataset, VirtualDetector("adf", inner=inner, units="px"), geometry=geometry,
+                                  progress=progress, cancel=cancel)
+        except PolarstemError:
+            break
+        first = image if first is None else first
+        lattice = find_lattice(image, step)
+        if lattice is not None and lattice.resolved:
+            return lattice, image
+        if cancel is not None and cancel.is_set():
+            break
+    return lattice, first
 
 
 def classify_scan(

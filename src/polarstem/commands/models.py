@@ -29,7 +29,10 @@ def register(sub) -> None:
     p.add_argument("--labels", help="labels.npy (default: beside the file)")
     p.add_argument("--defects", help="defects.npy (bool): adds anomaly_auc and accuracy_outside_defects")
     p.add_argument("--model", default=None, help="registered model name (default: the best, as classify uses)")
-    p.add_argument("--mode", default="pattern", choices=["pattern", "cell", "auto"])
+    p.add_argument("--mode", default="auto", choices=["pattern", "cell", "auto"],
+                   help="pattern: each pattern on its own; cell: a vote over cell windows; auto (default, as "
+                        "classify): cell when the scan resolves the lattice, else pattern (a grid of "
+                        "independent patterns never does)")
     add_cell_options(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")

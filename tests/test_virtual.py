@@ -17,6 +17,7 @@ from polarstem.virtual import (
     find_bright_field_disk,
     mean_pattern,
     virtual_image,
+    virtual_images,
 )
 
 
@@ -52,6 +53,21 @@ def test_virtual_bf_equals_numpy():
     yy, xx = np.indices(arr.shape[2:])
     mask = np.hypot(yy - geom.center[0], xx - geom.center[1]) <= 5.0
     np.testing.assert_allclose(img, (arr * mask).sum(axis=(2, 3)), rtol=1e-6)
+
+
+def test_virtual_images_in_one_pass_equal_one_at_a_time():
+    arr = disk_scan()
+    arr[1, 2, 0, 0] = np.nan  # non-finite pixels count as 0 in both
+    ds = make_ds(arr)
+    geom = detector_geometry(ds)
+    dets = [VirtualDetector("adf", inner=10.0, units="px"), VirtualDetector("adf", inner=14.0, units="px"),
+            VirtualDetector("bf", outer=4.0, units="px")]
+    stack = virtual_images(ds, dets, geometry=geom)
+    assert stack.shape == (3,) + arr.shape[:2]
+    for det, img in zip(dets, stack):
+        np.testing.assert_allclose(img, virtual_image(ds, det, geometry=geom), rtol=1e-9)
+    with pytest.raises(PolarstemError, match="masked detectors"):
+        virtual_images(ds, [VirtualDetector("com")], geometry=geom)
 
 
 def test_adf_in_mrad_and_com():

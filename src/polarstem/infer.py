@@ -114,36 +114,32 @@ def scan_lattice(dataset: Dataset4D, progress=None, cancel=None) -> tuple[Lattic
     """The lattice from the virtual ADF image (atomic columns show best in ADF), and that image.
 
     The annulus first hugs the bright-field disk (from 1.1 disk radii: the best column contrast). When
-    that image shows no lattice, it is tried again from ``LATTICE_DESCAN_MARGIN_PX`` further out: a
-    descan offset of up to ±3 px (physics.md) that varies from pattern to pattern moves the disk edge
+    that image shows no lattice, a second one, made in the same pass, starts
+    ``LATTICE_DESCAN_MARGIN_PX`` further out: a descan offset of up to ±3 px (physics.md) that varies from pattern to pattern moves the disk edge
     into an annulus that hugs it, and on a small detector (the sample: 43 px, disk radius 10 px) that
     flicker buries the lattice (not found with a random 3 px descan; found with the margin).
     """
-    from .virtual import VirtualDetector, detector_geometry, virtual_image
+    from .virtual import VirtualDetector, detector_geometry, virtual_images
 
     try:
         geometry = detector_geometry(dataset)
+        inner = 1.1 * geometry.disk_radius_px
+        inners = [inner]
+        if inner + LATTICE_DESCAN_MARGIN_PX < 0.9 * min(dataset.detector_shape) / 2:  # room for the wider margin
+            inners.append(inner + LATTICE_DESCAN_MARGIN_PX)
+        images = virtual_images(dataset, [VirtualDetector("adf", inner=r, units="px") for r in inners],
+                                geometry=geometry, progress=progress, cancel=cancel)  # one pass for both
     except PolarstemError:
         return None, None
     step = dataset.calibration.scan_step_nm
     step = step if all(step) else None
-    lattice, first = None, None
-    for margin in (0.0, LATTICE_DESCAN_MARGIN_PX):
-        inner = 1.1 * geometry.disk_radius_px + margin
-        if margin and inner >= 0.9 * min(dataset.detector_shape) / 2:  # no room for a wider margin
-            break
-        try:
-            image = virtual_image(dataset, VirtualDetector("adf", inner=inner, units="px"), geometry=geometry,
-                                  progress=progress, cancel=cancel)
-        except PolarstemError:
-            break
-        first = image if first is None else first
+    first = None
+    for image in images:
         lattice = find_lattice(image, step)
+        first = lattice if first is None else first
         if lattice is not None and lattice.resolved:
             return lattice, image
-        if cancel is not None and cancel.is_set():
-            break
-    return lattice, first
+    return first, images[0]
 
 
 def classify_scan(

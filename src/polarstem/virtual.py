@@ -162,6 +162,30 @@ def virtual_image(
     return out
 
 
+def virtual_images(
+    dataset: Dataset4D,
+    detectors: list[VirtualDetector],
+    geometry: DetectorGeometry | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> np.ndarray:
+    """Several BF/ADF images in one pass over the scan: (len(detectors), scan_rows, scan_cols)."""
+    if any(d.kind == "com" for d in detectors):
+        raise PolarstemError("virtual_images takes masked detectors (bf, adf); use virtual_image for com")
+    if geometry is None:
+        geometry = detector_geometry(dataset)
+    ky, kx = dataset.detector_shape
+    masks = np.stack([detector_mask(d, (ky, kx), geometry).ravel() for d in detectors], 1)  # (pixels, k)
+    used = np.flatnonzero(masks.any(axis=1))
+    weights = masks[used].astype(np.float64)
+    out = np.zeros((len(detectors),) + dataset.scan_shape, dtype=np.float64)
+    for block in iter_frame_blocks(dataset, progress=progress, cancel=cancel):
+        f = block.frames
+        inside = _finite(f.reshape(f.shape[0] * f.shape[1], -1)[:, used]).astype(np.float64)
+        out[:, block.rows, block.cols] = (inside @ weights).T.reshape(len(detectors), f.shape[0], f.shape[1])
+    return out
+
+
 def sampled_mean_pattern(dataset: Dataset4D, n: int = 1024) -> np.ndarray:
     """Mean of about ``n`` patterns from evenly spaced scan rows: enough to find the disk, fast on any scan."""
     rows, cols = dataset.scan_shape

@@ -266,3 +266,34 @@ def test_training_loads_the_finished_structures_of_an_unfinished_set(tmp_path):
     np.testing.assert_array_equal(np.asarray(part.frames), _arrays(b)[:2].reshape(6, *part.frames.shape[1:]))
     assert main(["simulate", str(cfg), "-o", str(b), "--quiet"]) == 0
     assert len(load_simset(b)) == 4 * 3
+
+
+def test_o_vacancy_training_sets_label_vacancies_and_leave_other_plans_unchanged(tmp_path, capsys):
+    """``training.o_vacancy_fraction``: whole structures with one O site missing in every other cell
+    along the beam, marked in a per-pattern ``defects`` array; the structures' other draws, and the
+    hash of configs without the key (so the resume check of existing folders), do not change."""
+    from polarstem.simulate.config import resolve
+    from polarstem.simulate.runner import config_hash, plan, run_task
+
+    base = resolve(MINI)
+    assert "o_vacancy_fraction" not in base["training"]
+    assert config_hash(base) == config_hash(resolve(json.loads(json.dumps(MINI))))
+    clean = plan(base)
+    assert "defects" not in clean["arrays"]
+    vac_cfg = resolve(dict(MINI, training=dict(MINI["training"], o_vacancy_fraction=1.0)))
+    vac = plan(vac_cfg)
+    assert vac["arrays"]["defects"].all() and vac["arrays"]["defects"].shape == vac["arrays"]["labels"].shape
+    for a, b in zip(clean["tasks"], vac["tasks"]):
+        assert b["o_vacancy_site"] in (0, 1, 2)
+        assert {k: v for k, v in b.items() if k != "o_vacancy_site"} == a
+    half = plan(resolve(dict(MINI, training=dict(MINI["training"], structures=40, o_vacancy_fraction=0.5))))
+    frac = np.mean(["o_vacancy_site" in t for t in half["tasks"]])
+    assert 0.2 < frac < 0.8
+    # the physics: static (no phonons) twins differ only by the vacancies, and the patterns see them
+    static = lambda t: dict(t, phonons=dict(t["phonons"], configs=0))  # noqa: E731
+    p_clean, p_vac = run_task(static(clean["tasks"][0])), run_task(static(vac["tasks"][0]))
+    assert p_clean.shape == p_vac.shape
+    assert _rel(p_vac, p_clean) > 1e-3
+    bad = dict(MINI, training=dict(MINI["training"], o_vacancy_fraction=1.5))
+    assert main(["simulate", str(_write_cfg(tmp_path, bad)), "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "o_vacancy_fraction" in capsys.readouterr().err

@@ -65,6 +65,10 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+#: Keys a section may have without a default (a default would change the hash, so the resume check,
+#: of every existing simulation folder).
+OPTIONAL_KEYS = {("training", "o_vacancy_fraction")}
+
 _RANGE_KEYS = {("optics", "defocus_nm"), ("optics", "mistilt_mrad"), ("structure", "a_angstrom"),
                ("structure", "nb_shift_angstrom"), ("structure", "a_ratio")}
 
@@ -100,7 +104,7 @@ def resolve(raw: dict) -> dict:
             if not isinstance(value, dict):
                 raise PolarstemError(f"'{key}' must be a mapping")
             for k, v in value.items():
-                if k not in cfg[key]:
+                if k not in cfg[key] and (key, k) not in OPTIONAL_KEYS:
                     raise PolarstemError(f"unknown key '{key}.{k}' (known: {', '.join(cfg[key])})")
                 cfg[key][k] = v
         elif key == "phonons":
@@ -187,6 +191,8 @@ def _check(cfg: dict) -> None:
             raise PolarstemError("'training.thicknesses' must be a positive integer")
         if isinstance(th, list) and len(th) > 2 and t["thicknesses"] > len(th):
             raise PolarstemError("'training.thicknesses' is more than the listed thickness_nm values")
+        if "o_vacancy_fraction" in t:
+            _num(t["o_vacancy_fraction"], "training.o_vacancy_fraction", 0, 1)
     else:
         sc = cfg["scan"]
         if not (isinstance(sc["cells"], list) and len(sc["cells"]) == 2 and sc["cells"][0] == sc["cells"][1]

@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import PolarstemError
 from .config import DEFAULTS
 from .multislice import Optics, detector_geometry
-from .structures import domain_cells, variant_for_class
+from .structures import O_SITES, domain_cells, variant_for_class
 
 DATA_FILE = "data.zspy"
 FORMAT_VERSION = 1
@@ -125,6 +125,8 @@ def plan(cfg: dict) -> dict:
         frac = np.zeros((rows, cols, 2), np.float32)
         struct = np.zeros((rows, cols), np.int32)
         variant = np.zeros((rows, cols, 3), np.int8)
+        vac_fraction = float(t.get("o_vacancy_fraction", 0.0))
+        vacancy = np.zeros((rows, cols), bool)
         tasks = []
         for i in range(n_struct):
             rng = np.random.default_rng([seed, i])
@@ -156,6 +158,10 @@ def plan(cfg: dict) -> dict:
             }
             if isinstance(s["a_ratio"], (list, tuple)):  # drawn last: fixed-ratio configs keep their streams
                 task["a_ratio"] = _draw(s["a_ratio"], rng)
+            if vac_fraction > 0:  # own stream: the structure's other draws do not depend on it
+                vr = np.random.default_rng([seed, i, 7])
+                if vr.random() < vac_fraction:
+                    task["o_vacancy_site"] = int(vr.integers(len(O_SITES)))
             tasks.append(task)
             r0, r1 = task["rows"]
             labels[r0:r1] = k
@@ -163,8 +169,11 @@ def plan(cfg: dict) -> dict:
             frac[r0:r1] = pos[None].astype(np.float32)
             struct[r0:r1] = i
             variant[r0:r1] = np.asarray(v, np.int8)
+            vacancy[r0:r1] = "o_vacancy_site" in task
         arrays = {"labels": labels, "thickness_nm": thick, "probe_frac": frac, "structure": struct,
                   "variant": variant}
+        if vac_fraction > 0:  # per pattern: the structure has an O vacancy in every other cell along the beam
+            arrays["defects"] = vacancy
         calib = {"scan_step_nm": [None, None], "mrad_per_px": mrad, "detector_center_px": [center, center]}
         return {"shape": [rows, cols, size, size], "chunk_rows": n_th, "tasks": tasks, "arrays": arrays,
                 "calibration": calib}
@@ -218,13 +227,16 @@ def plan(cfg: dict) -> dict:
 def run_task(task: dict) -> np.ndarray:
     """Simulate one block of rows: (rows, cols, ky, kx) float32."""
     from .multislice import diffraction_series
-    from .structures import THERMAL_SIGMAS, knn_supercell, uniform_cells
+    from .structures import THERMAL_SIGMAS, CellSpec, knn_supercell, uniform_cells
 
     rng = np.random.default_rng(task["structure_seed"])
     a, n = float(task["a"]), int(task["cells"])
     nz = int(max(task["exit_cells"]))
     if task["kind"] == "training":
         cells = uniform_cells(tuple(task["variant"]), n, n, task["nb_shift"])
+        if task.get("o_vacancy_site") is not None:  # every cell: one missing O site (see knn_supercell)
+            cells = [[CellSpec(c.variant, c.nb_shift, o_vacancies=(task["o_vacancy_site"],)) for c in row]
+                     for row in cells]
         # probes in the middle cell, so the O cage around them is the one the fractions refer to
         pos = (np.asarray(task["positions_frac"], float) + n // 2) * a
     else:

@@ -5,7 +5,7 @@ import pytest
 
 from polarstem.simulate.corruptions import (
     Compose, DescanShift, DetectorBlur, EllipticalDistortion, HotDeadPixels, InelasticBackground,
-    PoissonDose, Resample, random_experimental,
+    PixelGain, PoissonDose, PsfTails, ReadoutNoise, Resample, random_experimental,
 )
 
 
@@ -126,3 +126,29 @@ def test_strength_zero_without_noise_is_identity():
 def test_leading_dims_are_kept():
     p = _disk_patterns(6).reshape(2, 3, 64, 64)
     assert Compose([DescanShift(1.0), DetectorBlur(0.5)])(p, 0).shape == (2, 3, 64, 64)
+
+
+def test_unseen_detector_effects():
+    """Tails move signal out of the disk and keep it on the detector; the gain map is one per detector; read noise
+    has the requested spread and never goes negative."""
+    p = _disk_patterns(4)
+    tails = PsfTails(0.3, 3.0)(p, 0)
+    assert np.allclose(tails.sum((1, 2)), p.sum((1, 2)), rtol=0.03)  # the far tail leaves the detector
+    outside = p == 0
+    assert tails[outside].sum() > 0.2 * p.sum() * 0.5  # a good part of the 30 % lands outside the disk
+    flat = np.ones((3, 32, 32), np.float32)
+    g = PixelGain(0.05)(flat, 1)
+    assert np.allclose(g[0], g[1]) and 0.04 < g[0].std() < 0.06
+    assert not np.allclose(PixelGain(0.05)(flat, 2)[0], g[0])
+    r = ReadoutNoise(2.0)(np.full((2, 64, 64), 100, np.float32), 3)
+    assert 1.8 < r.std() < 2.2 and abs(r.mean() - 100) < 0.1
+    assert ReadoutNoise(2.0)(np.zeros((1, 16, 16), np.float32), 3).min() == 0
+
+
+def test_unseen_benchmark_condition_is_seeded():
+    from polarstem.analysis.testsets import apply_corruption
+
+    p = _disk_patterns(3)
+    a, b = apply_corruption(p, "unseen", 1.0, 5), apply_corruption(p, "unseen", 1.0, 5)
+    assert np.array_equal(a, b) and a.min() >= 0
+    assert abs(a.sum((1, 2)).mean() / 1e5 - 1) < 0.1

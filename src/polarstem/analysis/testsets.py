@@ -147,8 +147,12 @@ def corruption(kind: str, strength: float, patterns_per_input: int = 1):
     single pattern's (a sum of Poisson counts is Poisson); blur and background are linear and commute
     with the mean; the descan offset is common to the patterns of a cell (it drifts slowly).
     ``combined`` at strength s: blur s px, background 0.05 s, descan 3 s px, then 1e4 / s electrons.
+    ``unseen`` at strength s: detector effects the training augmentation never draws, at 1e5 electrons:
+    point-spread tails (0.2 s of the signal in a Lorentzian of 3 px), an uncorrected flat field (gain
+    spread 0.05 s) and read noise of 2 s counts; a test of robustness beyond the augmentation.
     """
-    from ..simulate.corruptions import Compose, DescanShift, DetectorBlur, InelasticBackground, PoissonDose
+    from ..simulate.corruptions import (Compose, DescanShift, DetectorBlur, InelasticBackground, PixelGain,
+                                        PoissonDose, PsfTails, ReadoutNoise)
 
     s = float(strength)
     if kind == "ideal":
@@ -164,7 +168,10 @@ def corruption(kind: str, strength: float, patterns_per_input: int = 1):
     if kind == "combined":
         return Compose([DetectorBlur(s), InelasticBackground(0.05 * s, 8.0), DescanShift(3.0 * s),
                         PoissonDose(1e4 / s * patterns_per_input)])
-    raise PolarstemError(f"unknown corruption '{kind}' (use dose, blur_px, background, descan_px, combined)")
+    if kind == "unseen":
+        return Compose([PsfTails(0.2 * s, 3.0), PoissonDose(1e5 * patterns_per_input), PixelGain(0.05 * s),
+                        ReadoutNoise(2.0 * s)])
+    raise PolarstemError(f"unknown corruption '{kind}' (use dose, blur_px, background, descan_px, combined, unseen)")
 
 
 def apply_corruption(frames: np.ndarray, kind: str, strength: float, seed, patterns_per_input: int = 1) -> np.ndarray:

@@ -37,7 +37,8 @@ Param = Union[Number, Sequence[Number]]
 
 __all__ = [
     "Compose", "PoissonDose", "DetectorBlur", "InelasticBackground", "DescanShift",
-    "EllipticalDistortion", "HotDeadPixels", "Resample", "random_experimental",
+    "EllipticalDistortion", "HotDeadPixels", "Resample", "PsfTails", "PixelGain", "ReadoutNoise",
+    "random_experimental",
 ]
 
 
@@ -206,6 +207,66 @@ class HotDeadPixels:
             flat[:, hot] = flat.max(axis=1, keepdims=True) * level[None, :].astype(np.float32)
         flat[:, dead] = 0.0
         return out.reshape(shape)
+
+
+@dataclass
+class PsfTails:
+    """Long point-spread tails (scintillator and fibre-optic coupled cameras): a ``fraction`` of each
+    pixel's signal spread by a 2D Lorentzian of half width ``width_px``, the rest left in place. Unlike
+    :class:`InelasticBackground` this is a detector effect: it also spreads the Bragg disks' edges.
+    Not part of the training augmentation (a test of effects the models never saw)."""
+
+    fraction: Param = 0.2
+    width_px: Param = 3.0
+
+    def __call__(self, patterns, rng=None):
+        rng = _rng(rng)
+        a, shape = _as_batch(patterns)
+        n, ky, kx = a.shape
+        frac = _draw(self.fraction, rng, n)
+        width = _draw(self.width_px, rng, n)
+        py, px = 2 * ky, 2 * kx
+        fy = np.fft.fftfreq(py)[:, None] * py
+        fx = np.fft.fftfreq(px)[None, :] * px
+        r2 = fy**2 + fx**2
+        spec = np.fft.rfft2(a, s=(py, px))
+        out = np.empty_like(a)
+        for i in range(n):
+            kernel = 1.0 / (1.0 + r2 / max(width[i], 1e-3) ** 2) ** 1.5
+            kernel /= kernel.sum()
+            spread = np.fft.irfft2(spec[i] * np.fft.rfft2(kernel), s=(py, px))[:ky, :kx]
+            out[i] = (1 - frac[i]) * a[i] + frac[i] * np.clip(spread, 0, None)
+        return out.reshape(shape)
+
+
+@dataclass
+class PixelGain:
+    """Uncorrected flat field: every pixel multiplies its signal by its own gain, 1 + ``sigma`` x N(0, 1)
+    (clipped at 0), one gain map per call, as on one real detector. Not part of the training augmentation."""
+
+    sigma: Param = 0.05
+
+    def __call__(self, patterns, rng=None):
+        rng = _rng(rng)
+        a, shape = _as_batch(patterns)
+        sig = float(_draw(self.sigma, rng, 1)[0])
+        gain = np.clip(1.0 + sig * rng.standard_normal(a.shape[1:]), 0, None).astype(np.float32)
+        return (a * gain[None]).reshape(shape)
+
+
+@dataclass
+class ReadoutNoise:
+    """Gaussian read noise of ``sigma`` counts per pixel (integrating cameras), clipped at 0 as most
+    acquisition software stores it. Apply after :class:`PoissonDose`. Not part of the training augmentation."""
+
+    sigma: Param = 1.0
+
+    def __call__(self, patterns, rng=None):
+        rng = _rng(rng)
+        a, shape = _as_batch(patterns)
+        sig = _draw(self.sigma, rng, len(a))
+        noisy = a + sig[:, None, None].astype(np.float32) * rng.standard_normal(a.shape).astype(np.float32)
+        return np.clip(noisy, 0, None).reshape(shape)
 
 
 @dataclass

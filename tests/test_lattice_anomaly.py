@@ -196,3 +196,37 @@ def test_a_wall_band_one_cell_thick_still_goes_but_a_thicker_domain_stays():
         classes[14:14 + rows] = 2
         out, changed = assign_wall_bands(classes, proba, valid, (3, 3))
         assert changed[14:14 + rows].all() == moved and changed.sum() == (rows * w if moved else 0), rows
+
+
+def test_a_thin_band_along_the_scan_edge_is_capped_but_a_defect_at_the_edge_is_not():
+    """A sliver of a domain cut by the scan edge (low confidence in the outermost row only) is not a
+    defect; a defect one cell thick that reaches the edge, or one inside, keeps its score."""
+    from sklearn.metrics import roc_auc_score
+
+    from polarstem import anomaly
+    from polarstem.anomaly import limit_edge_bands
+
+    res, truth = synthetic_result(period=3)
+    res.confidence[-1, :] = 0.35  # the last scan row: a sliver beyond a wall that hugs the edge
+    res.embedding_distance[-1, :] = 3.0
+    res.confidence[:3, 30:36] = 0.4  # a one-cell-thick defect at the top edge
+    res.embedding_distance[:3, 30:36] = 3.0
+    truth[:3, 30:36] = True
+    a = score_anomaly(res)
+    assert np.nanmean(a[-1]) < 0.3 * np.nanmean(a[truth])
+    assert np.nanmean(a[:3, 30:36]) > 0.5 * np.nanmean(a[18:23, 10:15])
+    assert roc_auc_score(truth.ravel(), a.ravel()) > 0.95
+    anomaly.EDGE_BANDS = False
+    try:
+        off = score_anomaly(res)
+    finally:
+        anomaly.EDGE_BANDS = True
+    assert np.nanmean(off[-1]) > 2 * np.nanmean(a[-1])  # the rule is what removed the sliver
+    # the rule itself: only bands thinner than half a cell, capped by the score further in
+    s = np.zeros((12, 12))
+    s[0, :] = 5.0
+    s[11, 4:6] = 5.0
+    s[10, 4:6] = 2.0
+    capped = limit_edge_bands(s, np.ones(s.shape, bool), (3.0, 3.0))
+    assert capped[0].max() == 0 and np.allclose(capped[11, 4:6], 2.0) and np.allclose(capped[1:11], s[1:11])
+    assert np.array_equal(limit_edge_bands(s, np.ones(s.shape, bool), (2.0, 2.0)), s)  # no band thinner than half

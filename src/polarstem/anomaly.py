@@ -15,7 +15,8 @@ patterns are mixed, so the terms rise there too: positions within one cell of th
 domains (``walls.domains``: connected regions of one class of at least two cells, here also healthy:
 median score at most ``WALL_DOMAIN_HEALTH``) count ``WALL_WEIGHT`` (0) of their score. A defect
 instead shows as low confidence inside a domain, or as small islands of other classes, which no
-large domain explains. The sum is then smoothed over one
+large domain explains. Bands along the scan edge thinner than half a cell keep their score only as
+far as it continues inward (:func:`limit_edge_bands`). The sum is then smoothed over one
 unit cell, because a crystal defect spans at least a cell. Without a lattice there is one bin.
 
 Measured (resnet, edge-preserving cell vote, defect ROC AUC on the sample / validation scans A / B):
@@ -38,6 +39,32 @@ EMBEDDING_WEIGHT = 0.25
 WALL_WEIGHT = 0.0
 #: A domain must also look healthy: the median of its positions' score at most this (robust z units).
 WALL_DOMAIN_HEALTH = 1.0
+#: Cap the score of thin bands along the scan edge by the score further in (:func:`limit_edge_bands`).
+EDGE_BANDS = True
+
+
+def limit_edge_bands(score: np.ndarray, valid: np.ndarray, period: tuple[float, float]) -> np.ndarray:
+    """At each scan edge, the outermost band thinner than half a cell keeps its score only as far as
+    the anomaly continues inward: each band position is capped by the largest score of the next
+    cell's worth of positions inward along its column (row).
+
+    A crystal defect spans at least a cell, so one that reaches the scan edge continues inward. A band
+    that lights up alone is a cut: a sliver of a domain beyond a wall that hugs the edge (the model
+    sees both sides and reports neither with confidence), which the class map cannot resolve and which
+    is not a defect.
+    """
+    out = np.array(score, dtype=np.float64, copy=True)
+    for axis, p in ((0, float(period[0])), (1, float(period[1]))):
+        k, w = int(np.ceil(p / 2.0)) - 1, int(round(p))
+        n = out.shape[axis]
+        if k < 1 or n < 2 * (k + w):
+            continue
+        for band, inner in ((slice(0, k), slice(k, k + w)), (slice(n - k, n), slice(n - k - w, n - k))):
+            idx = (band, slice(None)) if axis == 0 else (slice(None), band)
+            jdx = (inner, slice(None)) if axis == 0 else (slice(None), inner)
+            cap = np.max(np.where(valid[jdx], score[jdx], 0.0), axis=axis, keepdims=True)
+            out[idx] = np.minimum(out[idx], cap)
+    return out
 
 
 def domain_walls(classes: np.ndarray, valid: np.ndarray, window: tuple[int, int],
@@ -99,6 +126,8 @@ def score_anomaly(result, lattice: Lattice | None = None) -> np.ndarray:
         score = score + EMBEDDING_WEIGHT * np.nan_to_num(dist)
     score = np.where(valid, np.nan_to_num(score), 0.0)
     score = np.where(domain_walls(result.classes, valid, window, score), WALL_WEIGHT * score, score)
+    if EDGE_BANDS and lattice is not None and lattice.resolved:
+        score = np.where(valid, limit_edge_bands(score, valid, lattice.period), 0.0)
     # smooth over one unit cell, normalising by the valid fraction so ROI edges are not penalised
     num = ndimage.uniform_filter(score, size=window, mode="nearest")
     den = ndimage.uniform_filter(valid.astype(np.float64), size=window, mode="nearest")

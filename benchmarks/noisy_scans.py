@@ -24,7 +24,8 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default="resnet")
     ap.add_argument("--corruptions", nargs="+", default=["ideal", "combined:1.0", "dose:1e4"])
     ap.add_argument("--scans", nargs="+", default=["sample_data", ".cache/sim/val_scan_a", ".cache/sim/val_scan_b",
-                                                    ".cache/sim/val_scan_c", ".cache/sim/val_scan_d"])
+                                                    ".cache/sim/val_scan_c", ".cache/sim/val_scan_d",
+                                                    ".cache/sim/val_scan_e"])
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
 

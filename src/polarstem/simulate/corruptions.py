@@ -69,6 +69,24 @@ def _center(center_px, shape) -> tuple[float, float]:
     return (float(center_px[0]), float(center_px[1]))
 
 
+def _lorentzian_mix(a: np.ndarray, frac: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """(1 - frac) a + frac (a convolved with a 2D Lorentzian-like kernel of half width ``width`` px),
+    per pattern; zero padding (no wrap-around), so the far tail that leaves the detector is lost."""
+    n, ky, kx = a.shape
+    py, px = 2 * ky, 2 * kx
+    fy = np.fft.fftfreq(py)[:, None] * py
+    fx = np.fft.fftfreq(px)[None, :] * px
+    r2 = fy**2 + fx**2
+    spec = np.fft.rfft2(a, s=(py, px))
+    out = np.empty_like(a)
+    for i in range(n):
+        kernel = 1.0 / (1.0 + r2 / max(float(width[i]), 1e-3) ** 2) ** 1.5  # integrable tail
+        kernel /= kernel.sum()
+        spread = np.fft.irfft2(spec[i] * np.fft.rfft2(kernel), s=(py, px))[:ky, :kx]
+        out[i] = (1 - frac[i]) * a[i] + frac[i] * np.clip(spread, 0, None)
+    return out
+
+
 @dataclass
 class PoissonDose:
     """Shot noise: scale each pattern to ``electrons`` in total, then draw Poisson counts."""
@@ -115,21 +133,9 @@ class InelasticBackground:
     def __call__(self, patterns, rng=None):
         rng = _rng(rng)
         a, shape = _as_batch(patterns)
-        n, ky, kx = a.shape
-        frac = _draw(self.fraction, rng, n)
-        width = _draw(self.width_px, rng, n)
-        py, px = 2 * ky, 2 * kx  # zero padding: no wrap-around
-        fy = np.fft.fftfreq(py)[:, None] * py
-        fx = np.fft.fftfreq(px)[None, :] * px
-        r2 = fy**2 + fx**2
-        spec = np.fft.rfft2(a, s=(py, px))
-        out = np.empty_like(a)
-        for i in range(n):
-            kernel = 1.0 / (1.0 + r2 / width[i] ** 2) ** 1.5  # 2D Lorentzian-like, integrable tail
-            kernel /= kernel.sum()
-            bg = np.fft.irfft2(spec[i] * np.fft.rfft2(kernel), s=(py, px))[:ky, :kx]
-            out[i] = (1 - frac[i]) * a[i] + frac[i] * np.clip(bg, 0, None)
-        return out.reshape(shape)
+        frac = _draw(self.fraction, rng, len(a))
+        width = _draw(self.width_px, rng, len(a))
+        return _lorentzian_mix(a, frac, width).reshape(shape)
 
 
 @dataclass
@@ -222,21 +228,9 @@ class PsfTails:
     def __call__(self, patterns, rng=None):
         rng = _rng(rng)
         a, shape = _as_batch(patterns)
-        n, ky, kx = a.shape
-        frac = _draw(self.fraction, rng, n)
-        width = _draw(self.width_px, rng, n)
-        py, px = 2 * ky, 2 * kx
-        fy = np.fft.fftfreq(py)[:, None] * py
-        fx = np.fft.fftfreq(px)[None, :] * px
-        r2 = fy**2 + fx**2
-        spec = np.fft.rfft2(a, s=(py, px))
-        out = np.empty_like(a)
-        for i in range(n):
-            kernel = 1.0 / (1.0 + r2 / max(width[i], 1e-3) ** 2) ** 1.5
-            kernel /= kernel.sum()
-            spread = np.fft.irfft2(spec[i] * np.fft.rfft2(kernel), s=(py, px))[:ky, :kx]
-            out[i] = (1 - frac[i]) * a[i] + frac[i] * np.clip(spread, 0, None)
-        return out.reshape(shape)
+        frac = _draw(self.fraction, rng, len(a))
+        width = _draw(self.width_px, rng, len(a))
+        return _lorentzian_mix(a, frac, width).reshape(shape)
 
 
 @dataclass

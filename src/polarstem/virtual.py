@@ -153,13 +153,7 @@ def virtual_image(
             scale = geometry.mrad_per_px or 1.0
             out[:, block.rows, block.cols] = (com * scale).T.reshape(2, f.shape[0], f.shape[1])
         return out
-    pixels = np.flatnonzero(detector_mask(det, (ky, kx), geometry).ravel())
-    out = np.zeros(dataset.scan_shape, dtype=np.float64)
-    for block in iter_frame_blocks(dataset, progress=progress, cancel=cancel):
-        f = block.frames
-        inside = f.reshape(f.shape[0] * f.shape[1], -1)[:, pixels]  # only the detector's pixels
-        out[block.rows, block.cols] = _finite(inside).sum(axis=1, dtype=np.float64).reshape(f.shape[:2])
-    return out
+    return virtual_images(dataset, [det], geometry=geometry, progress=progress, cancel=cancel)[0]
 
 
 def virtual_images(
@@ -176,7 +170,7 @@ def virtual_images(
         geometry = detector_geometry(dataset)
     ky, kx = dataset.detector_shape
     masks = np.stack([detector_mask(d, (ky, kx), geometry).ravel() for d in detectors], 1)  # (pixels, k)
-    used = np.flatnonzero(masks.any(axis=1))
+    used = np.flatnonzero(masks.any(axis=1))  # only the detectors' pixels are read
     weights = masks[used].astype(np.float64)
     out = np.zeros((len(detectors),) + dataset.scan_shape, dtype=np.float64)
     for block in iter_frame_blocks(dataset, progress=progress, cancel=cancel):

@@ -216,21 +216,14 @@ class HotDeadPixels:
 
 
 @dataclass
-class PsfTails:
+class PsfTails(InelasticBackground):
     """Long point-spread tails (scintillator and fibre-optic coupled cameras): a ``fraction`` of each
-    pixel's signal spread by a 2D Lorentzian of half width ``width_px``, the rest left in place. Unlike
-    :class:`InelasticBackground` this is a detector effect: it also spreads the Bragg disks' edges.
-    Not part of the training augmentation (a test of effects the models never saw)."""
+    pixel's signal spread by a 2D Lorentzian of half width ``width_px``, the rest left in place. The
+    same operation as :class:`InelasticBackground`, narrower: a detector effect that also spreads the
+    Bragg disks' edges. Not part of the training augmentation (a test of effects the models never saw)."""
 
     fraction: Param = 0.2
     width_px: Param = 3.0
-
-    def __call__(self, patterns, rng=None):
-        rng = _rng(rng)
-        a, shape = _as_batch(patterns)
-        frac = _draw(self.fraction, rng, len(a))
-        width = _draw(self.width_px, rng, len(a))
-        return _lorentzian_mix(a, frac, width).reshape(shape)
 
 
 @dataclass

@@ -227,7 +227,9 @@ def plan(cfg: dict) -> dict:
 def run_task(task: dict) -> np.ndarray:
     """Simulate one block of rows: (rows, cols, ky, kx) float32."""
     from .multislice import diffraction_series
-    from .structures import THERMAL_SIGMAS, CellSpec, knn_supercell, uniform_cells
+    from dataclasses import replace
+
+    from .structures import THERMAL_SIGMAS, knn_supercell, uniform_cells
 
     rng = np.random.default_rng(task["structure_seed"])
     a, n = float(task["a"]), int(task["cells"])
@@ -235,8 +237,7 @@ def run_task(task: dict) -> np.ndarray:
     if task["kind"] == "training":
         cells = uniform_cells(tuple(task["variant"]), n, n, task["nb_shift"])
         if task.get("o_vacancy_site") is not None:  # every cell: one missing O site (see knn_supercell)
-            cells = [[CellSpec(c.variant, c.nb_shift, o_vacancies=(task["o_vacancy_site"],)) for c in row]
-                     for row in cells]
+            cells = [[replace(c, o_vacancies=(task["o_vacancy_site"],)) for c in row] for row in cells]
         # probes in the middle cell, so the O cage around them is the one the fractions refer to
         pos = (np.asarray(task["positions_frac"], float) + n // 2) * a
     else:

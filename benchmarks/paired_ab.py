@@ -30,7 +30,9 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bench", nargs="*", default=["combined:1.0"],
                     help="KIND:STRENGTH benchmark corruptions (polarstem.analysis.testsets) added as conditions, "
-                         "e.g. combined:1.0 (every corruption at the edge of physics.md's ranges) or dose:1e4")
+                         "e.g. combined:1.0 (every corruption at the edge of physics.md's ranges) or dose:1e4; "
+                         "source:S (a finite source of std S in Å) and source+corrupted:S (then the training-style "
+                         "corruptions) need a set with a 6 x 6 probe grid (--data .cache/sim/heldout6g)")
     args = ap.parse_args(argv)
 
     import torch
@@ -64,6 +66,9 @@ def main(argv=None) -> None:
         inputs[cond] = np.concatenate(xs)
     for spec in args.bench:  # benchmark corruptions: one fixed draw (seed 7) on the raw simulated frames
         kind, strength = spec.split(":")
+        if kind in ("source", "source+corrupted"):
+            inputs[spec] = finite_source_inputs(sim, pick, float(strength), kind == "source", grid)
+            continue
         xs = []
         for i in range(0, n, 1000):
             frames = np.asarray(sim.frames[pick[i:i + 1000]], dtype=np.float32)
@@ -93,6 +98,35 @@ def main(argv=None) -> None:
                 p = binomtest(only_b, only_b + only_a).pvalue if only_a + only_b else 1.0
                 print(f"{cond:12s} tta {tta}: {b} - {a} = {cb.mean() - ca.mean():+.4f} "
                       f"(only {b} right {only_b}, only {a} right {only_a}; McNemar p = {p:.3f})")
+
+
+def finite_source_inputs(sim, pick, sigma_a: float, ideal: bool, grid, rows_per_block: int = 32):
+    """Inputs of the picked patterns as a finite source of std ``sigma_a`` (Å) records them: each
+    pattern's probe-grid row averaged by :func:`polarstem.simulate.coherence.source_blur_grid` (the set
+    needs a regular probe grid, e.g. heldout6g), then ideal or with the training-style corruptions (seed 123)."""
+    from polarstem import train
+    from polarstem.simulate.coherence import source_blur_grid
+
+    g = train._probe_grid(sim)
+    if not g or g < 6:
+        raise SystemExit(f"{sim.folder}: source:S needs a set with a >= 6 x 6 probe grid per cell (e.g. heldout6g)")
+    n_pos = g * g
+    rows = pick // n_pos
+    out = None
+    rng = np.random.default_rng(123)
+    for r0 in range(0, int(rows.max()) + 1, rows_per_block):
+        sel = np.flatnonzero((rows >= r0) & (rows < r0 + rows_per_block))
+        if not len(sel):
+            continue
+        f = np.asarray(sim.frames[r0 * n_pos:(r0 + rows_per_block) * n_pos], np.float32)
+        nr = len(f) // n_pos
+        f = source_blur_grid(f.reshape(nr, g, g, *f.shape[1:]), sigma_a).reshape(len(f), *f.shape[1:])
+        x, _ = train.corrupt_and_preprocess(f[pick[sel] - r0 * n_pos], float(sim.calibration.mrad_per_px), rng, None,
+                                            ideal, grid)
+        if out is None:
+            out = np.zeros((len(pick),) + x.shape[1:], x.dtype)
+        out[sel] = x
+    return out
 
 
 if __name__ == "__main__":

@@ -352,7 +352,9 @@ def build_arrays(sim: SimSet, mode: str, grid: InputGrid, copies: int, aug: dict
     mrad = float(sim.calibration.mrad_per_px)
     if mode == "cell":
         aug = cell_augment(aug)
-    raw_iter = _raw_inputs(sim, mode, cell_subsets, rng)
+    g = source_grid(sim, mode, aug)
+    # a finite source mixes the patterns of a probe-grid row: blocks then hold whole rows
+    raw_iter = _raw_inputs(sim, mode, cell_subsets, rng, chunk=g * g * max(1, 512 // (g * g)) if g else 512)
     xs, ys, ts, gs, cs, oks, ps = [], [], [], [], [], [], []
     total = len(sim) if mode == "pattern" else None
     bar = _progress(total, f"preprocess {mode}", progress)
@@ -365,7 +367,8 @@ def build_arrays(sim: SimSet, mode: str, grid: InputGrid, copies: int, aug: dict
         start += len(y)
         for c in range(copies):
             ideal = c == 0 and not corrupted_only
-            x, ok = corrupt_and_preprocess(frames, mrad, rng, aug, ideal, grid, group=512 if mode == "pattern" else 32)
+            f = frames if (ideal or not g) else finite_source(frames, g, aug["source_sigma_a"], rng)
+            x, ok = corrupt_and_preprocess(f, mrad, rng, aug, ideal, grid, group=512 if mode == "pattern" else 32)
             xs.append(x.astype(np.float16))
             ys.append(y); ts.append(t); gs.append(g); cs.append(np.full(len(y), c)); oks.append(ok); ps.append(probe)
         bar.update(len(y))
@@ -379,6 +382,33 @@ def build_arrays(sim: SimSet, mode: str, grid: InputGrid, copies: int, aug: dict
         np.savez(fh, **out)
     os.replace(tmp, cache)
     return out
+
+
+def source_grid(sim: SimSet, mode: str, aug: dict) -> int:
+    """Side g of the probe grid when the corrupted copies get a finite source (``augment:
+    source_sigma_a: [low, high]`` in Å, pattern mode, a set with a regular grid of >= 6 x 6 probe
+    positions per cell), else 0."""
+    if mode != "pattern" or not aug.get("source_sigma_a"):
+        return 0
+    lo, hi = (float(v) for v in aug["source_sigma_a"])
+    if not 0 <= lo <= hi:
+        raise PolarstemError(f"augment: source_sigma_a must be [low, high] in Å with 0 <= low <= high, got {aug['source_sigma_a']}")
+    g = _probe_grid(sim)
+    # a coarser grid (4 x 4: 1 A steps) samples the position dependence too coarsely for a source of
+    # a few tenths of an angstrom: such a set keeps the point source
+    return g if g is not None and g >= 6 else 0
+
+
+def finite_source(frames: np.ndarray, g: int, sigma_range, rng: np.random.Generator) -> np.ndarray:
+    """Raw frames (rows of g x g probe positions, in grid order) as a finite source of a random size
+    (one per row, uniform in ``sigma_range`` Å) records them (:func:`polarstem.simulate.coherence.source_blur_grid`)."""
+    from .simulate.coherence import source_blur_grid
+
+    n, ky, kx = frames.shape
+    rows = n // (g * g)
+    sigma = rng.uniform(float(sigma_range[0]), float(sigma_range[1]), size=rows)
+    f = np.asarray(frames, np.float32).reshape(rows, g, g, ky, kx)
+    return source_blur_grid(f, sigma).reshape(n, ky, kx)
 
 
 def _probe_in_array_order(sim: SimSet, mode: str, copies: int, n: int, chunk: int = 512) -> np.ndarray:

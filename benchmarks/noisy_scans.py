@@ -6,8 +6,10 @@
 Each corruption (``polarstem.analysis.testsets.corruption``: ``combined`` s = blur s px, 5 s %
 background, ±3 s px descan drawn per pattern, 1e4 / s electrons) is applied to every pattern of the
 scan (one fixed draw, seed 11), and the scan is classified as ``polarstem classify`` does by default
-(``mode auto``: the lattice is looked for in the corrupted data). Prints one line per scan and
-corruption: the mode chosen, accuracy away from the defects and the anomaly ROC AUC.
+(``mode auto``: the lattice is looked for in the corrupted data). ``source:S`` instead averages
+every pattern over the scan positions around it as a finite source of std S Å does
+(``polarstem.simulate.coherence.source_blur_scan``; a/3-a/4 scan steps sample that coarsely). Prints
+one line per scan and corruption: the mode chosen, accuracy away from the defects and the anomaly ROC AUC.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main(argv=None) -> None:
     from polarstem.evaluate import anomaly_auc
     from polarstem.infer import classify_scan
     from polarstem.io import load
+    from polarstem.simulate.coherence import source_blur_scan
 
     torch.set_num_threads(args.threads)
     print(f"{'scan':28s} {'corruption':14s} mode    away from defects  anomaly AUC")
@@ -50,6 +53,9 @@ def main(argv=None) -> None:
         for spec in args.corruptions:
             if spec == "ideal":
                 arr = raw
+            elif spec.startswith("source:"):  # a finite source: Gaussian average over scan positions
+                step_a = [10.0 * float(v) for v in ds.calibration.scan_step_nm]
+                arr = source_blur_scan(raw, float(spec.split(":")[1]), tuple(step_a))
             else:
                 kind, strength = spec.split(":")
                 flat = raw.reshape(-1, *raw.shape[2:])

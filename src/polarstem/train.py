@@ -352,9 +352,10 @@ def build_arrays(sim: SimSet, mode: str, grid: InputGrid, copies: int, aug: dict
     mrad = float(sim.calibration.mrad_per_px)
     if mode == "cell":
         aug = cell_augment(aug)
-    g = source_grid(sim, mode, aug)
+    src_grid = source_grid(sim, mode, aug)
     # a finite source mixes the patterns of a probe-grid row: blocks then hold whole rows
-    raw_iter = _raw_inputs(sim, mode, cell_subsets, rng, chunk=g * g * max(1, 512 // (g * g)) if g else 512)
+    chunk = src_grid**2 * max(1, 512 // src_grid**2) if src_grid else 512
+    raw_iter = _raw_inputs(sim, mode, cell_subsets, rng, chunk=chunk)
     xs, ys, ts, gs, cs, oks, ps = [], [], [], [], [], [], []
     total = len(sim) if mode == "pattern" else None
     bar = _progress(total, f"preprocess {mode}", progress)
@@ -367,7 +368,7 @@ def build_arrays(sim: SimSet, mode: str, grid: InputGrid, copies: int, aug: dict
         start += len(y)
         for c in range(copies):
             ideal = c == 0 and not corrupted_only
-            f = frames if (ideal or not g) else finite_source(frames, g, aug["source_sigma_a"], rng)
+            f = frames if (ideal or not src_grid) else finite_source(frames, src_grid, aug["source_sigma_a"], rng)
             x, ok = corrupt_and_preprocess(f, mrad, rng, aug, ideal, grid, group=512 if mode == "pattern" else 32)
             xs.append(x.astype(np.float16))
             ys.append(y); ts.append(t); gs.append(g); cs.append(np.full(len(y), c)); oks.append(ok); ps.append(probe)

@@ -1132,6 +1132,15 @@ def write_markdown_cards(weights: Path, docs: Path = Path("docs/model_cards")) -
         (docs / f"{name}.md").write_text(markdown_card(cards))
 
 
+def _source_note(config: dict) -> str:
+    """The finite-source augmentation of a training config, as the card states it (or nothing)."""
+    src = (config.get("augment") or {}).get("source_sigma_a")
+    if not src:
+        return ""
+    return (f"; on sets with a >= 6 x 6 probe grid also a finite source of std {src[0]}-{src[1]} Å, "
+            "polarstem.simulate.coherence")
+
+
 def markdown_card(cards: list[dict]) -> str:
     """A model card in Markdown (docs/model_cards/<name>.md) from the JSON cards of its modes."""
     c0 = cards[0]
@@ -1143,8 +1152,8 @@ def markdown_card(cards: list[dict]) -> str:
              f"{c0['input_grid']['mrad_per_px']} mrad/px about the bright-field disk centre, "
              f"{c0['input_grid']['intensity']} intensities (see docs/models.md)",
              f"- Training data: `{c0['training'].get('data')}` ({c0['training'].get('n_patterns_raw')} simulated patterns), "
-             f"{c0['training']['config'].get('copies')} copies each (copy 0 ideal, the rest with experiment-like corruptions), "
-             "square-symmetry augmentation", "",
+             f"{c0['training']['config'].get('copies')} copies each (copy 0 ideal, the rest with experiment-like corruptions"
+             f"{_source_note(c0['training']['config'])}), square-symmetry augmentation", "",
              "## Meant for (acquisition ranges; the plugin warns outside them)", ""]
     for k, v in c0.get("acquisition", {}).items():
         lines.append(f"- {k}: {v}")

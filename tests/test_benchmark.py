@@ -287,3 +287,45 @@ def test_phase_bins_are_even():
     bins = _phase_bins(Lattice(period=(3.0, 3.0)), (30, 30))
     assert np.bincount(bins.ravel()).tolist() == [100] * 9
     assert bins[0, :7].tolist() == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_finite_source_set(data, weights, tmp_path):
+    """``source_size``: every model on a 6x6-probe-grid set with a point source and finite sources;
+    the inputs are the rows' patterns averaged over nearby probe positions (a cell's mean is kept)."""
+    from polarstem.io import load
+    from polarstem.simulate.coherence import source_blur_grid
+
+    grid_set = dict(TEST_SET, seed=11, training=dict(TEST_SET["training"], structures=2, probes={"grid": 6, "offset": "random"},
+                                                     thicknesses=1))
+    folder = _simulate(grid_set, tmp_path / "grid6")
+    cfg = yaml.safe_load(QUICK.read_text())
+    cfg.update(source_size={"test": str(folder), "sigma_a": [0.3]}, corruptions={}, scans=[], domain_gap={"datasets": []},
+               n_patterns=24, n_cells=2)
+    cfg_path = tmp_path / "source.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "report"
+    assert main(["benchmark", str(cfg_path), "-o", str(out), "--test", str(data["test"]), "--train", str(data["test"]),
+                 "--weights", str(weights), "--keep-datasets", "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["source_set"] == "grid6:source"
+    rows = {(r["model"], r["mode"], r["condition"], r["strength"]) for r in res["accuracy"] if r["set"] == "grid6:source"}
+    assert ("cnn", "pattern", "source", 0.3) in rows and ("cnn", "cell", "source", 0.3) in rows
+    assert ("cnn", "pattern", "ideal", 0.0) in rows
+    md = (out / "report.md").read_text()
+    assert "## Finite source (partial spatial coherence)" in md and "σ 0.3 Å" in md
+    # the cell inputs: each cell's 36 patterns, source-averaged; the cell mean is unchanged
+    kept = out / "datasets" / "grid6" / "source" / "cell"
+    ideal = np.asarray(load(kept / "ideal").data, np.float64)
+    blurred = np.asarray(load(kept / "source_0.3").data, np.float64)
+    assert ideal.shape == blurred.shape and ideal.shape[1] == 36
+    # (up to the few negative ringing values clipped to zero where the position dependence is sharp)
+    np.testing.assert_allclose(blurred.mean(axis=1), ideal.mean(axis=1), rtol=0.05, atol=1e-3 * ideal.max())
+    np.testing.assert_allclose(blurred.sum(axis=(1, 2, 3)), ideal.sum(axis=(1, 2, 3)), rtol=2e-3)
+    assert not np.allclose(blurred, ideal)
+    n, _, ky, kx = ideal.shape
+    np.testing.assert_allclose(blurred, source_blur_grid(ideal.reshape(n, 6, 6, ky, kx), 0.3).reshape(ideal.shape),
+                               rtol=1e-4, atol=1e-9)
+    with pytest.raises(Exception, match="source_size"):
+        from polarstem.analysis.benchmark import BenchmarkConfig
+
+        BenchmarkConfig(source_size={"test": "x", "sigma_a": [-1]}).check()

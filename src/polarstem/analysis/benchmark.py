@@ -53,6 +53,9 @@ class BenchmarkConfig:
     scan_tta: int | None = None  # ... on the scans: None = classify's automatic choice (the default-mode check)
     corruption_set: str = "in_range"  # the thickness set the corruptions are applied to
     corruptions: dict = field(default_factory=lambda: dict(DEFAULT_CORRUPTIONS))
+    # a finite source (polarstem.simulate.coherence) on a set with a >= 6x6 probe grid:
+    # {"test": folder, "sigma_a": [std in Å, ...]}; None = not run
+    source_size: dict | None = None
     position_bins: int = 4  # probe-position map: bins per cell edge
     thickness_bin_nm: float = 5.0
     scans: list = field(default_factory=lambda: ["sample_data"])  # labeled scans with defects.npy
@@ -94,6 +97,16 @@ class BenchmarkConfig:
             raise PolarstemError(f"{where}: modes must be pattern and/or cell, not {', '.join(map(str, bad))}")
         for kind in self.corruptions or {}:
             corruption(kind, 1.0)  # raises on an unknown kind
+        if self.source_size is not None:
+            ss = self.source_size
+            ok = isinstance(ss, dict) and set(ss) <= {"test", "sigma_a"} and ss.get("test") and \
+                isinstance(ss.get("sigma_a"), list) and ss["sigma_a"]
+            try:
+                ok = ok and all(float(v) > 0 for v in ss["sigma_a"])
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise PolarstemError(f"{where}: source_size is {{test: FOLDER, sigma_a: [std in Å > 0, ...]}}")
         if self.n_patterns < 1 or self.n_cells < 1:
             raise PolarstemError(f"{where}: n_patterns and n_cells must be positive")
 
@@ -516,17 +529,49 @@ def _run_testsets(cfg, models, out, results, figures, log) -> None:
                     results["primary_set"] = set_name
                 _run_one_set(cfg, models, src, set_name, window, primary, data_root, results,
                              per_pattern if fi == 0 else None, log)
+        _run_source_set(cfg, models, data_root, results, log)
         _per_pattern_analyses(cfg, per_pattern, results, figures)
     finally:
         if not cfg.keep_datasets:
             shutil.rmtree(data_root, ignore_errors=True)
 
 
-def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results, per_pattern, log) -> None:
+def _run_source_set(cfg, models, data_root, results, log) -> None:
+    """The ``source_size`` test: every model on one set (all thicknesses) with a point source and with
+    each finite source size (set ``<folder>:source``, condition ``source``, strength = std in Å)."""
+    from .testsets import open_source
+
+    ss = cfg.source_size
+    if not ss:
+        return
+    folder = str(ss["test"])
+    if not Path(folder).exists():
+        results["notes"].append(f"source_size test set {folder} not found: skipped (polarstem simulate "
+                                "configs/simulate/heldout6g.yaml -o .cache/sim/heldout6g)")
+        log(results["notes"][-1])
+        return
+    src = open_source(folder)
+    g = src.probe_grid
+    if not g or g < 6:
+        results["notes"].append(f"source_size test set {folder} has no >= 6 x 6 probe grid per cell: skipped")
+        log(results["notes"][-1])
+        return
+    set_name = f"{Path(folder).name}:source"
+    results["source_set"] = set_name
+    conds = [("ideal", 0.0)] + [("source", float(s)) for s in ss["sigma_a"]]
+    t = src.thickness[src.labels >= 0] if src.thickness is not None else np.zeros(1)
+    window = (float(t.min()), float(t.max()) + 1e-3)  # every thickness
+    _run_one_set(cfg, models, src, set_name, window, False, data_root, results, None, log, conds=conds)
+
+
+def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results, per_pattern, log,
+                 conds=None) -> None:
     """One thickness set of one test folder: ideal (and, for the primary set, every corruption), all models.
 
     ``per_pattern`` (a dict, or None) collects the ideal predictions for the thickness/position/tilt analyses,
     which describe the first test folder only (pooling simulations of different setups would blur them).
+    ``conds`` replaces the conditions ((kind, strength) pairs); kind ``source`` reads whole probe-grid
+    rows as a finite source of std = strength (Å) records them.
     """
     from ..infer import weights_mode_for
     from .testsets import apply_corruption, pick_cells, pick_patterns, write_testset
@@ -534,13 +579,16 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
     modes_needed = sorted({m for e in models for m in e["modes"]})
     n_pos = src.labels.shape[1]
     rng = np.random.default_rng([cfg.seed, zlib.crc32(set_name.encode())])
-    conds = [("ideal", 0.0)]
-    if primary:
-        conds += [(k, float(s)) for k, levels in (cfg.corruptions or {}).items() for s in levels]
+    if conds is None:
+        conds = [("ideal", 0.0)]
+        if primary:
+            conds += [(k, float(s)) for k, levels in (cfg.corruptions or {}).items() for s in levels]
     picks = {}
+    where = {}  # input mode -> what was picked, for conditions that re-read the raw rows
     if "pattern" in modes_needed:
         rr, cc = pick_patterns(src, window, cfg.n_patterns, rng)
         if len(rr):
+            where["pattern"] = (rr, cc)
             picks["pattern"] = (src.read_patterns(rr, cc), src.labels[rr, cc], {
                 "thickness_nm": None if src.thickness is None else src.thickness[rr, cc],
                 "probe_frac": None if src.probe_frac is None else src.probe_frac[rr, cc],
@@ -548,6 +596,7 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
     if "cell" in modes_needed:
         rows = pick_cells(src, window, cfg.n_cells, rng)
         if len(rows):
+            where["cell"] = (rows,)
             cells = src.read_rows(rows)  # (cells, probe positions, ky, kx)
             # a vote keeps every pattern of the cell (each corrupted on its own); "mean" their average
             vote = weights_mode_for("cell", cfg.cell_method) == "pattern"
@@ -562,8 +611,11 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
         cond = kind if kind == "ideal" else f"{kind}={strength:g}"
         for input_mode, (frames, labels, meta, per_input) in picks.items():
             folder = data_root.joinpath(*set_name.split(":")) / input_mode / cond.replace("=", "_")
-            flat = frames.reshape((-1,) + frames.shape[-2:])
-            data = apply_corruption(flat, kind, strength, [cfg.seed, ci, 7], per_input).reshape(frames.shape)
+            if kind == "source":
+                data = _finite_source_frames(src, where[input_mode], strength, frames, per_input)
+            else:
+                flat = frames.reshape((-1,) + frames.shape[-2:])
+                data = apply_corruption(flat, kind, strength, [cfg.seed, ci, 7], per_input).reshape(frames.shape)
             write_testset(folder, data, labels, src.calibration, meta,
                           {"source": str(src.folder), "set": set_name, "thickness_window_nm": window,
                            "condition": cond, "input": input_mode, "seed": cfg.seed})
@@ -594,6 +646,14 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
                     results["speed"].append(sp)
             if not cfg.keep_datasets:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def _finite_source_frames(src, picked, sigma_a: float, frames, per_input: int) -> np.ndarray:
+    """The picked inputs again, each from its probe-grid row as a finite source records it."""
+    if len(picked) == 2:  # single patterns (rows, cols)
+        return src.read_patterns(picked[0], picked[1], sigma_a)
+    cells = src.read_rows(picked[0], sigma_a)
+    return cells if per_input == 1 else cells.mean(axis=1)
 
 
 def _per_pattern_analyses(cfg, per_pattern, results, figures) -> None:

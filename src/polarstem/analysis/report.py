@@ -371,6 +371,21 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
             md += [_table(["model", "mode", "ideal"] + [f"{k} {s:g}" for k, s in cols], rows), ""]
             if "corruptions" in figs:
                 md += [f"![corruptions]({figs['corruptions']})", ""]
+        sset = results.get("source_set")
+        sigmas = [float(v) for v in (results["config"].get("source_size") or {}).get("sigma_a", [])]
+        if sset and sigmas:
+            md += ["## Finite source (partial spatial coherence)", "",
+                   f"On `{sset}` (every thickness; a set with a 6x6 probe grid per cell): each pattern as a source of "
+                   "the given standard deviation (Å) records it, the Gaussian average over the probe positions "
+                   "around the nominal one (`polarstem.simulate.coherence`; docs/simulation.md). No other corruption. "
+                   "In cell mode every pattern of the cell gets it.", ""]
+            rows = []
+            for m, md_ in mm:
+                ideal = _acc(results, m, md_, sset)
+                if ideal:
+                    rows.append([m, md_, ideal["accuracy"]] +
+                                [(_acc(results, m, md_, sset, "source", s) or {}).get("accuracy") for s in sigmas])
+            md += [_table(["model", "mode", "point source"] + [f"σ {s:g} Å" for s in sigmas], rows), ""]
         if results["tilt"]:
             md += ["### Mistilt (from the held-out simulation's parameters)", "",
                    "Accuracy of ideal inputs (all thickness sets of the first test folder) by the structure's mistilt (mrad).", ""]

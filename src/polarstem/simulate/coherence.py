@@ -42,8 +42,9 @@ def source_blur_grid(patterns: np.ndarray, sigma_a: float | np.ndarray, cell_a: 
 
     ``patterns``: (..., g, g, ky, kx), the probe positions of one unit cell on a regular grid (row =
     y, column = x); ``sigma_a``: source standard deviation in Å, a number or one per leading index
-    (shape ``patterns.shape[:-4]``); ``cell_a``: the cell edge in Å. Returns float32, same shape, no
-    negative values; the mean over the grid (a cell average) is unchanged.
+    (shape ``patterns.shape[:-4]``); ``cell_a``: the cell edge in Å. Returns float32, same shape. The
+    mean over the grid (a cell average) is unchanged, except where a position dependence sharper than
+    the grid resolves rings below zero: those few values are clipped to zero.
     """
     p = np.asarray(patterns)
     if p.ndim < 4 or p.shape[-4] != p.shape[-3]:

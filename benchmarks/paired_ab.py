@@ -105,10 +105,10 @@ def finite_source_inputs(sim, pick, sigma_a: float, ideal: bool, grid, rows_per_
     pattern's probe-grid row averaged by :func:`polarstem.simulate.coherence.source_blur_grid` (the set
     needs a regular probe grid, e.g. heldout6g), then ideal or with the training-style corruptions (seed 123)."""
     from polarstem import train
-    from polarstem.simulate.coherence import source_blur_grid
+    from polarstem.simulate.coherence import MIN_GRID, source_blur_grid
 
     g = train._probe_grid(sim)
-    if not g or g < 6:
+    if not g or g < MIN_GRID:
         raise SystemExit(f"{sim.folder}: source:S needs a set with a >= 6 x 6 probe grid per cell (e.g. heldout6g)")
     n_pos = g * g
     rows = pick // n_pos

@@ -394,10 +394,12 @@ def source_grid(sim: SimSet, mode: str, aug: dict) -> int:
     lo, hi = (float(v) for v in aug["source_sigma_a"])
     if not 0 <= lo <= hi:
         raise PolarstemError(f"augment: source_sigma_a must be [low, high] in Å with 0 <= low <= high, got {aug['source_sigma_a']}")
+    from .simulate.coherence import MIN_GRID
+
     g = _probe_grid(sim)
     # a coarser grid (4 x 4: 1 A steps) samples the position dependence too coarsely for a source of
     # a few tenths of an angstrom: such a set keeps the point source
-    return g if g is not None and g >= 6 else 0
+    return g if g is not None and g >= MIN_GRID else 0
 
 
 def finite_source(frames: np.ndarray, g: int, sigma_range, rng: np.random.Generator) -> np.ndarray:
@@ -464,12 +466,14 @@ def _raw_inputs(sim: SimSet, mode: str, cell_subsets: bool, rng, chunk: int = 51
 
 def _probe_grid(sim: SimSet) -> int | None:
     """Side g of the regular g x g probe grid of every row of a simulated training set, else None."""
+    from .simulate.config import probe_grid
+
     try:
-        g = int(sim.manifest["config"]["training"]["probes"]["grid"])
         n_pos = int(sim.manifest["shape"][1])
     except (KeyError, TypeError, ValueError):
         return None
-    return g if g >= 2 and g * g == n_pos and len(sim) % n_pos == 0 else None
+    g = probe_grid(sim.manifest, n_pos)
+    return g if g and len(sim) % n_pos == 0 else None
 
 
 def _grid_window_inputs(sim: SimSet, g: int, subgrids: bool, rng, rows_per_block: int = 64):

@@ -551,8 +551,10 @@ def _run_source_set(cfg, models, data_root, results, log) -> None:
         log(results["notes"][-1])
         return
     src = open_source(folder)
+    from ..simulate.coherence import MIN_GRID
+
     g = src.probe_grid
-    if not g or g < 6:
+    if not g or g < MIN_GRID:
         results["notes"].append(f"source_size test set {folder} has no >= 6 x 6 probe grid per cell: skipped")
         log(results["notes"][-1])
         return
@@ -584,20 +586,27 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
         if primary:
             conds += [(k, float(s)) for k, levels in (cfg.corruptions or {}).items() for s in levels]
     picks = {}
-    where = {}  # input mode -> what was picked, for conditions that re-read the raw rows
+    # a finite source needs each input's whole probe-grid row: input mode -> (raw rows read once,
+    # the single patterns' (row, column) in them or None for cells)
+    keep_rows = any(kind == "source" for kind, _ in conds)
+    rows_of = {}
     if "pattern" in modes_needed:
         rr, cc = pick_patterns(src, window, cfg.n_patterns, rng)
         if len(rr):
-            where["pattern"] = (rr, cc)
-            picks["pattern"] = (src.read_patterns(rr, cc), src.labels[rr, cc], {
+            uniq, inv = np.unique(rr, return_inverse=True)
+            block = src.read_rows(uniq)
+            if keep_rows:
+                rows_of["pattern"] = (block, (inv, cc))
+            picks["pattern"] = (block[inv, cc], src.labels[rr, cc], {
                 "thickness_nm": None if src.thickness is None else src.thickness[rr, cc],
                 "probe_frac": None if src.probe_frac is None else src.probe_frac[rr, cc],
                 "tilt_mrad": None if src.tilt_mrad is None else src.tilt_mrad[rr, cc]}, 1)
     if "cell" in modes_needed:
         rows = pick_cells(src, window, cfg.n_cells, rng)
         if len(rows):
-            where["cell"] = (rows,)
             cells = src.read_rows(rows)  # (cells, probe positions, ky, kx)
+            if keep_rows:
+                rows_of["cell"] = (cells, None)
             # a vote keeps every pattern of the cell (each corrupted on its own); "mean" their average
             vote = weights_mode_for("cell", cfg.cell_method) == "pattern"
             picks["cell"] = (cells if vote else cells.mean(axis=1), src.labels[rows, 0], {
@@ -612,7 +621,7 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
         for input_mode, (frames, labels, meta, per_input) in picks.items():
             folder = data_root.joinpath(*set_name.split(":")) / input_mode / cond.replace("=", "_")
             if kind == "source":
-                data = _finite_source_frames(src, where[input_mode], strength, frames, per_input)
+                data = _finite_source_frames(*rows_of[input_mode], strength, src.probe_grid, per_input)
             else:
                 flat = frames.reshape((-1,) + frames.shape[-2:])
                 data = apply_corruption(flat, kind, strength, [cfg.seed, ci, 7], per_input).reshape(frames.shape)
@@ -648,12 +657,16 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def _finite_source_frames(src, picked, sigma_a: float, frames, per_input: int) -> np.ndarray:
-    """The picked inputs again, each from its probe-grid row as a finite source records it."""
-    if len(picked) == 2:  # single patterns (rows, cols)
-        return src.read_patterns(picked[0], picked[1], sigma_a)
-    cells = src.read_rows(picked[0], sigma_a)
-    return cells if per_input == 1 else cells.mean(axis=1)
+def _finite_source_frames(raw_rows, select, sigma_a: float, g: int, per_input: int) -> np.ndarray:
+    """The picked inputs again, from their raw probe-grid rows, as a finite source records them:
+    single patterns at ``select`` = (row index, column), or the cells (``select`` None)."""
+    from ..simulate.coherence import source_blur_grid
+
+    n, _, ky, kx = raw_rows.shape
+    rows = source_blur_grid(raw_rows.reshape(n, g, g, ky, kx), sigma_a).reshape(raw_rows.shape)
+    if select is not None:
+        return rows[select]
+    return rows if per_input == 1 else rows.mean(axis=1)
 
 
 def _per_pattern_analyses(cfg, per_pattern, results, figures) -> None:

@@ -57,44 +57,29 @@ class SimSource:
             return float(t.min()), float(t.max())
         return None
 
-    def read_rows(self, rows: np.ndarray, source_sigma_a: float = 0.0) -> np.ndarray:
-        """Raw frames of whole rows, (len(rows), cols, ky, kx) float32, reading each row once.
-
-        ``source_sigma_a`` > 0: each row's probe grid as a finite source of that std (Å) records it
-        (:func:`polarstem.simulate.coherence.source_blur_grid`); needs a >= 6 x 6 probe grid."""
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Raw frames of whole rows, (len(rows), cols, ky, kx) float32, reading each row once."""
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return np.zeros((0,) + self.dataset.shape[1:], np.float32)
         order = np.argsort(rows)
         data = np.asarray(self.dataset.data[rows[order]].compute(scheduler="synchronous"), dtype=np.float32)
-        if source_sigma_a > 0:
-            from ..simulate.coherence import source_blur_grid
-
-            g = self.probe_grid
-            if not g or g < 6:
-                raise PolarstemError(f"{self.folder}: a finite source needs a >= 6 x 6 probe grid per cell "
-                                     f"(e.g. configs/simulate/heldout6g.yaml), this set has {g or 'none'}")
-            n, _, ky, kx = data.shape
-            data = source_blur_grid(data.reshape(n, g, g, ky, kx), source_sigma_a).reshape(data.shape)
         out = np.empty_like(data)
         out[order] = data
         return out
 
-    def read_patterns(self, rows: np.ndarray, cols: np.ndarray, source_sigma_a: float = 0.0) -> np.ndarray:
-        """Raw frames at (rows[i], cols[i]), (N, ky, kx) float32; with ``source_sigma_a`` (Å) as a
-        finite source records them (:meth:`read_rows`)."""
+    def read_patterns(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Raw frames at (rows[i], cols[i]), (N, ky, kx) float32."""
         uniq, inv = np.unique(rows, return_inverse=True)
-        block = self.read_rows(uniq, source_sigma_a)
+        block = self.read_rows(uniq)
         return block[inv, cols]
 
     @property
     def probe_grid(self) -> int | None:
         """Side g of the regular g x g probe grid every row holds (one unit cell), else None."""
-        try:
-            g = int(self.manifest["config"]["training"]["probes"]["grid"])
-        except (KeyError, TypeError, ValueError):
-            return None
-        return g if g >= 2 and g * g == self.labels.shape[1] else None
+        from ..simulate.config import probe_grid
+
+        return probe_grid(self.manifest, self.labels.shape[1])
 
 
 def open_source(folder) -> SimSource:

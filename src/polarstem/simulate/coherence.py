@@ -7,8 +7,9 @@ probe positions spread around the nominal one, modelled here as a Gaussian of st
 ``sigma`` (a few tenths of an ångström on an aberration-corrected 200 kV instrument). With an
 atomic-size probe the pattern changes within a fraction of an ångström (physics.md), so this
 average removes part of what a per-pattern classifier reads; measured on unseen simulated
-structures, the seventh-release ``resnet`` drops from 0.79 to 0.69 at sigma = 0.25 Å and to 0.55 at
-0.35 Å (docs/simulation.md, "Finite source"). No detector-side corruption does this.
+structures (heldout6g, 8 symmetry images), the seventh-release ``resnet`` drops from 0.896 to 0.744
+at sigma = 0.25 Å and to 0.553 at 0.4 Å (docs/simulation.md, "Finite source"). No detector-side
+corruption does this.
 
 Training sets hold a regular g x g grid of probe positions per unit cell of a periodic crystal, so
 the pattern is a periodic function of the probe position sampled on that grid;
@@ -23,9 +24,9 @@ import numpy as np
 
 from ..lattice import KNN_CELL_NM
 
-#: Range of source sizes (standard deviation, Å) drawn for training augmentation and tested in
-#: benchmarks/source_size.py: point source to a source plus jitter of 0.4 Å (FWHM 0.94 Å).
-SOURCE_SIGMA_RANGE_A = (0.0, 0.4)
+#: The coarsest probe grid (positions per cell edge) that samples a source of a few tenths of an
+#: ångström: a/6 = 0.66 Å steps; 4 x 4 grids (1 Å) are too coarse.
+MIN_GRID = 6
 
 
 def grid_weights(g: int, sigma_frac: float | np.ndarray) -> np.ndarray:

@@ -212,3 +212,13 @@ def _check(cfg: dict) -> None:
         for dfc in sc["defects"]:
             if dfc.get("kind") not in ("nonpolar", "o_vacancy"):
                 raise PolarstemError("scan defects need kind 'nonpolar' or 'o_vacancy'")
+
+
+def probe_grid(manifest: dict, n_positions: int) -> int | None:
+    """Side g of the regular g x g probe grid (one unit cell) every row of a training-kind folder
+    holds, from its manifest, when the rows have ``n_positions`` = g * g columns; else None."""
+    try:
+        g = int(manifest["config"]["training"]["probes"]["grid"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return g if g >= 2 and g * g == int(n_positions) else None

@@ -297,3 +297,30 @@ def test_o_vacancy_training_sets_label_vacancies_and_leave_other_plans_unchanged
     bad = dict(MINI, training=dict(MINI["training"], o_vacancy_fraction=1.5))
     assert main(["simulate", str(_write_cfg(tmp_path, bad)), "-o", str(tmp_path / "o"), "--quiet"]) == 2
     assert "o_vacancy_fraction" in capsys.readouterr().err
+
+
+def test_potential_choices_are_optional_validated_and_change_the_physics_a_little(tmp_path, capsys):
+    """``numerics.parametrization`` / ``numerics.projection`` (a held-out set from "another setup"):
+    absent, the plan and hash are unchanged; named, only the optics of each task carry them; a bad
+    value is one clear line; Kirkland's potential moves a static pattern by a little, not by a class."""
+    from polarstem.simulate.config import resolve
+    from polarstem.simulate.runner import config_hash, plan, run_task
+
+    base = resolve(MINI)
+    assert "parametrization" not in base["numerics"] and "projection" not in base["numerics"]
+    assert config_hash(base) == config_hash(resolve(json.loads(json.dumps(MINI))))
+    other = plan(resolve(dict(MINI, numerics=dict(MINI["numerics"], parametrization="kirkland"))))
+    clean = plan(base)
+    for a, b in zip(clean["tasks"], other["tasks"]):
+        assert b["optics"].pop("parametrization") == "kirkland"
+        assert a == b
+    static = lambda t: dict(t, phonons=dict(t["phonons"], configs=0))  # noqa: E731
+    task = clean["tasks"][0]
+    lobato = run_task(static(task))
+    kirkland = run_task(static(dict(task, optics=dict(task["optics"], parametrization="kirkland"))))
+    assert 1e-4 < _rel(kirkland, lobato) < 0.05
+    for key, value in (("parametrization", "doyle"), ("projection", "halfway")):
+        bad = dict(MINI, numerics=dict(MINI["numerics"], **{key: value}))
+        assert main(["simulate", str(_write_cfg(tmp_path, bad)), "-o", str(tmp_path / "o"), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"numerics.{key}" in err[0]

@@ -67,7 +67,12 @@ DEFAULTS: dict[str, Any] = {
 
 #: Keys a section may have without a default (a default would change the hash, so the resume check,
 #: of every existing simulation folder).
-OPTIONAL_KEYS = {("training", "o_vacancy_fraction")}
+OPTIONAL_KEYS = {("training", "o_vacancy_fraction"), ("numerics", "parametrization"), ("numerics", "projection")}
+#: abTEM potential choices a config may name (``numerics.parametrization`` / ``numerics.projection``;
+#: absent = lobato / infinite). A held-out set made with the other choice stands in for "another
+#: multislice setup".
+PARAMETRIZATIONS = ("lobato", "kirkland")
+PROJECTIONS = ("infinite", "finite")
 
 _RANGE_KEYS = {("optics", "defocus_nm"), ("optics", "mistilt_mrad"), ("structure", "a_angstrom"),
                ("structure", "nb_shift_angstrom"), ("structure", "a_ratio")}
@@ -149,6 +154,10 @@ def _check(cfg: dict) -> None:
     for k in ("gpts_per_cell", "slices_per_cell"):
         if not isinstance(n[k], int) or n[k] < 1:
             raise PolarstemError(f"'numerics.{k}' must be a positive integer")
+    if n.get("parametrization", "lobato") not in PARAMETRIZATIONS:
+        raise PolarstemError(f"'numerics.parametrization' must be one of {', '.join(PARAMETRIZATIONS)}")
+    if n.get("projection", "infinite") not in PROJECTIONS:
+        raise PolarstemError(f"'numerics.projection' must be one of {', '.join(PROJECTIONS)}")
     _num(d["max_mrad"], "detector.max_mrad", 1, 200)
     if not isinstance(d["bin"], int) or d["bin"] < 1 or d["bin"] % 2 == 0:
         raise PolarstemError("'detector.bin' must be an odd positive integer (keeps 0 mrad on a pixel centre)")

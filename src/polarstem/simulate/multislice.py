@@ -26,6 +26,8 @@ class Optics:
     slices_per_cell: int = 2  # one slice per atomic plane (AO, then BO2)
     max_mrad: float = 40.0  # detector crop half-width
     bin: int = 1  # odd detector binning factor (big supercells sample reciprocal space finely)
+    parametrization: str = "lobato"  # abTEM's atomic potential parametrization ("lobato" or "kirkland")
+    projection: str = "infinite"  # "infinite" (projected per slice) or "finite" (integrated over z)
 
 
 def native_mrad_per_px(extent_angstrom: float, energy_kev: float) -> float:
@@ -87,7 +89,8 @@ def diffraction_series(atoms, cell_a: float, positions_xy: np.ndarray, exit_cell
     # a hair thicker than a/n, so that abTEM's ceil(thickness / slice) never rounds up to an extra slice
     slice_thickness = cell_a / optics.slices_per_cell * (1 + 1e-9)
     potential = abtem.Potential(source, gpts=gpts, slice_thickness=slice_thickness,
-                                projection="infinite", parametrization="lobato", exit_planes=exit_planes)
+                                projection=optics.projection, parametrization=optics.parametrization,
+                                exit_planes=exit_planes)
     probe = abtem.Probe(energy=optics.energy_kev * 1e3, semiangle_cutoff=optics.convergence_mrad,
                         tilt=tuple(float(t) for t in optics.tilt_mrad), defocus=optics.defocus_nm * 10.0)
     extent = float(atoms.cell[0, 0])

@@ -69,7 +69,9 @@ def _optics_for(cfg: dict, rng: np.random.Generator) -> dict:
     o = cfg["optics"]
     tilt = _draw(o["mistilt_mrad"], rng)
     phi = rng.uniform(0, 2 * np.pi)
-    return {
+    # the potential's choices only when a config names them, so existing tasks keep their content
+    extra = {k: cfg["numerics"][k] for k in ("parametrization", "projection") if k in cfg["numerics"]}
+    return extra | {
         "energy_kev": float(o["energy_kev"]), "convergence_mrad": float(o["convergence_mrad"]),
         "defocus_nm": _draw(o["defocus_nm"], rng),
         "tilt_mrad": [float(tilt * np.cos(phi)), float(tilt * np.sin(phi))],
@@ -250,7 +252,8 @@ def run_task(task: dict) -> np.ndarray:
     optics = Optics(energy_kev=o["energy_kev"], convergence_mrad=o["convergence_mrad"],
                     defocus_nm=o["defocus_nm"], tilt_mrad=tuple(o["tilt_mrad"]),
                     gpts_per_cell=o["gpts_per_cell"], slices_per_cell=o["slices_per_cell"],
-                    max_mrad=o["max_mrad"], bin=o["bin"])
+                    max_mrad=o["max_mrad"], bin=o["bin"], parametrization=o.get("parametrization", "lobato"),
+                    projection=o.get("projection", "infinite"))
     ph = task["phonons"]
     pats = diffraction_series(atoms, a, pos, task["exit_cells"], optics, phonon_configs=ph["configs"],
                               phonon_sigmas=ph["sigmas"] or THERMAL_SIGMAS, phonon_seed=ph["seed"],

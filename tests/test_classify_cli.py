@@ -130,3 +130,20 @@ def test_lattice_survives_random_descan_on_a_small_detector():
     lat, _ = scan_lattice(Dataset4D(da.from_array(shifted, chunks=(8, 8, -1, -1)), ds.calibration, "shifted"))
     assert lat is not None and lat.resolved
     np.testing.assert_allclose(lat.period, (3.0, 3.0), atol=0.1)
+
+
+def test_evaluate_pattern_mode_averages_8_images_at_any_size(tmp_path, capsys, monkeypatch):
+    """classify drops to 2 symmetry images beyond a size on a CPU (speed); evaluate --mode pattern
+    measures accuracy, so it keeps 8 unless told otherwise."""
+    from pathlib import Path
+
+    from polarstem.models import symmetry
+
+    monkeypatch.setattr(symmetry, "AUTO_TTA_CPU_MAX_PATTERNS", 10)  # the sample's 576 patterns are "big"
+    sample = Path(__file__).resolve().parents[1] / "sample_data"
+    assert main(["evaluate", str(sample), "--model", "cnn", "--mode", "pattern", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tta"] == 8
+    assert main(["evaluate", str(sample), "--model", "cnn", "--mode", "pattern", "--tta", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tta"] == 2
+    assert main(["evaluate", str(sample), "--model", "cnn", "--mode", "cell", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tta"] == 2  # cell mode: as classify

@@ -46,7 +46,7 @@ def add_cell_options(parser) -> None:
     parser.add_argument("--tta", type=int, nargs="?", const=8, default=None, choices=[1, 2, 4, 8], metavar="N",
                         help="symmetry averaging: 1 (off), 2 (each pattern and its 180° rotation, 2x time), 4 or 8 "
                              "(all square-symmetry images, 8x time; `--tta` alone); default: 8, or 2 for more "
-                             "than 20,000 patterns on a CPU")
+                             "than 20,000 patterns on a CPU (evaluate --mode pattern: always 8)")
     parser.add_argument("--keep-wall-bands", action="store_true",
                         help="cell mode: keep the thin bands of the in-between direction the model reports on "
                              "domain walls (default: give them to the adjacent domains, docs/classify.md)")

@@ -177,3 +177,24 @@ def test_friedel_channel_is_the_antisymmetric_part():
         net(x)
         assert torch.allclose(seen["x"][:, 1], (x - torch.flip(x, dims=(-2, -1)))[:, 0])
     assert next(m for m in create_model("cnn").backbone if isinstance(m, torch.nn.Conv2d)).in_channels == 1
+
+
+def test_default_model_ranks_by_the_accuracy_of_default_inference():
+    """The default model is the best per-pattern held-out accuracy with the 8 symmetry images the tools
+    average by default, read from the card's own held-out folder; other folders or one-image figures
+    do not count as that figure."""
+    from polarstem.acquisition import default_model
+    from polarstem.models import list_models
+    from polarstem.models.registry import _symmetry8_accuracy
+
+    card = {"training": {"config": {"heldout": "h6"}},
+            "heldout_other": {"other folder": {"data": "xs", "tta": True, "ideal": {"accuracy": 0.99}},
+                              "one image": {"data": "h6", "tta": False, "ideal": {"accuracy": 0.95}},
+                              "8 images": {"data": "h6", "tta": True, "ideal": {"accuracy": 0.91}}}}
+    assert _symmetry8_accuracy(card) == 0.91
+    assert _symmetry8_accuracy({"training": {"config": "a string"}}) is None
+    entries = {e["name"]: e for e in list_models() if e["available"]}
+    ranked = {n: e["accuracy_8_images"]["pattern"] for n, e in entries.items()
+              if (e.get("accuracy_8_images") or {}).get("pattern") is not None}
+    assert ranked, "the shipped cards carry 8-image held-out figures"
+    assert default_model() == max(ranked, key=ranked.get)

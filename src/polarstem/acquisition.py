@@ -53,13 +53,16 @@ def acquisition_warnings(model_name: str, calibration: Calibration, detector_sha
 def default_model() -> str:
     """The shipped model with the best held-out per-pattern accuracy, else 'cnn'.
 
-    Pattern weights decide: cell mode votes them over each cell window by default.
+    Pattern weights decide, as the tools run them by default: with the 8 symmetry images where the
+    card has that figure (``heldout_other``, on its own held-out folder), else with one image. Cell
+    mode votes the pattern weights over each cell window by default.
     """
     from .models import list_models
 
     best, best_acc = None, -1.0
     for entry in list_models():
-        acc = (entry.get("accuracy") or {}).get("pattern")
+        acc8 = (entry.get("accuracy_8_images") or {}).get("pattern")
+        acc = acc8 if isinstance(acc8, (int, float)) else (entry.get("accuracy") or {}).get("pattern")
         if entry.get("available") and isinstance(acc, (int, float)) and acc > best_acc:
             best, best_acc = entry["name"], acc
     if best is None:

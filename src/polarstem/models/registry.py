@@ -120,8 +120,23 @@ def list_models(folder: Path | None = None) -> list[dict]:
             entry["acquisition"] = card.get("acquisition", {})
             entry["input_grid"] = card.get("input_grid", {})
             entry["accuracy"] = {m: _safe_card(name, m, folder).get("heldout", {}).get("accuracy") for m in modes}
+            entry["accuracy_8_images"] = {m: _symmetry8_accuracy(_safe_card(name, m, folder)) for m in modes}
         out.append(entry)
     return out
+
+
+def _symmetry8_accuracy(card: dict) -> float | None:
+    """Held-out per-pattern accuracy with the 8 symmetry images the tools average by default, on the
+    card's own held-out folder (a ``heldout_other`` entry with ``tta``), or None."""
+    training = card.get("training") if isinstance(card.get("training"), dict) else {}
+    config = training.get("config") if isinstance(training.get("config"), dict) else {}
+    heldout = config.get("heldout")
+    for entry in (card.get("heldout_other") or {}).values():
+        if isinstance(entry, dict) and entry.get("tta") and entry.get("data") == heldout:
+            acc = (entry.get("ideal") or {}).get("accuracy")
+            if isinstance(acc, (int, float)):
+                return float(acc)
+    return None
 
 
 def _safe_card(name, mode, folder):

@@ -143,3 +143,17 @@ def test_wall_bands_checkbox_reaches_the_classification(qtbot, make_napari_viewe
     assert raw.params["wall_bands"] == "kept"
     changed = assigned.classes != raw.classes
     assert changed.sum() == assigned.params["wall_band_positions"]
+
+
+def test_the_default_model_is_preselected_and_marked(make_napari_viewer):
+    """The widget opens on the model classify and evaluate use by default, marked as such, so the UI
+    and the CLI give the same maps unless the user picks another model."""
+    from polarstem.acquisition import default_model
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-polarstem", "Polarization map")
+    assert widget.model_combo.currentData() == default_model()
+    assert widget.model_combo.currentText().endswith("· default")
+    marked = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())
+              if widget.model_combo.itemText(i).endswith("· default")]
+    assert len(marked) == 1

@@ -174,12 +174,19 @@ class PolarizationMapWidget(QWidget):
     def _fill_models(self) -> None:
         from ..models import list_models
 
+        from ..acquisition import default_model
+
         self._models = [m for m in list_models() if m.get("available")]
+        default = default_model() if self._models else None
         self.model_combo.clear()
         for m in self._models:
-            acc = [a for a in (m.get("accuracy") or {}).values() if isinstance(a, (int, float))]
-            label = m["name"] + (f"  (held-out acc. {max(acc):.2f})" if acc else "")
-            self.model_combo.addItem(label, m["name"])
+            # the per-pattern held-out accuracy as the tools run it (8 symmetry images), else one image
+            acc8 = (m.get("accuracy_8_images") or {}).get("pattern")
+            acc = acc8 if isinstance(acc8, (int, float)) else (m.get("accuracy") or {}).get("pattern")
+            label = m["name"] + (f"  (held-out acc. {acc:.2f})" if isinstance(acc, (int, float)) else "")
+            self.model_combo.addItem(label + ("  · default" if m["name"] == default else ""), m["name"])
+        if default is not None:
+            self.model_combo.setCurrentIndex(max(0, self.model_combo.findData(default)))
         if not self._models:
             self.status_label.setText("no pretrained models are installed")
 

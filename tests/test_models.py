@@ -198,3 +198,14 @@ def test_default_model_ranks_by_the_accuracy_of_default_inference():
               if (e.get("accuracy_8_images") or {}).get("pattern") is not None}
     assert ranked, "the shipped cards carry 8-image held-out figures"
     assert default_model() == max(ranked, key=ranked.get)
+
+
+def test_models_listing_marks_the_default_and_its_8_image_accuracy(capsys):
+    from polarstem.acquisition import default_model
+    from polarstem.cli import main
+
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    marked = [ln for ln in lines if ln.endswith("[default]")]
+    assert len(marked) == 1 and marked[0].split()[0] == default_model()
+    assert "(8 images 0." in marked[0]

@@ -46,12 +46,25 @@ def _models(args) -> int:
     if args.json:
         print(json.dumps(entries, indent=1))
         return 0
+    from ..acquisition import default_model
+
+    default = default_model()
     for e in entries:
-        acc = e.get("accuracy") or {}
-        accs = ", ".join(f"{'cell-mean' if m == 'cell' else m} {a:.2f}" if isinstance(a, float) else f"{m} -"
-                         for m, a in acc.items())
+        acc8 = (e.get("accuracy_8_images") or {}).get("pattern")
+        parts = []
+        for m, a in (e.get("accuracy") or {}).items():
+            label = "cell-mean" if m == "cell" else m
+            if not isinstance(a, float):
+                parts.append(f"{label} -")
+                continue
+            # with the 8 symmetry images classify / evaluate average by default, where the card has it
+            extra = f" (8 images {acc8:.2f})" if m == "pattern" and isinstance(acc8, float) else ""
+            parts.append(f"{label} {a:.2f}{extra}")
+        accs = ", ".join(parts)
         modes = ",".join(e["modes"]) or "no weights"
-        print(f"{e['name']:<13} {e['family']:<8} [{modes}] {e['summary']}" + (f"  (held-out acc: {accs})" if accs else ""))
+        mark = "  [default]" if e["name"] == default else ""
+        print(f"{e['name']:<13} {e['family']:<8} [{modes}] {e['summary']}" + (f"  (held-out acc: {accs})" if accs else "")
+              + mark)
     return 0
 
 

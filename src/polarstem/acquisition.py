@@ -58,12 +58,12 @@ def default_model() -> str:
     mode votes the pattern weights over each cell window by default.
     """
     from .models import list_models
+    from .models.registry import default_inference_accuracy
 
     best, best_acc = None, -1.0
     for entry in list_models():
-        acc8 = (entry.get("accuracy_8_images") or {}).get("pattern")
-        acc = acc8 if isinstance(acc8, (int, float)) else (entry.get("accuracy") or {}).get("pattern")
-        if entry.get("available") and isinstance(acc, (int, float)) and acc > best_acc:
+        acc = default_inference_accuracy(entry)
+        if entry.get("available") and acc is not None and acc > best_acc:
             best, best_acc = entry["name"], acc
     if best is None:
         available = [e["name"] for e in list_models() if e.get("available")]

@@ -175,15 +175,14 @@ class PolarizationMapWidget(QWidget):
         from ..models import list_models
 
         from ..acquisition import default_model
+        from ..models.registry import default_inference_accuracy
 
         self._models = [m for m in list_models() if m.get("available")]
         default = default_model() if self._models else None
         self.model_combo.clear()
         for m in self._models:
-            # the per-pattern held-out accuracy as the tools run it (8 symmetry images), else one image
-            acc8 = (m.get("accuracy_8_images") or {}).get("pattern")
-            acc = acc8 if isinstance(acc8, (int, float)) else (m.get("accuracy") or {}).get("pattern")
-            label = m["name"] + (f"  (held-out acc. {acc:.2f})" if isinstance(acc, (int, float)) else "")
+            acc = default_inference_accuracy(m)  # per pattern, as the tools run it (8 symmetry images)
+            label = m["name"] + (f"  (held-out acc. {acc:.2f})" if acc is not None else "")
             self.model_combo.addItem(label + ("  · default" if m["name"] == default else ""), m["name"])
         if default is not None:
             self.model_combo.setCurrentIndex(max(0, self.model_combo.findData(default)))

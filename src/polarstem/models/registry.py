@@ -119,10 +119,19 @@ def list_models(folder: Path | None = None) -> list[dict]:
                 card = {}
             entry["acquisition"] = card.get("acquisition", {})
             entry["input_grid"] = card.get("input_grid", {})
-            entry["accuracy"] = {m: _safe_card(name, m, folder).get("heldout", {}).get("accuracy") for m in modes}
-            entry["accuracy_8_images"] = {m: _symmetry8_accuracy(_safe_card(name, m, folder)) for m in modes}
+            cards = {m: _safe_card(name, m, folder) for m in modes}
+            entry["accuracy"] = {m: cards[m].get("heldout", {}).get("accuracy") for m in modes}
+            entry["accuracy_8_images"] = {m: _symmetry8_accuracy(cards[m]) for m in modes}
         out.append(entry)
     return out
+
+
+def default_inference_accuracy(entry: dict) -> float | None:
+    """A registry entry's per-pattern held-out accuracy as the tools run it by default (8 symmetry
+    images) where its card has that figure, else with one image; what the default model is chosen by."""
+    acc8 = (entry.get("accuracy_8_images") or {}).get("pattern")
+    acc = acc8 if isinstance(acc8, (int, float)) else (entry.get("accuracy") or {}).get("pattern")
+    return float(acc) if isinstance(acc, (int, float)) else None
 
 
 def _symmetry8_accuracy(card: dict) -> float | None:

@@ -50,22 +50,23 @@ def acquisition_warnings(model_name: str, calibration: Calibration, detector_sha
     return out
 
 
-def default_model() -> str:
+def default_model(entries: list[dict] | None = None) -> str:
     """The shipped model with the best held-out per-pattern accuracy, else 'cnn'.
 
     Pattern weights decide, as the tools run them by default: with the 8 symmetry images where the
     card has that figure (``heldout_other``, on its own held-out folder), else with one image. Cell
-    mode votes the pattern weights over each cell window by default.
+    mode votes the pattern weights over each cell window by default. ``entries``: a ``list_models()``
+    result the caller already has (the cards are then not read again).
     """
     from .models import list_models
     from .models.registry import default_inference_accuracy
 
+    available = [e for e in (list_models() if entries is None else entries) if e.get("available")]
     best, best_acc = None, -1.0
-    for entry in list_models():
+    for entry in available:
         acc = default_inference_accuracy(entry)
-        if entry.get("available") and acc is not None and acc > best_acc:
+        if acc is not None and acc > best_acc:
             best, best_acc = entry["name"], acc
     if best is None:
-        available = [e["name"] for e in list_models() if e.get("available")]
-        best = available[0] if available else "cnn"
+        best = available[0]["name"] if available else "cnn"
     return best

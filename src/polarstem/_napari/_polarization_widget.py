@@ -178,7 +178,7 @@ class PolarizationMapWidget(QWidget):
         from ..models.registry import default_inference_accuracy
 
         self._models = [m for m in list_models() if m.get("available")]
-        default = default_model() if self._models else None
+        default = default_model(self._models) if self._models else None
         self.model_combo.clear()
         for m in self._models:
             acc = default_inference_accuracy(m)  # per pattern, as the tools run it (8 symmetry images)

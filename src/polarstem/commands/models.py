@@ -48,7 +48,7 @@ def _models(args) -> int:
         return 0
     from ..acquisition import default_model
 
-    default = default_model()
+    default = default_model(entries)
     for e in entries:
         acc8 = (e.get("accuracy_8_images") or {}).get("pattern")
         parts = []

@@ -113,6 +113,20 @@ def test_evaluate_defaults_to_the_mode_classify_uses(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["mode"] == "pattern"
 
 
+def test_evaluate_finds_labels_beside_a_zspy_store(capsys):
+    """A .zspy is a directory, but a file to the user: labels.npy and defects.npy beside it are found
+    whether the user names the folder or the store inside it (the two give the same figures)."""
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[1] / "sample_data"
+    args = ["--model", "cnn", "--mode", "pattern", "--tta", "1", "--json"]
+    assert main(["evaluate", str(sample / "data.zspy"), *args]) == 0
+    store = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(sample), *args]) == 0
+    folder = json.loads(capsys.readouterr().out)
+    assert store["accuracy"] == folder["accuracy"] and store["confusion"] == folder["confusion"]
+
+
 def test_lattice_survives_random_descan_on_a_small_detector():
     """The sample (43 px detector, disk radius 10 px) with a random ±3 px descan per pattern (physics.md's
     range): the lattice finder's annulus keeps clear of the flickering disk edge."""

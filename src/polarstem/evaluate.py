@@ -72,7 +72,10 @@ def evaluate(path, labels_path=None, model: str | None = None, mode: str = "auto
     from .io import load
 
     ds = load(path)
-    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    # a simulation's output folder holds labels.npy; a file (also a .zspy/.zarr store, itself a
+    # directory) has it beside it
+    p = Path(path)
+    folder = p if p.is_dir() and p.suffix.lower() not in (".zspy", ".zarr") else p.parent
     labels_path = labels_path or folder / "labels.npy"
     labels = _load_map(labels_path, ds.scan_shape, np.int64, "labels")
     if labels.min() < -1 or labels.max() >= N_CLASSES:

@@ -132,6 +132,19 @@ def test_phase_bins_are_even_on_a_scan_with_whole_steps_per_cell():
     assert len(counts) == 9 and counts.min() >= 80 and counts.max() <= 120
 
 
+def test_phase_bins_keep_one_place_of_the_cell_each_when_the_origin_is_half_a_step_off():
+    """Scan C's found lattice (4 steps per cell found as 4.014, origin 0.457 px): the positions' phases
+    sit near bin edges, and fixed edges put two places of the cell in one bin across the scan."""
+    from polarstem.lattice import Lattice
+
+    lat = Lattice(period=(4.0144, 4.0211), origin=(0.4575, 1.3743))
+    bins = lat.phase_bins((32, 32))
+    rr, cc = np.indices((32, 32))
+    place = (rr % 4) * 4 + cc % 4
+    assert len(set(zip(bins.ravel().tolist(), place.ravel().tolist()))) == 16
+    assert np.bincount(bins.ravel()).tolist() == [64] * 16
+
+
 def test_wall_bands_of_the_bisecting_direction_go_to_the_adjacent_domains():
     """A [110] domain above a [-110] one, with a two-row band of [010] (their sum's direction) at
     the wall: the band is the wall. Thin bands that bisect nothing stay."""

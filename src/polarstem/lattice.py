@@ -42,14 +42,26 @@ class Lattice:
         return fy, fx
 
     def phase_bins(self, shape: tuple[int, int], max_bins: int = 8) -> np.ndarray:
-        """Integer bin of each position's place in the cell (about one bin per scan px of the cell)."""
+        """Integer bin of each position's place in the cell (about one bin per scan px of the cell).
+
+        The bin edges sit halfway between the positions' own phases: with a whole number of steps
+        per cell the positions cluster near phases k/n + d, and fixed edges at (k + 1/2)/n would cut
+        through a cluster when d is near 1/(2n) (a found origin can put it anywhere), mixing two
+        places of the cell in one bin as the found period drifts across the scan (scan C: 4x4
+        places in 64 bin-place pairs). ``d`` is the circular mean of the positions' phase offsets.
+        """
         fy, fx = self.phase(shape)
         ny = int(np.clip(round(self.period[0]), 1, max_bins))
         nx = int(np.clip(round(self.period[1]), 1, max_bins))
-        # round to the nearest bin: scan positions sit near phases k/n, where flooring would split them
-        by = np.rint(fy * ny).astype(int) % ny
-        bx = np.rint(fx * nx).astype(int) % nx
-        return by * nx + bx
+        return _centred_bins(fy[:, 0], ny)[:, None] * nx + _centred_bins(fx[0], nx)[None, :]
+
+
+def _centred_bins(frac: np.ndarray, n: int) -> np.ndarray:
+    """Bins 0..n-1 of fractional phases ``frac``, edges centred between the phases' clusters."""
+    t = np.asarray(frac, np.float64) * n
+    z = np.exp(2j * np.pi * t).mean()
+    d = float(np.angle(z) / (2 * np.pi)) if abs(z) > 1e-6 else 0.0
+    return np.rint(t - d).astype(int) % n
 
 
 def _peak_frequency(power_1d: np.ndarray, n: int, fmin: float, fmax: float) -> tuple[float, float]:

@@ -10,6 +10,8 @@ scan (one fixed draw, seed 11), and the scan is classified as ``polarstem classi
 every pattern over the scan positions around it as a finite source of std S Å does
 (``polarstem.simulate.coherence.source_blur_scan``; a/3-a/4 scan steps sample that coarsely). Prints
 one line per scan and corruption: the mode chosen, accuracy away from the defects and the anomaly ROC AUC.
+``--session9`` adds the AUC of the same classification scored by the session-9 rules (walls zeroed,
+no pattern term), for the comparison in docs/classify.md.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def main(argv=None) -> None:
                                                     ".cache/sim/val_scan_c", ".cache/sim/val_scan_d",
                                                     ".cache/sim/val_scan_e"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--session9", action="store_true", help="also score with the session-9 anomaly rules")
     args = ap.parse_args(argv)
 
     import dask.array as da
@@ -41,7 +44,10 @@ def main(argv=None) -> None:
     from polarstem.simulate.coherence import source_blur_scan
 
     torch.set_num_threads(args.threads)
-    print(f"{'scan':28s} {'corruption':14s} mode    away from defects  anomaly AUC")
+    from polarstem import anomaly
+
+    print(f"{'scan':28s} {'corruption':14s} mode    away from defects  anomaly AUC"
+          + ("  (session-9 rules)" if args.session9 else ""))
     for folder in args.scans:
         if not Path(folder).exists():
             print(f"{folder}: missing (simulate it from configs/simulate/validation/)")
@@ -64,8 +70,15 @@ def main(argv=None) -> None:
             res = classify_scan(data, args.model, mode="auto")
             away = (labels >= 0) & ~defects
             acc = float((res.classes[away] == labels[away]).mean())
-            print(f"{folder:28s} {spec:14s} {res.mode:7s} {acc:.3f}              {anomaly_auc(res.anomaly, defects)}",
-                  flush=True)
+            line = f"{folder:28s} {spec:14s} {res.mode:7s} {acc:.3f}              {anomaly_auc(res.anomaly, defects)}"
+            if args.session9:
+                keep = anomaly.WALL_CONTEXT_MIN, anomaly.FINGERPRINT_WEIGHT
+                anomaly.WALL_CONTEXT_MIN, anomaly.FINGERPRINT_WEIGHT = 0, 0.0
+                try:
+                    line += f"  ({anomaly_auc(anomaly.score_anomaly(res), defects)})"
+                finally:
+                    anomaly.WALL_CONTEXT_MIN, anomaly.FINGERPRINT_WEIGHT = keep
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

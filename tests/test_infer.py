@@ -89,6 +89,24 @@ def test_cancel_leaves_valid_partial_map(scan, model):
     np.testing.assert_array_equal(res.classes[res.done], full.classes[res.done])
 
 
+def test_every_classified_position_keeps_its_own_fingerprint(scan, model):
+    """The anomaly score's pattern term needs each position's own coarse pattern, in pattern mode and
+    in the cell vote (which pools the predictions, not the fingerprints), on a cluster as locally."""
+    from polarstem.anomaly import fingerprint
+    from polarstem.lattice import Lattice
+
+    ds = load(scan)
+    roi = np.zeros(ds.scan_shape, bool)
+    roi[2:9, 3:11] = True
+    own = fingerprint(model.preprocess(np.asarray(ds.data)[roi], ds.calibration)[0]).astype(np.float32)
+    for mode, lat in (("pattern", None), ("cell", Lattice(period=(3.0, 3.0)))):
+        res = classify_scan(ds, model=model, mode=mode, roi=roi, device="cpu", lattice=lat, chunk_bytes=64 * 64 * 2 * 20)
+        fp = res.fingerprint.astype(np.float32)
+        assert fp.shape == ds.scan_shape + (own.shape[1],) and own.shape[1] == (model.input_shape[0] // 4) ** 2
+        np.testing.assert_allclose(fp[roi], own, atol=2e-3)
+        assert np.isnan(fp[~roi]).all()
+
+
 def test_cell_mode_needs_a_lattice(scan, model):
     from polarstem.errors import PolarstemError
     from polarstem.lattice import Lattice
@@ -132,6 +150,9 @@ def test_resume_after_interruption_equals_a_full_run(scan, model, tmp_path):
     full = classify_scan(ds, model=model, mode="pattern", device="cpu")
     np.testing.assert_array_equal(resumed.classes, full.classes)
     np.testing.assert_allclose(resumed.proba, full.proba, atol=1e-5)
+    # the anomaly score's pattern term survives the checkpoint too
+    np.testing.assert_allclose(resumed.fingerprint.astype(np.float32), full.fingerprint.astype(np.float32))
+    np.testing.assert_allclose(resumed.anomaly, full.anomaly, atol=1e-4, equal_nan=True)
 
 
 def _manual_vote(pattern_result, window):

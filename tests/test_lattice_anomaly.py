@@ -104,6 +104,56 @@ def test_domain_walls_are_not_anomalies_but_islands_inside_a_domain_are():
     assert not domain_walls(res.classes, res.done, res.lattice.window, sick).any()
 
 
+def test_a_defect_on_a_wall_stands_out_against_the_rest_of_its_wall(monkeypatch):
+    """Wall positions are compared with the positions of the same wall (same classes, distance and
+    place in the cell), not zeroed: a block of lower confidence on the wall is found, the wall itself
+    (uniformly mixed) is not. With the context rule off the block is discounted with its wall."""
+    from sklearn.metrics import roc_auc_score
+
+    from polarstem import anomaly
+
+    res, _ = synthetic_result()
+    rng = np.random.default_rng(5)
+    wall_cols = slice(20, 28)
+    res.confidence[:, wall_cols] = 0.5 + rng.normal(0, 0.03, res.confidence[:, wall_cols].shape)
+    res.embedding_distance[:, wall_cols] = 2.0 + rng.normal(0, 0.1, res.confidence[:, wall_cols].shape)
+    on_wall = np.zeros(res.classes.shape, bool)
+    on_wall[28:34, 21:27] = True
+    res.confidence[on_wall] = 0.3
+    res.embedding_distance[on_wall] = 3.0
+    walls = anomaly.domain_walls(res.classes, res.done, res.lattice.window)
+    assert walls[on_wall].all()
+    near = np.zeros_like(on_wall)
+    near[:, 16:32] = True  # the wall and its surroundings, away from the synthetic interior defect
+    a = score_anomaly(res)
+    assert roc_auc_score(on_wall[near], a[near]) > 0.95
+    monkeypatch.setattr(anomaly, "WALL_CONTEXT_MIN", 0)
+    off = score_anomaly(res)
+    assert roc_auc_score(on_wall[near], off[near]) < 0.8
+
+
+def test_a_defect_that_keeps_the_confidence_is_found_by_its_patterns(monkeypatch):
+    """Thin-crystal O vacancies barely lower the confidence, but shift the patterns a little against
+    the other positions of the same class and place in the cell: the fingerprint term finds them."""
+    from sklearn.metrics import roc_auc_score
+
+    from polarstem import anomaly
+
+    res, _ = synthetic_result()
+    rng = np.random.default_rng(7)
+    quiet = np.zeros(res.classes.shape, bool)
+    quiet[28:36, 4:12] = True  # inside domain 1, away from the wall and the synthetic defect
+    bins = res.lattice.phase_bins(res.classes.shape)
+    place = rng.normal(0, 1, (16, 36))  # each place in the cell has its own pattern
+    fp = place[bins] + rng.normal(0, 0.3, res.classes.shape + (36,))
+    fp[quiet] += 0.25 * rng.normal(0, 1, 36)  # a consistent small shift, ~1 spread of a position
+    res.fingerprint = fp.astype(np.float16)
+    others = quiet | (~quiet & (res.classes == 1))
+    assert roc_auc_score(quiet[others], score_anomaly(res)[others]) > 0.9
+    monkeypatch.setattr(anomaly, "FINGERPRINT_WEIGHT", 0.0)
+    assert roc_auc_score(quiet[others], score_anomaly(res)[others]) < 0.7
+
+
 def test_export_folder_roundtrip(tmp_path):
     res, _ = synthetic_result()
     res.anomaly = score_anomaly(res)

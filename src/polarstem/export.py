@@ -270,6 +270,8 @@ def save_checkpoint(outdir: str | os.PathLike, result, key: dict) -> Path:
     arrays = {k: np.asarray(getattr(result, k)) for k in _CHECKPOINT_MAPS}
     arrays["key"] = np.frombuffer(json.dumps(key, sort_keys=True, default=_json_default).encode(), dtype=np.uint8)
     arrays["mode"] = np.frombuffer(result.mode.encode(), dtype=np.uint8)
+    if getattr(result, "fingerprint", None) is not None:
+        arrays["fingerprint"] = np.asarray(result.fingerprint)
     with atomic_path(p) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -295,6 +297,10 @@ def load_checkpoint(outdir: str | os.PathLike, key: dict, scan_shape) -> object 
                 if arr.shape != getattr(res, k).shape:
                     return None
                 setattr(res, k, arr.copy())
+            if "fingerprint" in z.files:  # the anomaly score's pattern term (older checkpoints lack it)
+                fp = z["fingerprint"]
+                if fp.shape[:2] == tuple(scan_shape):
+                    res.fingerprint = fp.copy()
     except (OSError, ValueError, KeyError) as exc:
         raise PolarstemError(f"{p}: unreadable checkpoint ({exc}); delete it to start afresh") from None
     return res

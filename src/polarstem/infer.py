@@ -33,6 +33,7 @@ from typing import Callable
 
 import numpy as np
 
+from .anomaly import fingerprint
 from .chunks import iter_frame_blocks
 from .classes import N_CLASSES, NO_CLASS
 from .errors import Cancelled, PolarstemError
@@ -62,6 +63,7 @@ class ClassificationResult:
     informative: np.ndarray  # bool: preprocessing judged the input informative (the filter map)
     done: np.ndarray  # bool: positions that were classified
     anomaly: np.ndarray | None = None  # float32, filled by score_anomaly
+    fingerprint: np.ndarray | None = None  # float16 (rows, cols, F): coarse model input (anomaly.fingerprint)
     usable: np.ndarray | None = None  # bool: not broken (featureless counts as usable; such patterns vote)
     background: np.ndarray | None = None  # virtual ADF image, when the lattice search made one
     mode: str = "pattern"
@@ -225,6 +227,8 @@ def classify_scan(
             setattr(result, key, getattr(resume_from, key).copy())
         if resume_from.usable is not None:
             result.usable = resume_from.usable.copy()
+        if resume_from.fingerprint is not None:
+            result.fingerprint = resume_from.fingerprint.copy()
         result.n_patterns = int(result.done.sum())
     calibration = dataset.calibration
     window = lattice.window if (mode == "cell" and lattice is not None) else None
@@ -248,10 +252,10 @@ def classify_scan(
             for block in iter_frame_blocks(
                 dataset, mask=roi, budget=chunk_bytes, progress=progress, cancel=cancel, halo=halo, transform=prepare,
             ):
-                sel, proba, emb, informative, usable = predict_block(model, block.prepared, bs, window, cancel, tta)
+                sel, proba, emb, informative, usable, fp = predict_block(model, block.prepared, bs, window, cancel, tta)
                 if proba is None:
                     continue
-                _store(result, block.rows, block.cols, sel, proba, emb, informative, prototypes, usable)
+                _store(result, block.rows, block.cols, sel, proba, emb, informative, prototypes, usable, fp)
                 result.n_patterns += int(sel.sum())
                 if on_block is not None:
                     on_block(result)
@@ -304,12 +308,15 @@ def prepare_block(model, frames, inner_rows, inner_cols, mask, window, calibrati
         else:
             need = _window_sum(need.astype(np.float32), window) > 0.5
         x, informative, usable = _preprocess(model, frames[need], calibration)
-        return sel, x, informative, usable, (need, inner_rows, inner_cols, vote)
+        index = np.full(need.shape, -1, np.int64)
+        index[need] = np.arange(int(need.sum()))
+        fp = fingerprint(x[index[inner_rows, inner_cols][sel]])  # each position's own pattern
+        return sel, x, informative, usable, (need, inner_rows, inner_cols, vote), fp
     if window:
         frames = cell_average(frames, window)
     inner = frames[inner_rows, inner_cols]
     x, informative, usable = _preprocess(model, inner[sel], calibration)
-    return sel, x, informative, usable, None
+    return sel, x, informative, usable, None, fingerprint(x)
 
 
 def _preprocess(model, frames, calibration):
@@ -328,12 +335,13 @@ def _window_sum(values: np.ndarray, window: tuple[int, int]) -> np.ndarray:
 
 
 def predict_block(model, prepared, batch_size, window, cancel=None, tta=False):
-    """(sel, proba, emb, informative, usable) of one prepared block; a vote pools its window first."""
-    sel, x, informative, usable, ctx = prepared
+    """(sel, proba, emb, informative, usable, fingerprint) of one prepared block; a vote pools its
+    window first (the fingerprint stays each position's own)."""
+    sel, x, informative, usable, ctx, fp = prepared
     proba, emb = predict_batches(model, x, batch_size, cancel, tta)
     if proba is None or ctx is None:
-        return sel, proba, emb, informative, usable
-    return (sel,) + vote_windows(ctx, sel, proba, emb, informative, window, voters=usable)
+        return sel, proba, emb, informative, usable, fp
+    return (sel,) + vote_windows(ctx, sel, proba, emb, informative, window, voters=usable) + (fp,)
 
 
 def vote_windows(ctx, sel, proba, emb, informative, window, voters=None):
@@ -491,10 +499,10 @@ def _classify_on_cluster(result, dataset, name, mode, roi, window, halo, chunk_b
             for fut in as_completed(list(futures)):
                 if cancel is not None and cancel.is_set():
                     raise Cancelled("cancelled by the user")
-                sel, proba, emb, informative, usable = fut.result()
+                sel, proba, emb, informative, usable, fp = fut.result()
                 r, c = futures[fut]
                 if proba is not None:
-                    _store(result, r, c, sel, proba, emb, informative, prototypes, usable)
+                    _store(result, r, c, sel, proba, emb, informative, prototypes, usable, fp)
                     result.n_patterns += int(sel.sum())
                 done += 1
                 if progress:
@@ -505,8 +513,12 @@ def _classify_on_cluster(result, dataset, name, mode, roi, window, halo, chunk_b
             client.cancel(list(futures))
 
 
-def _store(result, rows, cols, sel, proba, emb, informative, prototypes, usable) -> None:
+def _store(result, rows, cols, sel, proba, emb, informative, prototypes, usable, fp=None) -> None:
     """Write one block's predictions into the result maps."""
+    if fp is not None and len(fp):
+        if result.fingerprint is None or result.fingerprint.shape[-1] != fp.shape[-1]:
+            result.fingerprint = np.full(result.classes.shape + (fp.shape[-1],), np.nan, np.float16)
+        result.fingerprint[rows, cols][sel] = fp
     cls = np.argmax(proba, axis=1)
     top2 = np.sort(proba, axis=1)[:, -2:]
     sub = lambda arr: arr[rows, cols]  # noqa: E731 - views into the result maps

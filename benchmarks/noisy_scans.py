@@ -10,8 +10,8 @@ scan (one fixed draw, seed 11), and the scan is classified as ``polarstem classi
 every pattern over the scan positions around it as a finite source of std S Å does
 (``polarstem.simulate.coherence.source_blur_scan``; a/3-a/4 scan steps sample that coarsely). Prints
 one line per scan and corruption: the mode chosen, accuracy away from the defects and the anomaly ROC AUC.
-``--session9`` adds the AUC of the same classification scored by the session-9 rules (walls zeroed,
-no pattern term), for the comparison in docs/classify.md.
+``--session9`` adds the AUC of the same classification scored by the session-9 rules (no pattern
+term), for the comparison in docs/classify.md.
 """
 
 from __future__ import annotations
@@ -72,12 +72,12 @@ def main(argv=None) -> None:
             acc = float((res.classes[away] == labels[away]).mean())
             line = f"{folder:28s} {spec:14s} {res.mode:7s} {acc:.3f}              {anomaly_auc(res.anomaly, defects)}"
             if args.session9:
-                keep = anomaly.WALL_CONTEXT_MIN, anomaly.FINGERPRINT_WEIGHT
-                anomaly.WALL_CONTEXT_MIN, anomaly.FINGERPRINT_WEIGHT = 0, 0.0
+                keep = anomaly.FINGERPRINT_WEIGHT
+                anomaly.FINGERPRINT_WEIGHT = 0.0
                 try:
                     line += f"  ({anomaly_auc(anomaly.score_anomaly(res), defects)})"
                 finally:
-                    anomaly.WALL_CONTEXT_MIN, anomaly.FINGERPRINT_WEIGHT = keep
+                    anomaly.FINGERPRINT_WEIGHT = keep
             print(line, flush=True)
 
 

@@ -14,15 +14,15 @@ with the *other positions at the same place in the unit cell* (its phase bin, fr
    the walls, against that group's own spread (weight ``FINGERPRINT_WEIGHT``). Thin-crystal O
    vacancies barely move the confidence but do move the pattern.
 
-Each term is clipped at 0 (only "worse than usual" counts). Domain walls are not defects, but their
-patterns are mixed, so the terms rise there too. Positions within one cell of the boundary between two
-domains (``walls.domains``: connected regions of one class of at least two cells, here also healthy:
-median score at most ``WALL_DOMAIN_HEALTH``) are therefore scored against the rest of *their wall*
-instead (:func:`wall_contexts`: same class, same neighbouring domain, same distance to it, same
-phase bin; ``WALL_CONTEXT_MIN`` positions at least, else they count ``WALL_WEIGHT`` (0) of their
-score): the wall as a whole is not anomalous, a defect on it is. A defect inside a domain shows as
-low confidence or an unusual pattern there, or as small islands of other classes, which no large
-domain explains. Bands along the scan edge thinner than half a cell keep their score only as
+Each term is clipped at 0 (only "worse than usual" counts). Domain walls are not defects, but the
+cell vote's windows there mix two domains, so terms 1 and 2 rise there too: positions within one
+cell of the boundary between two domains (``walls.domains``: connected regions of one class of at
+least two cells, here also healthy: median score at most ``WALL_DOMAIN_HEALTH``) count
+``WALL_WEIGHT`` (0) of them. Term 3 is each position's own pattern, which the vote does not mix, so
+wall positions keep it from ``WALL_PATTERN_MIN_DISTANCE`` px off the other domain on: a defect on a
+wall is still seen (until session 9 it was discounted with its wall). A defect inside a domain shows
+as low confidence or an unusual pattern there, or as small islands of other classes, which no
+large domain explains. Bands along the scan edge thinner than half a cell keep their score only as
 far as it continues inward (:func:`limit_edge_bands`). The sum is then smoothed over one
 unit cell, because a crystal defect spans at least a cell. Without a lattice there is one bin.
 
@@ -53,9 +53,9 @@ EDGE_BANDS = True
 FINGERPRINT_WEIGHT = 0.5
 #: The fingerprint is the model input averaged over FINGERPRINT_BIN x FINGERPRINT_BIN pixel blocks.
 FINGERPRINT_BIN = 4
-#: Wall positions are scored against the other positions of their wall context (:func:`wall_contexts`)
-#: when the context has at least this many; smaller contexts count ``WALL_WEIGHT`` (0 = off).
-WALL_CONTEXT_MIN = 6
+#: Wall positions at least this far (scan px) from the other domain keep their pattern term: the
+#: probe's own pattern there is its cell's, only the vote's window mixes the two domains.
+WALL_PATTERN_MIN_DISTANCE = 2
 
 
 def limit_edge_bands(score: np.ndarray, valid: np.ndarray, period: tuple[float, float]) -> np.ndarray:
@@ -138,58 +138,21 @@ def _residual_z(f: np.ndarray, group: np.ndarray, ref: np.ndarray, valid: np.nda
     return np.clip(z, 0, None)
 
 
-def wall_contexts(classes: np.ndarray, valid: np.ndarray, window: tuple[int, int],
+def wall_distance(classes: np.ndarray, valid: np.ndarray, window: tuple[int, int],
                   score: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(wall mask as :func:`domain_walls`, context key of each wall position, -1 elsewhere).
-
-    A wall position's context is its class, the class of the nearest other domain, the distance to
-    that domain (rounded, scan px) and, added by the caller, its phase bin: the positions of one
-    wall at the same distance from it and the same place in the cell, which see the same mixture of
-    the two domains. A defect on a wall stands out against the rest of its wall, where against the
-    whole domain the wall itself hides it.
-    """
+    """(wall mask as :func:`domain_walls`, distance in scan px of each position to the nearest
+    position of another domain; inf where there is none)."""
     from scipy import ndimage
 
     wall = domain_walls(classes, valid, window, score)
-    key = np.full(classes.shape, -1, np.int64)
+    dist = np.full(classes.shape, np.inf)
     if not wall.any():
-        return wall, key
+        return wall, dist
     big = domains(classes, valid, window, score, WALL_DOMAIN_HEALTH)
-    best = np.full(classes.shape, np.inf)
-    other = np.full(classes.shape, -1, np.int64)
     for k in np.unique(classes[big]):
-        dist = ndimage.distance_transform_edt(~(big & (classes == k)))
-        closer = (classes != k) & (dist < best)
-        best = np.where(closer, dist, best)
-        other = np.where(closer, int(k), other)
-    d = np.clip(np.rint(np.where(np.isfinite(best), best, 0)), 0, 99).astype(np.int64)
-    key[wall] = (classes[wall].astype(np.int64) * 8 + other[wall]) * 100 + d[wall]
-    return wall, key
-
-
-def _context_score(confidence, distance, key, bins, valid, min_size: int) -> np.ndarray:
-    """Confidence deficit + weighted embedding distance as robust z within each wall context and phase
-    bin (NaN where a context has fewer than ``min_size`` positions); floors as :func:`_robust_z`."""
-    out = np.full(key.shape, np.nan)
-    group = np.where(key >= 0, key * 64 + bins, -1)
-
-    def spread(v):
-        v = v[np.isfinite(v)]
-        return 1.4826 * np.median(np.abs(v - np.median(v))) if v.size else 0.0
-
-    g_conf = spread(confidence[valid])
-    g_dist = spread(distance[valid])
-    for g in np.unique(group[group >= 0]):
-        sel = (group == g) & valid
-        if sel.sum() < min_size:
-            continue
-        c = confidence[sel]
-        t = np.clip((np.median(c) - c) / max(spread(c), 0.25 * g_conf, 0.02), 0, None)
-        e = distance[sel]
-        if np.isfinite(e).all():
-            t = t + EMBEDDING_WEIGHT * np.clip((e - np.median(e)) / max(spread(e), 0.25 * g_dist, 1e-3), 0, None)
-        out[sel] = t
-    return out
+        d = ndimage.distance_transform_edt(~(big & (classes == k)))
+        dist = np.where(classes != k, np.minimum(dist, d), dist)
+    return wall, dist
 
 
 def _robust_z(values: np.ndarray, bins: np.ndarray, valid: np.ndarray, floor: float) -> np.ndarray:
@@ -229,22 +192,15 @@ def score_anomaly(result, lattice: Lattice | None = None) -> np.ndarray:
         dist = np.clip(_robust_z(result.embedding_distance.astype(np.float64), bins, valid, 1e-3), 0, None)
         score = score + EMBEDDING_WEIGHT * np.nan_to_num(dist)
     score = np.where(valid, np.nan_to_num(score), 0.0)
-    wall, key = wall_contexts(result.classes, valid, window, score)
+    wall, dist = wall_distance(result.classes, valid, window, score)
     fp = getattr(result, "fingerprint", None)
-    use_fp = FINGERPRINT_WEIGHT > 0 and fp is not None and fp.shape[:2] == shape and fp.shape[-1] > 0
-    if use_fp:
-        fp = fp.astype(np.float32)
+    pattern = np.zeros(shape)
+    if FINGERPRINT_WEIGHT > 0 and fp is not None and fp.shape[:2] == shape and fp.shape[-1] > 0:
         group = result.classes.astype(np.int64) * 64 + bins
-        score = score + FINGERPRINT_WEIGHT * _residual_z(fp, group, ~wall, valid, 5)
-    wall_score = WALL_WEIGHT * score
-    if WALL_CONTEXT_MIN:
-        ctx = _context_score(result.confidence.astype(np.float64), result.embedding_distance.astype(np.float64),
-                             key, bins, valid, WALL_CONTEXT_MIN)
-        if use_fp:
-            ctx_group = np.where(key >= 0, key * 64 + bins, -1)
-            ctx = ctx + FINGERPRINT_WEIGHT * _residual_z(fp, ctx_group, wall, valid, WALL_CONTEXT_MIN)
-        wall_score = np.where(np.isfinite(ctx), ctx, wall_score)
-    score = np.where(wall, wall_score, score)
+        pattern = FINGERPRINT_WEIGHT * _residual_z(fp.astype(np.float32), group, ~wall, valid, 5)
+    # walls: the vote's mixed windows make terms 1 and 2 meaningless there, not the position's own pattern
+    wall_score = WALL_WEIGHT * score + np.where(dist >= WALL_PATTERN_MIN_DISTANCE, pattern, 0.0)
+    score = np.where(wall, wall_score, score + pattern)
     if EDGE_BANDS and lattice is not None and lattice.resolved:
         score = np.where(valid, limit_edge_bands(score, valid, lattice.period), 0.0)
     # smooth over one unit cell, normalising by the valid fraction so ROI edges are not penalised

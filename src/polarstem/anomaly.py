@@ -49,7 +49,8 @@ WALL_DOMAIN_HEALTH = 1.0
 #: Cap the score of thin bands along the scan edge by the score further in (:func:`limit_edge_bands`).
 EDGE_BANDS = True
 #: Weight of the fingerprint residual (:func:`fingerprint`): how far a position's own pattern lies from
-#: the median pattern of its (class, phase bin) group, in robust z units of that group's clean part.
+#: the median pattern of its (class, phase bin) group off the walls, in robust z units of that part.
+#: 0.5 was set before scans B, D, E were re-simulated and G, H made (docs/classify.md, session 10).
 FINGERPRINT_WEIGHT = 0.5
 #: The fingerprint is the model input averaged over FINGERPRINT_BIN x FINGERPRINT_BIN pixel blocks.
 FINGERPRINT_BIN = 4

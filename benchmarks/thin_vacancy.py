@@ -68,6 +68,7 @@ def near_wall(labels: np.ndarray, reach: int) -> np.ndarray:
 
 
 def features(folder: Path, model_name: str):
+    from polarstem.anomaly import fingerprint
     from polarstem.io import load
     from polarstem.models import load_model
 
@@ -79,8 +80,7 @@ def features(folder: Path, model_name: str):
     out = model.predict(x)
     shape = frames.shape[:2]
     x = np.asarray(x)
-    h = x.shape[-1] // 4 * 4
-    binned = x[:, :h, :h].reshape(len(x), h // 4, 4, h // 4, 4).mean((2, 4))
+    binned = fingerprint(x).astype(np.float32)  # what the anomaly score keeps per position
     return {"pattern": x.reshape(shape + (-1,)), "pattern/4": binned.reshape(shape + (-1,)),
             "embedding": np.asarray(out["embedding"]).reshape(shape + (-1,))}
 

@@ -94,9 +94,13 @@ def domain_walls(classes: np.ndarray, valid: np.ndarray, window: tuple[int, int]
     defect is not healthy, so neither makes walls (without the health rule, a model that
     misclassified the domain around scan B's O-vacancy block lost its AUC there: 0.96 -> 0.78).
     """
+    return _walls_of(domains(classes, valid, window, score, WALL_DOMAIN_HEALTH), classes, window)
+
+
+def _walls_of(big: np.ndarray, classes: np.ndarray, window: tuple[int, int]) -> np.ndarray:
+    """Positions of the domains ``big`` within one ``window`` of a domain of another class."""
     from scipy import ndimage
 
-    big = domains(classes, valid, window, score, WALL_DOMAIN_HEALTH)
     reach = np.ones((2 * int(window[0]) + 1, 2 * int(window[1]) + 1), bool)
     wall = np.zeros(classes.shape, bool)
     for k in np.unique(classes[big]):
@@ -106,8 +110,8 @@ def domain_walls(classes: np.ndarray, valid: np.ndarray, window: tuple[int, int]
 
 def fingerprint(x: np.ndarray) -> np.ndarray:
     """(N, F) float16 coarse copy of preprocessed patterns (N, H, W): ``FINGERPRINT_BIN``-px block
-    means, F = (H // 4) * (W // 4) (144 for 48 px). Small enough to keep for every scan position
-    (0.3 kB each), and it keeps what a thin crystal's O vacancies change: in validation scan C the
+    means, F = (H // FINGERPRINT_BIN) * (W // FINGERPRINT_BIN) (144 for 48 px). Small enough to keep
+    for every scan position (0.3 kB each), and it keeps what a thin crystal's O vacancies change: in validation scan C the
     oracle per-position ROC AUC of its residual is 0.71 against 0.73 for the full pattern."""
     x = np.asarray(x, np.float32)
     if x.ndim != 3 or not len(x):
@@ -145,11 +149,11 @@ def wall_distance(classes: np.ndarray, valid: np.ndarray, window: tuple[int, int
     position of another domain; inf where there is none)."""
     from scipy import ndimage
 
-    wall = domain_walls(classes, valid, window, score)
+    big = domains(classes, valid, window, score, WALL_DOMAIN_HEALTH)  # once, for both
+    wall = _walls_of(big, classes, window)
     dist = np.full(classes.shape, np.inf)
     if not wall.any():
         return wall, dist
-    big = domains(classes, valid, window, score, WALL_DOMAIN_HEALTH)
     for k in np.unique(classes[big]):
         d = ndimage.distance_transform_edt(~(big & (classes == k)))
         dist = np.where(classes != k, np.minimum(dist, d), dist)

@@ -115,9 +115,10 @@ def _fingerprints(res, rng, shift_mask=None, shift=0.25, n=36):
 
 
 def test_a_defect_on_a_wall_is_seen_by_its_own_patterns(monkeypatch):
-    """The vote mixes two domains at a wall, so confidence there says nothing and is discounted; the
+    """The vote mixes two domains at a wall, so its confidence there is low everywhere; the
     positions' own patterns are not mixed: a defect on the wall (two or more px off the other domain)
-    is found by them. Without the pattern term it is discounted with its wall."""
+    that lowers the confidence no more than the wall does is found by them. Without the pattern term
+    it is lost in its wall."""
     from sklearn.metrics import roc_auc_score
 
     from polarstem import anomaly
@@ -128,7 +129,6 @@ def test_a_defect_on_a_wall_is_seen_by_its_own_patterns(monkeypatch):
     res.confidence[:, wall_cols] = 0.5 + rng.normal(0, 0.03, res.confidence[:, wall_cols].shape)
     on_wall = np.zeros(res.classes.shape, bool)
     on_wall[26:34, 20:23] = True  # 2-4 px from domain 5
-    res.confidence[on_wall] = 0.4
     res.fingerprint = _fingerprints(res, rng, on_wall)
     assert anomaly.domain_walls(res.classes, res.done, res.lattice.window)[on_wall].all()
     near = np.zeros_like(on_wall)
@@ -136,6 +136,30 @@ def test_a_defect_on_a_wall_is_seen_by_its_own_patterns(monkeypatch):
     assert roc_auc_score(on_wall[near], score_anomaly(res)[near]) > 0.9
     monkeypatch.setattr(anomaly, "FINGERPRINT_WEIGHT", 0.0)
     assert roc_auc_score(on_wall[near], score_anomaly(res)[near]) < 0.7
+
+
+def test_a_wall_defect_below_the_walls_own_confidence_is_seen(monkeypatch):
+    """A non-polar block on a wall, which the vote calls one of the two domains, lowers the
+    confidence below what the rest of the wall gives: what exceeds the wall positions' 0.9 quantile
+    counts (scan H). Until session 11 a wall's confidence counted nothing."""
+    from sklearn.metrics import roc_auc_score
+
+    from polarstem import anomaly
+
+    res, _ = synthetic_result()
+    rng = np.random.default_rng(5)
+    wall_cols = slice(20, 28)
+    res.confidence[:, wall_cols] = 0.5 + rng.normal(0, 0.03, res.confidence[:, wall_cols].shape)
+    block = np.zeros(res.classes.shape, bool)
+    block[26:34, 22:26] = True  # across the wall, both sides
+    res.confidence[block] = 0.35
+    res.fingerprint = _fingerprints(res, rng, np.zeros_like(block))  # its patterns look like the wall's
+    assert anomaly.domain_walls(res.classes, res.done, res.lattice.window)[block].all()
+    near = np.zeros_like(block)
+    near[:, 16:32] = True
+    assert roc_auc_score(block[near], score_anomaly(res)[near]) > 0.9
+    monkeypatch.setattr(anomaly, "WALL_EXCESS_QUANTILE", 1.0)  # the wall's own maximum: nothing counts
+    assert roc_auc_score(block[near], score_anomaly(res)[near]) < 0.7
 
 
 def test_a_defect_that_keeps_the_confidence_is_found_by_its_patterns(monkeypatch):

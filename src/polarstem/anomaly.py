@@ -17,8 +17,10 @@ with the *other positions at the same place in the unit cell* (its phase bin, fr
 Each term is clipped at 0 (only "worse than usual" counts). Domain walls are not defects, but the
 cell vote's windows there mix two domains, so terms 1 and 2 rise there too: positions within one
 cell of the boundary between two domains (``walls.domains``: connected regions of one class of at
-least two cells, here also healthy: median score at most ``WALL_DOMAIN_HEALTH``) count
-``WALL_WEIGHT`` (0) of them. Term 3 is each position's own pattern, which the vote does not mix, so
+least two cells, here also healthy: median score at most ``WALL_DOMAIN_HEALTH``) count only what
+exceeds the ``WALL_EXCESS_QUANTILE`` (0.9) quantile of terms 1-2 over all wall positions of the scan:
+a clean wall's mixed windows spread its values, a defect on the wall (a non-polar block the vote
+calls one of the two domains) stands above that spread (session 11; zero until then). Term 3 is each position's own pattern, which the vote does not mix, so
 wall positions keep it from ``WALL_PATTERN_MIN_DISTANCE`` px off the other domain on: a defect on a
 wall is still seen (until session 9 it was discounted with its wall). A defect inside a domain shows
 as low confidence or an unusual pattern there, or as small islands of other classes, which no
@@ -42,8 +44,10 @@ from .walls import domains
 
 #: Weight of the embedding-distance term against the confidence deficit.
 EMBEDDING_WEIGHT = 0.25
-#: Weight of the score within one cell of a wall between two domains.
-WALL_WEIGHT = 0.0
+#: Within one cell of a wall between two domains, terms 1-2 count only above this quantile of their
+#: values over all wall positions of the scan (session 11, set on scans F, G, H; until then they
+#: counted 0 there). A clean wall's mixed windows raise them; a defect on the wall rises further.
+WALL_EXCESS_QUANTILE = 0.9
 #: A domain must also look healthy: the median of its positions' score at most this (robust z units).
 WALL_DOMAIN_HEALTH = 1.0
 #: Cap the score of thin bands along the scan edge by the score further in (:func:`limit_edge_bands`).
@@ -204,7 +208,10 @@ def score_anomaly(result, lattice: Lattice | None = None) -> np.ndarray:
         group = result.classes.astype(np.int64) * 64 + bins
         pattern = FINGERPRINT_WEIGHT * _residual_z(fp.astype(np.float32), group, ~wall, valid, 5)
     # walls: the vote's mixed windows make terms 1 and 2 meaningless there, not the position's own pattern
-    wall_score = WALL_WEIGHT * score + np.where(dist >= WALL_PATTERN_MIN_DISTANCE, pattern, 0.0)
+    wall_excess = np.zeros(shape)
+    if (wall & valid).any():
+        wall_excess = np.clip(score - np.quantile(score[wall & valid], WALL_EXCESS_QUANTILE), 0, None)
+    wall_score = wall_excess + np.where(dist >= WALL_PATTERN_MIN_DISTANCE, pattern, 0.0)
     score = np.where(wall, wall_score, score + pattern)
     if EDGE_BANDS and lattice is not None and lattice.resolved:
         score = np.where(valid, limit_edge_bands(score, valid, lattice.period), 0.0)

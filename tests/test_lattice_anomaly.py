@@ -162,6 +162,26 @@ def test_a_wall_defect_below_the_walls_own_confidence_is_seen(monkeypatch):
     assert roc_auc_score(block[near], score_anomaly(res)[near]) < 0.7
 
 
+def test_noise_free_patterns_do_not_make_the_pattern_term_explode():
+    """A noise-free simulation (one phonon configuration) can give identical patterns at every clean
+    position of a place in the cell: a group spread of 0 must not turn a tiny difference elsewhere into
+    an astronomical score (the bundled sample once had 1e10 at one position)."""
+    from polarstem import anomaly
+
+    res, _ = synthetic_result()
+    rng = np.random.default_rng(3)
+    bins = res.lattice.phase_bins(res.classes.shape)
+    fp = rng.normal(0, 1, (16, 36))[bins]  # the same pattern at every position of a place in the cell...
+    fp[(bins == 0) & (res.classes == 1)] += rng.normal(0, 0.3, ((bins == 0) & (res.classes == 1)).sum())[:, None]
+    fp[5, 5] += 0.01  # ...and one position a hair off
+    res.fingerprint = fp.astype(np.float32)
+    valid = res.done & (res.classes >= 0)
+    group = res.classes.astype(np.int64) * 64 + bins
+    z = anomaly._residual_z(res.fingerprint, group, np.ones_like(valid), valid, 5)
+    assert np.isfinite(z).all() and z.max() < 1e3
+    assert np.nanmax(score_anomaly(res)) < 1e3
+
+
 def test_a_defect_that_keeps_the_confidence_is_found_by_its_patterns(monkeypatch):
     """Thin-crystal O vacancies barely lower the confidence, but shift the patterns a little against
     the other positions of the same class and place in the cell: the fingerprint term finds them."""

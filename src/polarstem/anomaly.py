@@ -130,9 +130,15 @@ def _residual_z(f: np.ndarray, group: np.ndarray, ref: np.ndarray, valid: np.nda
                 min_size: int) -> np.ndarray:
     """Distance of each position's fingerprint to the median fingerprint of the ``ref`` positions of
     its group, as robust z against the ``ref`` positions' own distances; 0 where the group's ``ref``
-    has fewer than ``min_size`` positions. Clipped at 0."""
+    has fewer than ``min_size`` positions. Clipped at 0.
+
+    A group's spread is floored at a quarter of the median spread of all groups (as :func:`_robust_z`
+    does) and at 1 % of the patterns' typical distance to the scan's median pattern: in a noise-free simulation with one phonon configuration the clean positions of a group can
+    be identical, and a spread of 0 made any other position's z astronomical (the bundled sample scan:
+    1e10 at one position, which the cell smoothing spread over a cell)."""
     z = np.zeros(group.shape)
     ok = valid & (group >= 0) & np.isfinite(f).all(axis=-1)
+    stats = []
     for g in np.unique(group[ok]):
         sel = ok & (group == g)
         r_sel = sel & ref
@@ -142,8 +148,15 @@ def _residual_z(f: np.ndarray, group: np.ndarray, ref: np.ndarray, valid: np.nda
         dist = np.linalg.norm(f[sel] - med, axis=-1)
         d_ref = np.linalg.norm(f[r_sel] - med, axis=-1)
         m = np.median(d_ref)
-        mad = 1.4826 * np.median(np.abs(d_ref - m))
-        z[sel] = (dist - m) / max(mad, 1e-3 * max(m, 1e-6))
+        stats.append((sel, dist, m, 1.4826 * np.median(np.abs(d_ref - m))))
+    if not stats:
+        return z
+    typical = float(np.median([s[3] for s in stats]))
+    fv = f[ok]  # and at 1 % of how far patterns lie from the scan's median pattern, should all be identical
+    spread = float(np.median(np.linalg.norm(fv - np.median(fv, axis=0), axis=-1)))
+    scale_floor = max(0.25 * typical, 0.01 * spread, 1e-6)
+    for sel, dist, m, mad in stats:
+        z[sel] = (dist - m) / max(mad, scale_floor)
     return np.clip(z, 0, None)
 
 

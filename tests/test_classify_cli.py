@@ -146,6 +146,35 @@ def test_lattice_survives_random_descan_on_a_small_detector():
     np.testing.assert_allclose(lat.period, (3.0, 3.0), atol=0.1)
 
 
+def test_a_lattice_at_two_steps_per_cell_comes_from_the_calibration():
+    """At two steps per cell the probes can sit symmetrically about the columns and the ADF image shows
+    no lattice: the calibration's cell is used then (cell mode), but not at finer sampling, where a
+    lattice the image does not show is not assumed."""
+    import dataclasses
+    from pathlib import Path
+
+    import dask.array as da
+
+    from polarstem.infer import choose_mode, scan_lattice
+    from polarstem.io import Dataset4D, load
+    from polarstem.lattice import KNN_CELL_NM
+
+    ds = load(Path(__file__).resolve().parents[1] / "sample_data")
+    raw = np.asarray(ds.data, dtype=np.float32)
+    flat = np.broadcast_to(raw.mean(axis=(0, 1)), raw.shape).copy()  # every position alike: no lattice contrast
+    for steps, expect in ((2.0, "cell"), (3.0, "pattern")):
+        cal = dataclasses.replace(ds.calibration, scan_step_nm=(KNN_CELL_NM / steps, KNN_CELL_NM / steps))
+        data = Dataset4D(da.from_array(flat, chunks=(8, 8, -1, -1)), cal, "flat")
+        lat, _ = scan_lattice(data)
+        assert choose_mode("auto", data, lat) == expect
+        if expect == "cell":
+            assert lat.source == "calibration"
+            np.testing.assert_allclose(lat.period, (2.0, 2.0))
+    no_cal = Dataset4D(da.from_array(flat, chunks=(8, 8, -1, -1)),
+                       dataclasses.replace(ds.calibration, scan_step_nm=(None, None)), "flat")
+    assert scan_lattice(no_cal)[0] is None
+
+
 def test_evaluate_pattern_mode_averages_8_images_at_any_size(tmp_path, capsys, monkeypatch):
     """classify drops to 2 symmetry images beyond a size on a CPU (speed); evaluate --mode pattern
     measures accuracy, so it keeps 8 unless told otherwise."""

@@ -170,6 +170,10 @@ def test_a_lattice_at_two_steps_per_cell_comes_from_the_calibration():
         if expect == "cell":
             assert lat.source == "calibration"
             np.testing.assert_allclose(lat.period, (2.0, 2.0))
+            from polarstem.infer import ClassificationResult
+
+            shown = ClassificationResult.empty(flat.shape[:2], mode="cell", lattice=lat).mode_label
+            assert "calibration" in shown  # the status line says where the cell came from
     no_cal = Dataset4D(da.from_array(flat, chunks=(8, 8, -1, -1)),
                        dataclasses.replace(ds.calibration, scan_step_nm=(None, None)), "flat")
     assert scan_lattice(no_cal)[0] is None

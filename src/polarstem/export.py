@@ -124,7 +124,8 @@ def provenance(result, dataset, extra: dict | None = None, input_sha256: str | N
         "model": {"name": result.model, "sha256": result.model_sha256},
         "parameters": {**result.params, "mode": result.mode, "device": result.device},
         "lattice": None if result.lattice is None else {
-            "period_px": list(result.lattice.period), "origin_px": list(result.lattice.origin)},
+            "period_px": list(result.lattice.period), "origin_px": list(result.lattice.origin),
+            "source": result.lattice.source},  # "fft+calibration" (seen in the ADF image) or "calibration"
         "complete": bool(result.complete),
         "classified_positions": int(result.done.sum()),
         "seconds": round(float(result.seconds), 3),

@@ -86,6 +86,13 @@ class ClassificationResult:
             **kw,
         )
 
+    @property
+    def mode_label(self) -> str:
+        """The mode as a status line shows it, saying when the cell came from the calibration alone."""
+        if self.mode == "cell" and self.lattice is not None and self.lattice.source == "calibration":
+            return "cell mode (lattice from the scan calibration: the ADF image shows none)"
+        return f"{self.mode} mode"
+
     def maps(self) -> dict[str, np.ndarray]:
         """All maps by name, as written to ``maps.hspy``."""
         out = {"class": self.classes, "confidence": self.confidence, "margin": self.margin,

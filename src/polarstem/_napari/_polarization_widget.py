@@ -310,7 +310,7 @@ class PolarizationMapWidget(QWidget):
             r = update.result
             rate = r.n_patterns / r.seconds if r.seconds else 0.0
             state = "done" if r.complete else "cancelled: partial map"
-            self.status_label.setText(f"{state}: {r.n_patterns} positions, {r.mode} mode, {r.device}, "
+            self.status_label.setText(f"{state}: {r.n_patterns} positions, {r.mode_label}, {r.device}, "
                                       f"{r.seconds:.1f} s ({rate:.0f}/s)")
             self.export_button.setEnabled(True)
         elif isinstance(update, JobFailed):

@@ -137,8 +137,8 @@ def classify(args) -> int:
                                     wall_bands=not args.keep_wall_bands)
     status = "complete" if result.complete else "interrupted (partial maps written; --resume continues)"
     rate = result.n_patterns / result.seconds if result.seconds else 0.0
-    print(f"{status}: {result.n_patterns} positions in {result.seconds:.1f} s ({rate:.0f}/s), mode "
-          f"{result.mode}, device {result.device}; maps in {args.output}", file=sys.stderr)
+    print(f"{status}: {result.n_patterns} positions in {result.seconds:.1f} s ({rate:.0f}/s), "
+          f"{result.mode_label}, device {result.device}; maps in {args.output}", file=sys.stderr)
     return 0 if result.complete else 130
 
 

@@ -30,17 +30,15 @@ def wall_plane_probes(folder: Path, shape: tuple[int, int], tol: float) -> np.nd
     spc, n = int(sc["steps_per_cell"]), int(sc["cells"][0])
     off = np.asarray(sc["offset_frac"], float)  # (x, y) in cells, as the simulation reads it
     cells = np.asarray(man["cell_labels"])
-    ys = off[1] + np.arange(shape[0]) / spc
-    xs = off[0] + np.arange(shape[1]) / spc
+    y = off[1] + np.arange(shape[0]) / spc
+    x = off[0] + np.arange(shape[1]) / spc
+    cy, cx = np.floor(y + 1e-9).astype(int), np.floor(x + 1e-9).astype(int)
+    CY, CX = np.meshgrid(cy, cx, indexing="ij")
+    FY, FX = np.meshgrid(y - cy, x - cx, indexing="ij")  # place inside the cell, 0..1
+    own = cells[CY % n, CX % n]
     near = np.zeros(shape, bool)
-    for i, y in enumerate(ys):
-        cy, fy = int(np.floor(y + 1e-9)), y - np.floor(y + 1e-9)
-        for j, x in enumerate(xs):
-            cx, fx = int(np.floor(x + 1e-9)), x - np.floor(x + 1e-9)
-            k = cells[cy % n, cx % n]
-            for dy, dx, f in ((-1, 0, fy), (1, 0, 1 - fy), (0, -1, fx), (0, 1, 1 - fx)):
-                if f < tol and cells[(cy + dy) % n, (cx + dx) % n] != k:
-                    near[i, j] = True
+    for dy, dx, f in ((-1, 0, FY), (1, 0, 1 - FY), (0, -1, FX), (0, 1, 1 - FX)):
+        near |= (f < tol) & (cells[(CY + dy) % n, (CX + dx) % n] != own)
     return near
 
 
@@ -74,8 +72,9 @@ def main(argv=None) -> None:
         away = (labels >= 0) & ~defects
         right = res.classes == labels
         on = away & near
-        print(f"| {folder.name} | {right[away].mean():.3f} | {int(on.sum())} | {right[away & ~near].mean():.3f} | "
-              + (f"{right[on].mean():.2f} |" if on.any() else "– |"), flush=True)
+        on_them = f"{right[on].mean():.2f}" if on.any() else "–"
+        print(f"| {folder.name} | {right[away].mean():.3f} | {int(on.sum())} | "
+              f"{right[away & ~near].mean():.3f} | {on_them} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -155,7 +155,7 @@ def test_a_lattice_at_two_steps_per_cell_comes_from_the_calibration():
 
     import dask.array as da
 
-    from polarstem.infer import choose_mode, scan_lattice
+    from polarstem.infer import ClassificationResult, choose_mode, scan_lattice
     from polarstem.io import Dataset4D, load
     from polarstem.lattice import KNN_CELL_NM
 
@@ -170,8 +170,6 @@ def test_a_lattice_at_two_steps_per_cell_comes_from_the_calibration():
         if expect == "cell":
             assert lat.source == "calibration"
             np.testing.assert_allclose(lat.period, (2.0, 2.0))
-            from polarstem.infer import ClassificationResult
-
             shown = ClassificationResult.empty(flat.shape[:2], mode="cell", lattice=lat).mode_label
             assert "calibration" in shown  # the status line says where the cell came from
     no_cal = Dataset4D(da.from_array(flat, chunks=(8, 8, -1, -1)),

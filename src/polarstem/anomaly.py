@@ -18,15 +18,16 @@ Each term is clipped at 0 (only "worse than usual" counts). Domain walls are not
 cell vote's windows there mix two domains, so terms 1 and 2 rise there too: positions within one
 cell of the boundary between two domains (``walls.domains``: connected regions of one class of at
 least two cells, here also healthy: median score at most ``WALL_DOMAIN_HEALTH``) count only what
-exceeds the ``WALL_EXCESS_QUANTILE`` (0.9) quantile of terms 1-2 over all wall positions of the scan:
-a clean wall's mixed windows spread its values, a defect on the wall (a non-polar block the vote
-calls one of the two domains) stands above that spread (session 11; zero until then). Term 3 is each position's own pattern, which the vote does not mix, so
-wall positions keep it from ``WALL_PATTERN_MIN_DISTANCE`` px off the other domain on: a defect on a
-wall is still seen (until session 9 it was discounted with its wall). A defect inside a domain shows
-as low confidence or an unusual pattern there, or as small islands of other classes, which no
-large domain explains. Bands along the scan edge thinner than half a cell keep their score only as
-far as it continues inward (:func:`limit_edge_bands`). The sum is then smoothed over one
-unit cell, because a crystal defect spans at least a cell. Without a lattice there is one bin.
+exceeds the ``WALL_EXCESS_QUANTILE`` (0.9) quantile of terms 1-2 over all wall positions of the
+scan: a clean wall's mixed windows spread its values, a defect on the wall (a non-polar block the
+vote calls one of the two domains) stands above that spread (session 11; zero until then). Term 3 is
+each position's own pattern, which the vote does not mix, so wall positions keep it from
+``WALL_PATTERN_MIN_DISTANCE`` px off the other domain on: a defect on a wall is still seen (until
+session 9 it was discounted with its wall). A defect inside a domain shows as low confidence or an
+unusual pattern there, or as small islands of other classes, which no large domain explains. Bands
+along the scan edge thinner than half a cell keep their score only as far as it continues inward
+(:func:`limit_edge_bands`). The sum is then smoothed over one unit cell, because a crystal defect
+spans at least a cell. Without a lattice there is one bin.
 
 Measured (resnet, edge-preserving cell vote, defect ROC AUC on the sample / validation scans A / B):
 confidence + embedding terms 0.80 / 0.83 / 0.97; with the wall discount 0.92 / 0.91 / 0.96 (a
@@ -115,8 +116,9 @@ def _walls_of(big: np.ndarray, classes: np.ndarray, window: tuple[int, int]) -> 
 def fingerprint(x: np.ndarray) -> np.ndarray:
     """(N, F) float16 coarse copy of preprocessed patterns (N, H, W): ``FINGERPRINT_BIN``-px block
     means, F = (H // FINGERPRINT_BIN) * (W // FINGERPRINT_BIN) (144 for 48 px). Small enough to keep
-    for every scan position (0.3 kB each), and it keeps what a thin crystal's O vacancies change: in validation scan C the
-    oracle per-position ROC AUC of its residual is 0.71 against 0.73 for the full pattern."""
+    for every scan position (0.3 kB each), and it keeps what a thin crystal's O vacancies change: in
+    validation scan C the oracle per-position ROC AUC of its residual is 0.71 against 0.73 for the
+    full pattern."""
     x = np.asarray(x, np.float32)
     if x.ndim != 3 or not len(x):
         return np.zeros((len(x), 0), np.float16)
@@ -133,9 +135,10 @@ def _residual_z(f: np.ndarray, group: np.ndarray, ref: np.ndarray, valid: np.nda
     has fewer than ``min_size`` positions. Clipped at 0.
 
     A group's spread is floored at a quarter of the median spread of all groups (as :func:`_robust_z`
-    does) and at 1 % of the patterns' typical distance to the scan's median pattern: in a noise-free simulation with one phonon configuration the clean positions of a group can
-    be identical, and a spread of 0 made any other position's z astronomical (the bundled sample scan:
-    1e10 at one position, which the cell smoothing spread over a cell)."""
+    does) and at 1 % of the patterns' typical distance to the scan's median pattern: in a noise-free
+    simulation with one phonon configuration the clean positions of a group can be identical, and a
+    spread of 0 made any other position's z astronomical (the bundled sample scan: 1e10 at one
+    position, which the cell smoothing spread over a cell)."""
     z = np.zeros(group.shape)
     ok = valid & (group >= 0) & np.isfinite(f).all(axis=-1)
     stats = []
@@ -152,7 +155,7 @@ def _residual_z(f: np.ndarray, group: np.ndarray, ref: np.ndarray, valid: np.nda
     if not stats:
         return z
     typical = float(np.median([s[3] for s in stats]))
-    fv = f[ok]  # and at 1 % of how far patterns lie from the scan's median pattern, should all be identical
+    fv = f[ok]  # for a scan whose groups are all noise-free
     spread = float(np.median(np.linalg.norm(fv - np.median(fv, axis=0), axis=-1)))
     scale_floor = max(0.25 * typical, 0.01 * spread, 1e-6)
     for sel, dist, m, mad in stats:
@@ -220,7 +223,8 @@ def score_anomaly(result, lattice: Lattice | None = None) -> np.ndarray:
     if FINGERPRINT_WEIGHT > 0 and fp is not None and fp.shape[:2] == shape and fp.shape[-1] > 0:
         group = result.classes.astype(np.int64) * 64 + bins
         pattern = FINGERPRINT_WEIGHT * _residual_z(fp.astype(np.float32), group, ~wall, valid, 5)
-    # walls: the vote's mixed windows make terms 1 and 2 meaningless there, not the position's own pattern
+    # walls: the vote's mixed windows raise terms 1 and 2 there (only the excess over the walls' own
+    # spread counts), not the position's own pattern
     wall_excess = np.zeros(shape)
     if (wall & valid).any():
         wall_excess = np.clip(score - np.quantile(score[wall & valid], WALL_EXCESS_QUANTILE), 0, None)

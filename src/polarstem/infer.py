@@ -38,7 +38,7 @@ from .chunks import iter_frame_blocks
 from .classes import N_CLASSES, NO_CLASS
 from .errors import Cancelled, PolarstemError
 from .io import BLOCK_BYTES, Dataset4D
-from .lattice import KNN_CELL_NM, Lattice, find_lattice
+from .lattice import Lattice, calibration_lattice, find_lattice
 
 MODES = ("auto", "pattern", "cell")
 CELL_METHODS = ("vote", "vote-centred", "mean")
@@ -149,30 +149,6 @@ def scan_lattice(dataset: Dataset4D, progress=None, cancel=None) -> tuple[Lattic
         if lattice is not None and lattice.resolved:
             return lattice, image
     return first or calibration_lattice(step), images[0]
-
-
-#: Below this many scan steps per cell, a lattice the ADF image does not show is taken from the calibration.
-NYQUIST_CALIBRATION_STEPS = 2.5
-
-
-def calibration_lattice(step_nm) -> Lattice | None:
-    """The KNN lattice from the scan calibration alone, when a cell spans 2 to ``NYQUIST_CALIBRATION_STEPS``
-    scan steps each way; else None.
-
-    At two steps per cell the probe positions can sit symmetrically about the atomic columns (an
-    offset of a/4: every position then sees the same neighbourhood), and the virtual ADF image has no
-    contrast at the cell frequency, which is its Nyquist frequency. The cell windows still pool one
-    pattern of each place in the cell, so the calibration's period is enough for them (validation scan
-    N, the simulator's default 2 steps per cell at offset a/4: no lattice found, pattern mode 0.939 away
-    from defects; with the calibration's lattice, cell mode 1.000). At finer sampling a lattice the
-    image does not show is not assumed: the scan may not be of KNN, or its calibration may be off.
-    """
-    if not step_nm or not all(step_nm):
-        return None
-    period = tuple(KNN_CELL_NM / float(s) for s in step_nm)
-    if not all(2.0 <= p < NYQUIST_CALIBRATION_STEPS for p in period):
-        return None
-    return Lattice(period=period, origin=(0.0, 0.0), source="calibration")  # type: ignore[arg-type]
 
 
 def classify_scan(

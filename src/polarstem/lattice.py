@@ -125,3 +125,27 @@ def find_lattice(image: np.ndarray, scan_step_nm: tuple[float | None, float | No
         origin.append(float((-np.angle(z) / (2 * np.pi)) * per % per))
     return Lattice(period=(periods[0], periods[1]), origin=(origin[0], origin[1]),
                    source="fft" if not scan_step_nm else "fft+calibration")
+
+
+#: Below this many scan steps per cell, a lattice the ADF image does not show comes from the calibration.
+NYQUIST_CALIBRATION_STEPS = 2.5
+
+
+def calibration_lattice(step_nm) -> Lattice | None:
+    """The KNN lattice from the scan calibration alone, when a cell spans 2 to
+    ``NYQUIST_CALIBRATION_STEPS`` scan steps each way; else None.
+
+    At two steps per cell the probe positions can sit symmetrically about the atomic columns (an
+    offset of a/4: every position then sees the same neighbourhood), and the virtual ADF image has no
+    contrast at the cell frequency, which is its Nyquist frequency. The cell windows still pool one
+    pattern of each place in the cell, so the calibration's period is enough for them (validation
+    scan N, the simulator's default 2 steps per cell at offset a/4: no lattice found, pattern mode
+    0.939 away from defects; with the calibration's lattice, cell mode 1.000). At finer sampling a lattice the
+    image does not show is not assumed: the scan may not be of KNN, or its calibration may be off.
+    """
+    if not step_nm or not all(step_nm):
+        return None
+    period = tuple(KNN_CELL_NM / float(s) for s in step_nm)
+    if not all(2.0 <= p < NYQUIST_CALIBRATION_STEPS for p in period):
+        return None
+    return Lattice(period=period, origin=(0.0, 0.0), source="calibration")  # type: ignore[arg-type]

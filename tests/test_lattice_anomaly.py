@@ -307,6 +307,34 @@ def test_a_wall_band_one_cell_thick_still_goes_but_a_thicker_domain_stays():
         assert changed[14:14 + rows].all() == moved and changed.sum() == (rows * w if moved else 0), rows
 
 
+def test_a_thin_edge_of_a_domain_is_not_a_wall_band_between_its_neighbours():
+    """Validation scan Q: a [-110] domain (3) above a [110] domain (1) in whose top-right corner a
+    large block is called [100] (0, a defect the vote calls one class). The one-cell strip of 1
+    between 3 and the block lies 22.5° from the sum of 3 and 0, but it is the edge of domain 1, not
+    a wall band between 3 and 0: it stays 1. The same strip as an island of its own still goes."""
+    from polarstem.walls import assign_wall_bands
+
+    h, w = 32, 32
+    classes = np.full((h, w), 1, np.int8)
+    classes[:16] = 3
+    classes[19:28, 20:30] = 0  # the block, three cells below the wall, 3 x 3 cells
+    proba = np.full((h, w, 8), 0.02, np.float32)
+    proba[..., 1] = 0.5
+    proba[:16, :, 3] = 0.6
+    proba[16:19, 20:30, 0] = 0.55  # the strip's windows lean to the block
+    proba[19:28, 20:30, 0] = 0.7
+    valid = np.ones((h, w), bool)
+    out, changed = assign_wall_bands(classes, proba, valid, (3, 3))
+    assert (out[16:19, 20:30] == 1).all() and not changed[16:19].any()
+    # cut off from domain 1 (a 2 on its left and below), the strip is a band between 3 and 0 again
+    island = classes.copy()
+    island[16:, :20] = 2
+    island[28:, :] = 2
+    island[16:28, 30:] = 2
+    out2, changed2 = assign_wall_bands(island, proba, valid, (3, 3))
+    assert changed2[16:19, 20:30].all() and (out2[16:19, 20:30] == 0).all()
+
+
 def test_a_thin_band_along_the_scan_edge_is_capped_but_a_defect_at_the_edge_is_not():
     """A sliver of a domain cut by the scan edge (low confidence in the outermost row only) is not a
     defect; a defect one cell thick that reaches the edge, or one inside, keeps its score."""

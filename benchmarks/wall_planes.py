@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-SCANS = ["sample_data"] + [f".cache/sim/val_scan_{x}" for x in "abcdefghijklmnopq"]
+SCANS = ["sample_data"] + [f".cache/sim/val_scan_{x}" for x in "abcdefghijklmnopqrs"]
 
 
 def wall_plane_probes(folder: Path, shape: tuple[int, int], tol: float) -> np.ndarray:

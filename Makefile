@@ -28,6 +28,8 @@ $(STAMP): pyproject.toml
 		$(PIP) install -q "torch==2.13.0"; \
 	fi
 	$(PIP) install -q -e ".[testing]"
+	@# Qt binding: PyQt6 (napari deprecates PyQt5, and qtpy would still prefer a PyQt5 left by an older install)
+	$(PIP) uninstall -y -q PyQt5 PyQt5-Qt5 PyQt5_sip 2>/dev/null || true
 	touch $(STAMP)
 
 system-deps:

@@ -15,31 +15,11 @@ and prints the accuracy away from defects with and without those probes, and on 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 SCANS = ["sample_data"] + [f".cache/sim/val_scan_{x}" for x in "abcdefghijklmnopqrs"]
-
-
-def wall_plane_probes(folder: Path, shape: tuple[int, int], tol: float) -> np.ndarray:
-    """Probes whose centre lies within ``tol`` cells of a boundary between cells of different class."""
-    man = json.loads((folder / "manifest.json").read_text())
-    sc = man["config"]["scan"]
-    spc, n = int(sc["steps_per_cell"]), int(sc["cells"][0])
-    off = np.asarray(sc["offset_frac"], float)  # (x, y) in cells, as the simulation reads it
-    cells = np.asarray(man["cell_labels"])
-    y = off[1] + np.arange(shape[0]) / spc
-    x = off[0] + np.arange(shape[1]) / spc
-    cy, cx = np.floor(y + 1e-9).astype(int), np.floor(x + 1e-9).astype(int)
-    CY, CX = np.meshgrid(cy, cx, indexing="ij")
-    FY, FX = np.meshgrid(y - cy, x - cx, indexing="ij")  # place inside the cell, 0..1
-    own = cells[CY % n, CX % n]
-    near = np.zeros(shape, bool)
-    for dy, dx, f in ((-1, 0, FY), (1, 0, 1 - FY), (0, -1, FX), (0, 1, 1 - FX)):
-        near |= (f < tol) & (cells[(CY + dy) % n, (CX + dx) % n] != own)
-    return near
 
 
 def main(argv=None) -> None:
@@ -52,6 +32,7 @@ def main(argv=None) -> None:
 
     import torch
 
+    from polarstem.evaluate import wall_plane_probes
     from polarstem.infer import classify_scan
     from polarstem.io import load
 

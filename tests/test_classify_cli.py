@@ -127,6 +127,38 @@ def test_evaluate_finds_labels_beside_a_zspy_store(capsys):
     assert store["accuracy"] == folder["accuracy"] and store["confusion"] == folder["confusion"]
 
 
+def test_evaluate_reports_accuracy_without_the_probes_on_wall_planes(tmp_path, capsys):
+    """The sample (offset 0, 3 steps per cell) puts a probe row and column exactly on each wall plane:
+    evaluate gives the accuracy away from defects with and without them. Data that is not a simulated
+    scan (no manifest) gets neither figure."""
+    import shutil
+    from pathlib import Path
+
+    from polarstem.evaluate import wall_plane_probes
+
+    sample = Path(__file__).resolve().parents[1] / "sample_data"
+    labels = np.load(sample / "labels.npy")
+    near = wall_plane_probes(sample, labels.shape)
+    # walls at cell 5 (rows and columns) and at the periodic box edge: scan rows/columns 15 and 0 lie on
+    # them; so do the probes on the non-polar block's faces (cells of class -1); domain interiors do not
+    assert near[15].all() and near[:, 15].all() and near[0].all() and near[:, 0].all()
+    assert not near[1:15, 1:15].any() and not near[16:, 16:].any() and not near[1:15, 16:].any()
+    assert near[21, 3:9].all() and near[22:27, 3].all() and not near[22:27, 4:9].any()
+    assert main(["evaluate", str(sample), "--model", "cnn", "--tta", "1", "--defects", str(sample / "defects.npy"),
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    defects = np.load(sample / "defects.npy")
+    assert out["wall_plane_probes"] == int((near & ~defects).sum())
+    assert 0.0 <= out["accuracy_outside_defects_and_wall_planes"] <= 1.0
+    copy = tmp_path / "copy"
+    shutil.copytree(sample, copy)
+    (copy / "manifest.json").unlink()
+    assert wall_plane_probes(copy, labels.shape) is None
+    assert main(["evaluate", str(copy), "--model", "cnn", "--tta", "1", "--defects", str(copy / "defects.npy"),
+                 "--json"]) == 0
+    assert "wall_plane_probes" not in json.loads(capsys.readouterr().out)
+
+
 def test_lattice_survives_random_descan_on_a_small_detector():
     """The sample (43 px detector, disk radius 10 px) with a random ±3 px descan per pattern (physics.md's
     range): the lattice finder's annulus keeps clear of the flickering disk edge."""

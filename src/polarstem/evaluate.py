@@ -102,7 +102,49 @@ def evaluate(path, labels_path=None, model: str | None = None, mode: str = "auto
         out["accuracy_outside_defects"] = scores(res.classes, labels, ~defects)["accuracy"]
         out["accuracy_at_defects"] = scores(res.classes, labels, defects)["accuracy"]
         out["anomaly_auc"] = anomaly_auc(res.anomaly, defects, res.done)
+        near = wall_plane_probes(folder, ds.scan_shape)
+        if near is not None:  # a simulated scan: the same figure without the coin-toss probes on wall planes
+            out["wall_plane_probes"] = int((near & ~defects & roi).sum())
+            out["accuracy_outside_defects_and_wall_planes"] = scores(res.classes, labels, ~defects & ~near)["accuracy"]
     return out
+
+
+#: A probe whose centre lies within this many lattice constants of a wall plane sees both domains.
+WALL_PLANE_TOL = 0.1
+
+
+def wall_plane_probes(folder, shape, tol: float = WALL_PLANE_TOL) -> np.ndarray | None:
+    """Probes of a simulated scan (``polarstem simulate``, kind scan) whose centre lies within ``tol``
+    lattice constants of the plane between two cells of different class; None for other data.
+
+    The simulation labels each probe by the cell its centre lies in. A probe 0.05 a (0.2 Å) from a
+    domain-wall plane illuminates both domains about equally, so its label is close to a coin toss:
+    some scan offsets put a whole probe row there (validation scan S: 118 of 832 positions away from
+    defects; docs/classify.md, "Session 12"). Read from the folder's ``manifest.json``.
+    """
+    import json
+
+    man_path = Path(folder) / "manifest.json"
+    try:
+        man = json.loads(man_path.read_text())
+        if man.get("kind") != "scan":
+            return None
+        sc = man["config"]["scan"]
+        spc, n = int(sc["steps_per_cell"]), int(sc["cells"][0])
+        off = np.asarray(sc["offset_frac"], float)  # (x, y) in cells, as the simulation reads it
+        cells = np.asarray(man["cell_labels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    y = off[1] + np.arange(shape[0]) / spc
+    x = off[0] + np.arange(shape[1]) / spc
+    cy, cx = np.floor(y + 1e-9).astype(int), np.floor(x + 1e-9).astype(int)
+    CY, CX = np.meshgrid(cy, cx, indexing="ij")
+    FY, FX = np.meshgrid(y - cy, x - cx, indexing="ij")  # place inside the cell, 0..1
+    own = cells[CY % n, CX % n]
+    near = np.zeros(tuple(shape), bool)
+    for dy, dx, f in ((-1, 0, FY), (1, 0, 1 - FY), (0, -1, FX), (0, 1, 1 - FX)):
+        near |= (f < tol) & (cells[(CY + dy) % n, (CX + dx) % n] != own)
+    return near
 
 
 def anomaly_auc(score, defects, valid=None) -> float | None:

@@ -727,7 +727,8 @@ def _run_scans(cfg, models, results, figures, log) -> None:
                     results["notes"].append(f"scan {folder.name}, {e['name']} {mode}: {exc}")
                     continue
                 row = {"scan": str(folder), "model": e["name"], "mode_requested": mode, "mode": res["mode"]}
-                for k in ("accuracy", "accuracy_outside_defects", "accuracy_at_defects", "anomaly_auc", "n",
+                for k in ("accuracy", "accuracy_outside_defects", "accuracy_outside_defects_and_wall_planes",
+                          "wall_plane_probes", "accuracy_at_defects", "anomaly_auc", "n",
                           "informative_fraction", "per_class", "confusion", "patterns_per_s", "tta"):
                     row[k] = res.get(k)
                 results["scans"].append(row)

@@ -93,7 +93,7 @@ def _evaluate(args) -> int:
     else:
         print(f"{res['model']} ({res['mode']}): accuracy {res['accuracy']} on {res['n']} labeled patterns")
         print("per class: " + " ".join("-" if a is None else f"{a:.2f}" for a in res["per_class"]))
-        for k in ("accuracy_outside_defects", "anomaly_auc"):
+        for k in ("accuracy_outside_defects", "accuracy_outside_defects_and_wall_planes", "anomaly_auc"):
             if k in res:
                 print(f"{k}: {res[k]}")
     return 0

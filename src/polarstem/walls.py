@@ -104,7 +104,7 @@ def assign_wall_bands(classes: np.ndarray, proba: np.ndarray, valid: np.ndarray,
     edge_zone[wy:-wy, wx:-wx] = False
     edge_band = np.zeros(classes.shape, bool)  # thin regions lying wholly within one cell of the border
     for k in np.unique(classes[thin]):
-        lab, n = ndimage.label(thin & (classes == k), structure=np.ones((3, 3), bool))
+        lab, n = ndimage.label(thin & (classes == k), structure=eight)
         inside = np.bincount(lab[~edge_zone], minlength=n + 1)
         whole = inside == 0
         whole[0] = False

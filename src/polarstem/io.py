@@ -566,11 +566,13 @@ def dataset_axes(shape: tuple[int, ...], calibration: Calibration) -> list[dict]
     sy, sx, ky, kx = shape
     step_y, step_x = calibration.scan_step_nm
     mrad = calibration.mrad_per_px
+    # without an angle calibration, a reciprocal-length one (1/Å: patterns of several beam energies) is kept
+    scale, units = (mrad, "mrad") if mrad else (calibration.detector_scale[-1], calibration.detector_units)
+    if not units:
+        scale, units = 1.0, "px"
     cy, cx = calibration.detector_center_px or ((ky - 1) / 2, (kx - 1) / 2)
     det = lambda name, n, c: {  # noqa: E731
-        "name": name, "size": n, "navigate": False,
-        "scale": mrad if mrad else 1.0, "offset": -c * mrad if mrad else 0.0,
-        "units": "mrad" if mrad else "px",
+        "name": name, "size": n, "navigate": False, "scale": scale, "offset": -c * scale, "units": units,
     }
     return [
         {"name": "y", "size": sy, "navigate": True, "scale": step_y or 1.0, "offset": 0.0,

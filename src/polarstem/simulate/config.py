@@ -67,12 +67,16 @@ DEFAULTS: dict[str, Any] = {
 
 #: Keys a section may have without a default (a default would change the hash, so the resume check,
 #: of every existing simulation folder).
-OPTIONAL_KEYS = {("training", "o_vacancy_fraction"), ("numerics", "parametrization"), ("numerics", "projection")}
+OPTIONAL_KEYS = {("training", "o_vacancy_fraction"), ("numerics", "parametrization"), ("numerics", "projection"),
+                 ("training", "acquisitions"), ("detector", "max_g"), ("structure", "material")}
 #: abTEM potential choices a config may name (``numerics.parametrization`` / ``numerics.projection``;
 #: absent = lobato / infinite). A held-out set made with the other choice stands in for "another
 #: multislice setup".
 PARAMETRIZATIONS = ("lobato", "kirkland")
 PROJECTIONS = ("infinite", "finite")
+#: Crystals a config may simulate (``structure.material``; absent = knn). The others are what the
+#: models must recognise as out of scope: a non-polar perovskite and a crystal of another structure.
+MATERIALS = ("knn", "srtio3", "si")
 
 _RANGE_KEYS = {("optics", "defocus_nm"), ("optics", "mistilt_mrad"), ("structure", "a_angstrom"),
                ("structure", "nb_shift_angstrom"), ("structure", "a_ratio")}
@@ -147,8 +151,14 @@ def _check(cfg: dict) -> None:
     if isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], int) or cfg["seed"] < 0:
         raise PolarstemError("'seed' must be a non-negative integer")
     o, n, d, s = cfg["optics"], cfg["numerics"], cfg["detector"], cfg["structure"]
-    _num(o["energy_kev"], "optics.energy_kev", 20, 1000)
-    _num(o["convergence_mrad"], "optics.convergence_mrad", 0.1, 60)
+    _range(o["energy_kev"], "optics.energy_kev", 20, 1000)
+    _range(o["convergence_mrad"], "optics.convergence_mrad", 0.1, 60)
+    varied = any(isinstance(o[k], (list, tuple)) for k in ("energy_kev", "convergence_mrad"))
+    if varied and (cfg["kind"] != "training" or "max_g" not in d):
+        raise PolarstemError("a range of 'optics.energy_kev' or 'optics.convergence_mrad' needs a training "
+                             "config with 'detector.max_g' (patterns stored in reciprocal-lattice units)")
+    if "max_g" in d:
+        _num(d["max_g"], "detector.max_g", 1, 40)
     _range(o["defocus_nm"], "optics.defocus_nm", -1000, 1000)
     _range(o["mistilt_mrad"], "optics.mistilt_mrad", 0, 20)
     for k in ("gpts_per_cell", "slices_per_cell"):
@@ -170,6 +180,8 @@ def _check(cfg: dict) -> None:
     _range(s["nb_shift_angstrom"], "structure.nb_shift_angstrom", 0.0, 0.5)
     _range(s["a_ratio"], "structure.a_ratio", -2, 2)
     _num(s["k_fraction"], "structure.k_fraction", 0, 1)
+    if s.get("material", "knn") not in MATERIALS:
+        raise PolarstemError(f"'structure.material' must be one of {', '.join(MATERIALS)}")
     if s["out_of_plane_sign"] not in ("+", "-", "random"):
         raise PolarstemError("'structure.out_of_plane_sign' must be '+', '-' or 'random'")
     ph = cfg["phonons"]
@@ -200,6 +212,9 @@ def _check(cfg: dict) -> None:
             raise PolarstemError("'training.thicknesses' must be a positive integer")
         if isinstance(th, list) and len(th) > 2 and t["thicknesses"] > len(th):
             raise PolarstemError("'training.thicknesses' is more than the listed thickness_nm values")
+        if "acquisitions" in t and (isinstance(t["acquisitions"], bool) or not isinstance(t["acquisitions"], int)
+                                    or t["acquisitions"] < 1):
+            raise PolarstemError("'training.acquisitions' must be a positive integer")
         if "o_vacancy_fraction" in t:
             _num(t["o_vacancy_fraction"], "training.o_vacancy_fraction", 0, 1)
     else:

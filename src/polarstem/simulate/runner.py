@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import PolarstemError
 from .config import DEFAULTS
-from .multislice import Optics, detector_geometry
+from .multislice import Optics, detector_geometry, reciprocal_detector
 from .structures import O_SITES, domain_cells, variant_for_class
 
 DATA_FILE = "data.zspy"
@@ -72,12 +72,33 @@ def _optics_for(cfg: dict, rng: np.random.Generator) -> dict:
     # the potential's choices only when a config names them, so existing tasks keep their content
     extra = {k: cfg["numerics"][k] for k in ("parametrization", "projection") if k in cfg["numerics"]}
     return extra | {
-        "energy_kev": float(o["energy_kev"]), "convergence_mrad": float(o["convergence_mrad"]),
+        "energy_kev": _mid(o["energy_kev"]), "convergence_mrad": _mid(o["convergence_mrad"]),
         "defocus_nm": _draw(o["defocus_nm"], rng),
         "tilt_mrad": [float(tilt * np.cos(phi)), float(tilt * np.sin(phi))],
         "gpts_per_cell": cfg["numerics"]["gpts_per_cell"], "slices_per_cell": cfg["numerics"]["slices_per_cell"],
         "max_mrad": float(cfg["detector"]["max_mrad"]), "bin": int(cfg["detector"]["bin"]),
     }
+
+
+def _acquisitions_for(cfg: dict, base: dict, seed: int, index: int) -> list[dict]:
+    """The acquisitions one structure is seen in (``training.acquisitions``, reciprocal-unit sets only).
+
+    Drawn from a stream of their own, so the structure's other draws do not depend on them. The beam
+    energy is stratified (one draw from each of n equal parts of its range, so every structure spans
+    it); convergence, defocus and mistilt are drawn independently for each acquisition.
+    """
+    o = cfg["optics"]
+    n = int(cfg["training"].get("acquisitions", 1))
+    rng = np.random.default_rng([seed, index, 11])
+    out = []
+    for j in range(n):
+        e = o["energy_kev"]
+        energy = float(e[0] + (e[1] - e[0]) * (j + rng.random()) / n) if isinstance(e, (list, tuple)) else float(e)
+        tilt, phi = _draw(o["mistilt_mrad"], rng), rng.uniform(0, 2 * np.pi)
+        out.append(base | {"energy_kev": energy, "convergence_mrad": _draw(o["convergence_mrad"], rng),
+                           "defocus_nm": _draw(o["defocus_nm"], rng),
+                           "tilt_mrad": [float(tilt * np.cos(phi)), float(tilt * np.sin(phi))]})
+    return out
 
 
 def _thickness_cells(cfg_t: dict, a: float, rng: np.random.Generator) -> list[int]:
@@ -118,10 +139,18 @@ def plan(cfg: dict) -> dict:
         n_th = _training_thickness_count(cfg)
         extent = s["cells"] * _mid(s["a_angstrom"])
         mrad_fixed = isinstance(s["a_angstrom"], (list, tuple)) and s["a_angstrom"][0] != s["a_angstrom"][1]
-        optics = Optics(energy_kev=cfg["optics"]["energy_kev"], max_mrad=cfg["detector"]["max_mrad"],
-                        bin=cfg["detector"]["bin"])
-        size, mrad, center = detector_geometry(extent, optics)
-        rows, cols = n_struct * n_th, n_pos
+        reciprocal = "max_g" in cfg["detector"]  # stored in 1/Å: the same grid for every beam energy
+        n_acq = int(t.get("acquisitions", 1)) if reciprocal else 1
+        if reciprocal:
+            k_per_px = 1.0 / extent
+            size, center = reciprocal_detector(float(cfg["detector"]["max_g"]), k_per_px, _mid(s["a_angstrom"]))
+            mrad = None
+        else:
+            optics = Optics(energy_kev=cfg["optics"]["energy_kev"], max_mrad=cfg["detector"]["max_mrad"],
+                            bin=cfg["detector"]["bin"])
+            size, mrad, center = detector_geometry(extent, optics)
+        per_task = n_acq * n_th
+        rows, cols = n_struct * per_task, n_pos
         labels = np.full((rows, cols), -1, np.int8)
         thick = np.zeros((rows, cols), np.float32)
         frac = np.zeros((rows, cols, 2), np.float32)
@@ -129,6 +158,8 @@ def plan(cfg: dict) -> dict:
         variant = np.zeros((rows, cols, 3), np.int8)
         vac_fraction = float(t.get("o_vacancy_fraction", 0.0))
         vacancy = np.zeros((rows, cols), bool)
+        energy = np.zeros((rows, cols), np.float32)
+        convergence = np.zeros((rows, cols), np.float32)
         tasks = []
         for i in range(n_struct):
             rng = np.random.default_rng([seed, i])
@@ -149,7 +180,7 @@ def plan(cfg: dict) -> dict:
             else:
                 pos = rng.random((n_pos, 2))
             task = {
-                "kind": "training", "index": i, "rows": [i * n_th, (i + 1) * n_th], "class": k,
+                "kind": "training", "index": i, "rows": [i * per_task, (i + 1) * per_task], "class": k,
                 "variant": list(v), "a": a, "nb_shift": nb, "a_ratio": _mid(s["a_ratio"]),
                 "k_fraction": float(s["k_fraction"]), "cells": int(s["cells"]), "exit_cells": cells,
                 "positions_frac": pos.tolist(), "optics": opt,
@@ -164,10 +195,18 @@ def plan(cfg: dict) -> dict:
                 vr = np.random.default_rng([seed, i, 7])
                 if vr.random() < vac_fraction:
                     task["o_vacancy_site"] = int(vr.integers(len(O_SITES)))
+            if reciprocal:
+                task["acquisitions"] = _acquisitions_for(cfg, opt, seed, i)
+                task["out_inv_angstrom_per_px"] = k_per_px
+                task["detector_size"] = size
+                acq = task["acquisitions"]
+                energy[i * per_task:(i + 1) * per_task] = np.repeat([q["energy_kev"] for q in acq], n_th)[:, None]
+                convergence[i * per_task:(i + 1) * per_task] = np.repeat([q["convergence_mrad"] for q in acq],
+                                                                         n_th)[:, None]
             tasks.append(task)
             r0, r1 = task["rows"]
             labels[r0:r1] = k
-            thick[r0:r1] = (np.asarray(cells, np.float32) * a / 10.0)[:, None]
+            thick[r0:r1] = np.tile(np.asarray(cells, np.float32) * a / 10.0, n_acq)[:, None]
             frac[r0:r1] = pos[None].astype(np.float32)
             struct[r0:r1] = i
             variant[r0:r1] = np.asarray(v, np.int8)
@@ -177,7 +216,10 @@ def plan(cfg: dict) -> dict:
         if vac_fraction > 0:  # per pattern: the structure has an O vacancy in every other cell along the beam
             arrays["defects"] = vacancy
         calib = {"scan_step_nm": [None, None], "mrad_per_px": mrad, "detector_center_px": [center, center]}
-        return {"shape": [rows, cols, size, size], "chunk_rows": n_th, "tasks": tasks, "arrays": arrays,
+        if reciprocal:  # the angle scale differs per row: energy and convergence travel as per-pattern arrays
+            arrays["energy_kev"], arrays["convergence_mrad"] = energy, convergence
+            calib["inv_angstrom_per_px"] = k_per_px
+        return {"shape": [rows, cols, size, size], "chunk_rows": per_task, "tasks": tasks, "arrays": arrays,
                 "calibration": calib}
 
     sc = cfg["scan"]
@@ -255,6 +297,16 @@ def run_task(task: dict) -> np.ndarray:
                     max_mrad=o["max_mrad"], bin=o["bin"], parametrization=o.get("parametrization", "lobato"),
                     projection=o.get("projection", "infinite"))
     ph = task["phonons"]
+    if "acquisitions" in task:
+        from .multislice import acquisition_series
+
+        optics_list = [replace(optics, energy_kev=q["energy_kev"], convergence_mrad=q["convergence_mrad"],
+                               defocus_nm=q["defocus_nm"], tilt_mrad=tuple(q["tilt_mrad"]))
+                       for q in task["acquisitions"]]
+        pats = acquisition_series(atoms, a, pos, task["exit_cells"], optics_list, ph["configs"],
+                                  ph["sigmas"] or THERMAL_SIGMAS, ph["seed"], task["out_inv_angstrom_per_px"],
+                                  task["detector_size"])
+        return pats.reshape((-1,) + pats.shape[2:])  # (acquisition x thickness, position, ky, kx)
     pats = diffraction_series(atoms, a, pos, task["exit_cells"], optics, phonon_configs=ph["configs"],
                               phonon_sigmas=ph["sigmas"] or THERMAL_SIGMAS, phonon_seed=ph["seed"],
                               out_mrad_per_px=task["out_mrad_per_px"])
@@ -366,10 +418,15 @@ def simulate(cfg: dict, out: str | Path, workers: int = 1, scheduler: str | None
         raise PolarstemError(f"{out}: exists and is not a folder")
     p = plan(cfg)
     h, rh = config_hash(cfg), resume_hash(cfg)
-    cal = Calibration(scan_step_nm=tuple(p["calibration"]["scan_step_nm"]),
-                      mrad_per_px=p["calibration"]["mrad_per_px"], beam_energy_kev=cfg["optics"]["energy_kev"],
-                      convergence_mrad=cfg["optics"]["convergence_mrad"],
-                      detector_center_px=tuple(p["calibration"]["detector_center_px"]))
+    pc = p["calibration"]
+    if "inv_angstrom_per_px" in pc:  # several beam energies: reciprocal-length axes, per-row energies
+        k = pc["inv_angstrom_per_px"]
+        cal = Calibration(detector_scale=(k, k), detector_units="1/Å",
+                          detector_center_px=tuple(pc["detector_center_px"]))
+    else:
+        cal = Calibration(scan_step_nm=tuple(pc["scan_step_nm"]), mrad_per_px=pc["mrad_per_px"],
+                          beam_energy_kev=cfg["optics"]["energy_kev"], convergence_mrad=cfg["optics"]["convergence_mrad"],
+                          detector_center_px=tuple(pc["detector_center_px"]))
     progress_path = out / "progress.json"
     done: set[int] = set()
     if progress_path.exists():
@@ -409,16 +466,17 @@ def simulate(cfg: dict, out: str | Path, workers: int = 1, scheduler: str | None
         "format": "polarstem-simulation", "format_version": FORMAT_VERSION, "data_file": DATA_FILE,
         "kind": cfg["kind"], "config": cfg, "config_file": config_path, "config_hash": h,
         "shape": p["shape"], "chunk_rows": p["chunk_rows"], "layout": (
-            "rows = structure x thickness (chunk_rows thicknesses per structure), cols = probe positions"
+            "rows = structure x acquisition x thickness (chunk_rows rows per structure), cols = probe positions"
             if cfg["kind"] == "training" else "real scan: rows = y, cols = x"),
-        "calibration": cal.to_dict(), "n_tasks": len(p["tasks"]), "software": _versions(),
+        "calibration": cal.to_dict() | {k: v for k, v in pc.items() if k == "inv_angstrom_per_px"}, "n_tasks": len(p["tasks"]), "software": _versions(),
         "arrays": sorted(["labels"] + [k for k in arrays if k != "labels"]),
         "defaults": DEFAULTS,
     }
     if cfg["kind"] == "training":
         manifest["structures"] = "structures.json"
         _save_json(out / "structures.json", [{k: t[k] for k in ("index", "class", "variant", "a", "nb_shift",
-                                                                  "exit_cells", "optics", "structure_seed")}
+                                                                  "exit_cells", "optics", "structure_seed",
+                                                                  "acquisitions") if k in t}
                                              | {"phonon_seed": t["phonons"]["seed"]} for t in p["tasks"]])
     else:
         manifest["cell_labels"] = p["cell_labels"]

@@ -176,12 +176,14 @@ def _check(cfg: dict) -> None:
         raise PolarstemError("'structure.classes' must be a non-empty list of classes 0..7")
     if not isinstance(s["cells"], int) or not 1 <= s["cells"] <= 64:
         raise PolarstemError("'structure.cells' must be an integer 1..64")
-    _range(s["a_angstrom"], "structure.a_angstrom", 3.5, 4.5)
+    _range(s["a_angstrom"], "structure.a_angstrom", 2.0, 8.0)
     _range(s["nb_shift_angstrom"], "structure.nb_shift_angstrom", 0.0, 0.5)
     _range(s["a_ratio"], "structure.a_ratio", -2, 2)
     _num(s["k_fraction"], "structure.k_fraction", 0, 1)
     if s.get("material", "knn") not in MATERIALS:
         raise PolarstemError(f"'structure.material' must be one of {', '.join(MATERIALS)}")
+    if s.get("material", "knn") != "knn" and (cfg["kind"] != "scan" or cfg["scan"]["domains"]):
+        raise PolarstemError("'structure.material' other than knn is for scans without domains (nothing polar to label)")
     if s["out_of_plane_sign"] not in ("+", "-", "random"):
         raise PolarstemError("'structure.out_of_plane_sign' must be '+', '-' or 'random'")
     ph = cfg["phonons"]

@@ -256,7 +256,7 @@ def plan(cfg: dict) -> dict:
             "phonons": {"configs": int(cfg["phonons"]["configs"]), "sigmas": cfg["phonons"]["sigmas"],
                         "seed": phonon_seed},
             "structure_seed": structure_seed, "out_mrad_per_px": None,
-        })
+        } | ({"material": s["material"]} if "material" in s else {}))
     step_nm = a / spc / 10.0
     calib = {"scan_step_nm": [step_nm, step_nm], "mrad_per_px": mrad, "detector_center_px": [center, center]}
     return {"shape": [rows, cols, size, size], "chunk_rows": rpt, "tasks": tasks,
@@ -273,7 +273,7 @@ def run_task(task: dict) -> np.ndarray:
     from .multislice import diffraction_series
     from dataclasses import replace
 
-    from .structures import THERMAL_SIGMAS, knn_supercell, uniform_cells
+    from .structures import THERMAL_SIGMAS, knn_supercell, silicon_supercell, uniform_cells
 
     rng = np.random.default_rng(task["structure_seed"])
     a, n = float(task["a"]), int(task["cells"])
@@ -289,14 +289,21 @@ def run_task(task: dict) -> np.ndarray:
         ys, xs = np.asarray(task["ys"]), np.asarray(task["xs"])
         yy, xx = np.meshgrid(ys, xs, indexing="ij")
         pos = np.stack([xx.ravel(), yy.ravel()], 1)
-    atoms = knn_supercell(cells, a, nz, rng, k_fraction=task["k_fraction"], a_ratio=task["a_ratio"])
+    material = task.get("material", "knn")
+    if material == "si":
+        atoms = silicon_supercell(n, a, nz)
+    else:
+        atoms = knn_supercell(cells, a, nz, rng, k_fraction=task["k_fraction"], a_ratio=task["a_ratio"],
+                              material=material)
     o = task["optics"]
     optics = Optics(energy_kev=o["energy_kev"], convergence_mrad=o["convergence_mrad"],
                     defocus_nm=o["defocus_nm"], tilt_mrad=tuple(o["tilt_mrad"]),
                     gpts_per_cell=o["gpts_per_cell"], slices_per_cell=o["slices_per_cell"],
                     max_mrad=o["max_mrad"], bin=o["bin"], parametrization=o.get("parametrization", "lobato"),
                     projection=o.get("projection", "infinite"))
-    ph = task["phonons"]
+    species = set(atoms.get_chemical_symbols())  # the config's sigmas, and the defaults of other species
+    sigmas = {el: v for el, v in (THERMAL_SIGMAS | (task["phonons"]["sigmas"] or {})).items() if el in species}
+    ph = dict(task["phonons"], sigmas=sigmas)
     if "acquisitions" in task:
         from .multislice import acquisition_series
 
@@ -304,11 +311,11 @@ def run_task(task: dict) -> np.ndarray:
                                defocus_nm=q["defocus_nm"], tilt_mrad=tuple(q["tilt_mrad"]))
                        for q in task["acquisitions"]]
         pats = acquisition_series(atoms, a, pos, task["exit_cells"], optics_list, ph["configs"],
-                                  ph["sigmas"] or THERMAL_SIGMAS, ph["seed"], task["out_inv_angstrom_per_px"],
+                                  ph["sigmas"], ph["seed"], task["out_inv_angstrom_per_px"],
                                   task["detector_size"])
         return pats.reshape((-1,) + pats.shape[2:])  # (acquisition x thickness, position, ky, kx)
     pats = diffraction_series(atoms, a, pos, task["exit_cells"], optics, phonon_configs=ph["configs"],
-                              phonon_sigmas=ph["sigmas"] or THERMAL_SIGMAS, phonon_seed=ph["seed"],
+                              phonon_sigmas=ph["sigmas"], phonon_seed=ph["seed"],
                               out_mrad_per_px=task["out_mrad_per_px"])
     if task["kind"] == "training":
         return pats  # (thickness, position, ky, kx) = (rows, cols, ...)

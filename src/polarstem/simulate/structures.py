@@ -26,7 +26,15 @@ O_SITES = ((0.5, 0.5, 0.0), (0.5, 0.0, 0.5), (0.0, 0.5, 0.5))
 
 #: Thermal vibration amplitudes (Å, per direction) for frozen phonons; room-temperature perovskite
 #: values (u_iso ≈ 0.005–0.01 Å²).
-THERMAL_SIGMAS = {"K": 0.10, "Na": 0.10, "Nb": 0.07, "O": 0.09}
+THERMAL_SIGMAS = {"K": 0.10, "Na": 0.10, "Nb": 0.07, "O": 0.09, "Sr": 0.08, "Ti": 0.07, "Si": 0.075}
+
+#: Perovskites the builder makes: A-site species (first with probability ``k_fraction``), B-site species.
+#: SrTiO3 is the non-polar cubic perovskite the models must not mistake for KNN.
+PEROVSKITE_SPECIES = {"knn": (("K", "Na"), "Nb"), "srtio3": (("Sr", "Sr"), "Ti")}
+
+#: Fractional positions of the eight atoms of the diamond-cubic cell (silicon).
+DIAMOND_SITES = ((0, 0, 0), (0, 0.5, 0.5), (0.5, 0, 0.5), (0.5, 0.5, 0), (0.25, 0.25, 0.25), (0.25, 0.75, 0.75),
+                 (0.75, 0.25, 0.75), (0.75, 0.75, 0.25))
 
 
 def variant_for_class(k: int, rng: np.random.Generator | None = None, z_sign: int = 1) -> tuple[int, int, int]:
@@ -53,16 +61,19 @@ class CellSpec:
 
 
 def knn_supercell(cells: list[list[CellSpec]] | np.ndarray, a: float, nz: int, rng: np.random.Generator,
-                  k_fraction: float = 0.5, a_ratio: float = 0.5, vacancy_relax: float = 0.1):
+                  k_fraction: float = 0.5, a_ratio: float = 0.5, vacancy_relax: float = 0.1,
+                  material: str = "knn"):
     """An ase ``Atoms`` supercell of ``rows × cols`` cells laterally (``cells[row][col]``) and ``nz``
     cells along the beam. Each column of cells repeats its spec through the thickness; A sites are K
     with probability ``k_fraction``, drawn independently per site (random K/Na order).
 
     Next to an O vacancy, Nb moves ``vacancy_relax`` Å away from the missing O (reported to be
-    within what 4D-STEM detects); vacancies sit in every other cell along the beam.
+    within what 4D-STEM detects); vacancies sit in every other cell along the beam. ``material``
+    names the species (``PEROVSKITE_SPECIES``): another perovskite on the same sites.
     """
     from ase import Atoms
 
+    (a_first, a_second), b_species = PEROVSKITE_SPECIES[material]
     cells = np.asarray(cells, dtype=object)
     rows, cols = cells.shape
     symbols: list[str] = []
@@ -76,7 +87,7 @@ def knn_supercell(cells: list[list[CellSpec]] | np.ndarray, a: float, nz: int, r
             origin = np.array([c, r, 0.0])
             for z in range(nz):
                 o = (origin + [0, 0, z]) * a
-                kind = "K" if rng.random() < k_fraction else "Na"
+                kind = a_first if rng.random() < k_fraction else a_second
                 symbols.append(kind)
                 positions.append(o + np.asarray(A_SITE) * a + d_a)
                 d = d_nb.copy()
@@ -84,7 +95,7 @@ def knn_supercell(cells: list[list[CellSpec]] | np.ndarray, a: float, nz: int, r
                 for i in vac_here:  # Nb relaxes away from the vacancy
                     away = np.asarray(B_SITE) - np.asarray(O_SITES[i])
                     d += vacancy_relax * away / np.linalg.norm(away)
-                symbols.append("Nb")
+                symbols.append(b_species)
                 positions.append(o + np.asarray(B_SITE) * a + d)
                 for i, site in enumerate(O_SITES):
                     if i in vac_here:
@@ -92,6 +103,17 @@ def knn_supercell(cells: list[list[CellSpec]] | np.ndarray, a: float, nz: int, r
                     symbols.append("O")
                     positions.append(o + np.asarray(site) * a)
     atoms = Atoms(symbols=symbols, positions=np.array(positions), cell=[cols * a, rows * a, nz * a], pbc=True)
+    atoms.wrap()
+    return atoms
+
+
+def silicon_supercell(n: int, a: float, nz: int):
+    """Diamond-cubic silicon seen down [001]: ``n`` x ``n`` cells laterally, ``nz`` cells thick."""
+    from ase import Atoms
+
+    grid = np.stack(np.meshgrid(np.arange(n), np.arange(n), np.arange(nz), indexing="xy"), -1).reshape(-1, 1, 3)
+    positions = ((grid + np.asarray(DIAMOND_SITES)[None]) * a).reshape(-1, 3)
+    atoms = Atoms(symbols=["Si"] * len(positions), positions=positions, cell=[n * a, n * a, nz * a], pbc=True)
     atoms.wrap()
     return atoms
 

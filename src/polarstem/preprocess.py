@@ -36,18 +36,34 @@ CANONICAL_CONVERGENCE_MRAD = 20.0
 
 @dataclass(frozen=True)
 class InputGrid:
-    """The angular grid a model sees: ``size`` x ``size`` pixels of ``mrad_per_px`` about the disk centre."""
+    """The angular grid a model sees: ``size`` x ``size`` pixels of ``mrad_per_px`` about the disk centre.
+
+    With ``lattice_units`` the grid is fixed in reciprocal-lattice units instead: ``mrad_per_px`` is its
+    sampling at the canonical 200 kV, and at another beam energy it scales with the Bragg angle
+    lambda / a. The diffracted disks then sit on the same pixels at every energy (only the disk radius
+    alpha / (lambda / a) changes), so a model sees one geometry across the acquisitions it covers.
+    """
 
     size: int = 64
     mrad_per_px: float = 1.0
     intensity: str = "sqrt"  # "sqrt" | "log"
+    lattice_units: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputGrid":
-        return cls(**{k: d[k] for k in ("size", "mrad_per_px", "intensity") if k in d})
+        return cls(**{k: d[k] for k in ("size", "mrad_per_px", "intensity", "lattice_units") if k in d})
+
+    def sampling_mrad(self, beam_energy_kev: float | None) -> float:
+        """mrad per input pixel for a pattern recorded at ``beam_energy_kev`` (None: the canonical 200 kV)."""
+        if not self.lattice_units or not beam_energy_kev:
+            return float(self.mrad_per_px)
+        from .io import electron_wavelength_angstrom
+
+        return float(self.mrad_per_px) * electron_wavelength_angstrom(beam_energy_kev) / \
+            electron_wavelength_angstrom(CANONICAL_ENERGY_KEV)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,7 +238,8 @@ def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: 
     totals = f.reshape(n, -1).sum(axis=1, dtype=np.float64)
     integer_like = bool(np.issubdtype(np.asarray(frames).dtype, np.integer))
     mrad_in = getattr(calibration, "mrad_per_px", None) if calibration is not None else None
-    factor = int(np.floor(grid.mrad_per_px / mrad_in)) if mrad_in else 1
+    out_mrad = grid.sampling_mrad(getattr(calibration, "beam_energy_kev", None) if calibration is not None else None)
+    factor = int(np.floor(out_mrad / mrad_in)) if mrad_in else 1
     factor = min(factor, min(f.shape[1:]) // MIN_DETECTOR_PX)  # binning never leaves fewer pixels than that
     if factor >= 2:  # cheap exact block-binning first: everything after runs on fewer pixels
         f = bin_frames(f, factor)
@@ -239,8 +256,8 @@ def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: 
         centers = np.repeat(np.asarray(calibration.detector_center_px, float)[None], n, axis=0)
     med_r = float(np.median(radius[radius > 0])) if (radius > 0).any() else None
     mrad = resolve_mrad_per_px(calibration, med_r)
-    x = resample(f, centers, mrad, grid.size, grid.mrad_per_px)
-    info, usable = informative_mask(f, x, finite, totals, radius * mrad, grid.mrad_per_px, integer_like,
+    x = resample(f, centers, mrad, grid.size, out_mrad)
+    info, usable = informative_mask(f, x, finite, totals, radius * mrad, out_mrad, integer_like,
                                     calibration, return_usable=True)
     x = normalize(x, grid.intensity)
     x[~usable] = 0.0  # broken inputs only: a low-contrast ("featureless") pattern keeps its data

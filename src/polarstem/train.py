@@ -123,9 +123,28 @@ class SimSet:
     folder: Path
     manifest: dict
     probe: np.ndarray | None = None  # (N, 2) probe position (x, y) in the cell, fractions; None if unknown
+    energy: np.ndarray | None = None  # (N,) beam energy (keV) of sets simulated across acquisitions
+    convergence: np.ndarray | None = None  # (N,) convergence semi-angle (mrad), likewise
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def acquisition(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(raw mrad/px, beam energy keV, convergence mrad) of the patterns at ``index``.
+
+        Sets stored in reciprocal-lattice units (several beam energies) carry 1/Å per pixel and
+        per-pattern energies; the others one calibration for all."""
+        index = np.asarray(index)
+        if self.energy is None:
+            cal = self.calibration
+            return (np.full(index.shape, float(cal.mrad_per_px)), np.full(index.shape, cal.beam_energy_kev or CANONICAL_ENERGY_KEV),
+                    np.full(index.shape, cal.convergence_mrad or CANONICAL_CONVERGENCE_MRAD))
+        from .io import electron_wavelength_angstrom
+
+        k = float(self.manifest["calibration"]["inv_angstrom_per_px"])
+        e = self.energy[index]
+        lam = np.array([electron_wavelength_angstrom(v) for v in e]) if e.ndim else electron_wavelength_angstrom(float(e))
+        return k * lam * 1e3, e, self.convergence[index]
 
 
 def _per_pattern(folder: Path, names: list[str], shape) -> np.ndarray | None:
@@ -161,8 +180,13 @@ def load_simset(folder) -> SimSet:
         p = np.load(folder / "probe_frac.npy", allow_pickle=False)
         probe = p.reshape(-1, 2).astype(np.float32) if p.size == 2 * n else None
     cal = ds.calibration
-    if not cal.mrad_per_px:
+    energy = _per_pattern(folder, ["energy_kev.npy"], n)
+    convergence = _per_pattern(folder, ["convergence_mrad.npy"], n)
+    reciprocal = "inv_angstrom_per_px" in (manifest.get("calibration") or {})
+    if not cal.mrad_per_px and not (reciprocal and energy is not None and convergence is not None):
         raise PolarstemError(f"{folder}: the simulated data carry no mrad/px calibration")
+    if not reciprocal:
+        energy = convergence = None
     frames = ds.data.reshape(n, ky, kx)
     thick, struct = thick.astype(float), struct.astype(np.int64)
     rows = _finished_rows(folder, manifest, sy)
@@ -173,7 +197,9 @@ def load_simset(folder) -> SimSet:
         frames = ds.data[rows].reshape(len(keep), ky, kx)
         labels, thick, struct = labels[keep], thick[keep], struct[keep]
         probe = probe[keep] if probe is not None else None
-    return SimSet(frames, labels, thick, struct, cal, folder, manifest, probe)
+        energy = energy[keep] if energy is not None else None
+        convergence = convergence[keep] if convergence is not None else None
+    return SimSet(frames, labels, thick, struct, cal, folder, manifest, probe, energy, convergence)
 
 
 def _finished_rows(folder: Path, manifest: dict, n_rows: int) -> np.ndarray | None:
@@ -214,6 +240,7 @@ DEFAULT_AUGMENT = {
     "ellipticity": 0.01,
     "hot_pixels": [0, 4],
     "dead_pixels": [0, 4],
+    "calibration_error": 0.0,  # relative error of the detector sampling the model is told (corrupted copies)
 }
 
 
@@ -285,13 +312,28 @@ def corrupt(frames: np.ndarray, mrad_per_px: float, rng: np.random.Generator, au
     return counts, det_mrad
 
 
-def corrupt_and_preprocess(frames: np.ndarray, mrad_per_px: float, rng: np.random.Generator, aug: dict,
-                           ideal: bool, grid: InputGrid, group: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`corrupt` then :func:`preprocess`, drawing a new detector (size, mrad/px) every ``group`` patterns."""
+def corrupt_and_preprocess(frames: np.ndarray, mrad_per_px, rng: np.random.Generator, aug: dict,
+                           ideal: bool, grid: InputGrid, group: int = 32, energy=None,
+                           convergence=None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`corrupt` then :func:`preprocess`, drawing a new detector (size, mrad/px) every ``group`` patterns.
+
+    ``mrad_per_px``, ``energy`` and ``convergence`` are one value for all frames or one per frame
+    (sets simulated across acquisitions); a group never mixes acquisitions. Corrupted copies tell
+    the preprocessing a detector sampling off by up to ``aug["calibration_error"]`` (relative), as a
+    real camera-length calibration is.
+    """
+    n = len(frames)
+    per = lambda v, d: np.broadcast_to(np.asarray(d if v is None else v, np.float64), (n,))  # noqa: E731
+    mrad, e, conv = per(mrad_per_px, None), per(energy, CANONICAL_ENERGY_KEV), per(convergence, CANONICAL_CONVERGENCE_MRAD)
+    err = float((aug or {}).get("calibration_error", 0.0) or 0.0)
+    starts = np.flatnonzero(np.r_[True, (np.diff(mrad) != 0) | (np.diff(e) != 0) | (np.diff(conv) != 0)])
+    bounds = [b for s0, s1 in zip(starts, np.r_[starts[1:], n]) for b in range(s0, s1, group)] + [n]
     xs, oks = [], []
-    for i in range(0, len(frames), group):
-        det, det_mrad = corrupt(frames[i:i + group], mrad_per_px, rng, aug, ideal=ideal)
-        x, ok = preprocess(det, Calibration(mrad_per_px=det_mrad, convergence_mrad=CANONICAL_CONVERGENCE_MRAD), grid)
+    for i, j in zip(bounds[:-1], bounds[1:]):
+        det, det_mrad = corrupt(frames[i:j], float(mrad[i]), rng, aug, ideal=ideal)
+        told = det_mrad if ideal or err <= 0 else det_mrad * (1 + rng.uniform(-err, err))
+        cal = Calibration(mrad_per_px=told, convergence_mrad=float(conv[i]), beam_energy_kev=float(e[i]))
+        x, ok = preprocess(det, cal, grid)
         xs.append(x)
         oks.append(ok)
     return np.concatenate(xs), np.concatenate(oks)
@@ -349,7 +391,6 @@ def build_arrays(sim: SimSet, mode: str, grid: InputGrid, copies: int, aug: dict
             out["probe"] = _probe_in_array_order(sim, mode, copies, len(out["y"]))
         return out
     rng = np.random.default_rng(seed)
-    mrad = float(sim.calibration.mrad_per_px)
     if mode == "cell":
         aug = cell_augment(aug)
     src_grid = source_grid(sim, mode, aug)
@@ -365,11 +406,13 @@ def build_arrays(sim: SimSet, mode: str, grid: InputGrid, copies: int, aug: dict
             probe = sim.probe[start:start + len(y)]
         else:
             probe = np.full((len(y), 2), np.nan, np.float32)
+        mrad, energy, convergence = sim.acquisition(_raw_index(sim, mode, start, y, g))
         start += len(y)
         for c in range(copies):
             ideal = c == 0 and not corrupted_only
             f = frames if (ideal or not src_grid) else finite_source(frames, src_grid, aug["source_sigma_a"], rng)
-            x, ok = corrupt_and_preprocess(f, mrad, rng, aug, ideal, grid, group=512 if mode == "pattern" else 32)
+            x, ok = corrupt_and_preprocess(f, mrad, rng, aug, ideal, grid, group=512 if mode == "pattern" else 32,
+                                           energy=energy, convergence=convergence)
             xs.append(x.astype(np.float16))
             ys.append(y); ts.append(t); gs.append(g); cs.append(np.full(len(y), c)); oks.append(ok); ps.append(probe)
         bar.update(len(y))
@@ -383,6 +426,19 @@ def build_arrays(sim: SimSet, mode: str, grid: InputGrid, copies: int, aug: dict
         np.savez(fh, **out)
     os.replace(tmp, cache)
     return out
+
+
+def _raw_index(sim: SimSet, mode: str, start: int, y: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Index of a raw pattern behind each input of a :func:`_raw_inputs` block (for its acquisition):
+    pattern mode yields the set in order; cell inputs of a probe-grid set are rows (``group``)."""
+    if mode == "pattern":
+        return np.arange(start, start + len(y))
+    if sim.energy is None:
+        return np.zeros(len(y), np.int64)  # one acquisition for the whole set
+    g = _probe_grid(sim)
+    if not g:
+        raise PolarstemError(f"{sim.folder}: cell inputs of a set across acquisitions need a probe grid")
+    return np.asarray(group, np.int64) * g * g
 
 
 def source_grid(sim: SimSet, mode: str, aug: dict) -> int:
@@ -899,8 +955,13 @@ def heldout_accuracy(model, sim: SimSet | None, mode: str, grid: InputGrid, seed
                        sim.thickness[pick[i:i + 1000]], None) for i in range(0, len(pick), 1000)]
         else:
             source = _raw_inputs(sim, mode, cell_subsets=False, rng=np.random.default_rng(seed))
-        for frames, y, t, _ in source:
-            x, ok = corrupt_and_preprocess(frames, float(sim.calibration.mrad_per_px), rng, aug, cond == "ideal", grid)
+        start = 0
+        for frames, y, t, g in source:
+            index = pick[start:start + len(y)] if g is None else _raw_index(sim, mode, start, y, g)
+            start += len(y)
+            mrad, energy, convergence = sim.acquisition(index)
+            x, ok = corrupt_and_preprocess(frames, mrad, rng, aug, cond == "ideal", grid, energy=energy,
+                                           convergence=convergence)
             xs.append(x); ys.append(y); ts.append(t)
             count += len(y)
         x, y, t = np.concatenate(xs), np.concatenate(ys), np.concatenate(ts)

@@ -262,7 +262,8 @@ def write_overlay(path: str | os.PathLike, classes: np.ndarray, confidence: np.n
 # checkpoints: an interrupted `polarstem classify` resumes from what it had finished
 
 CHECKPOINT = "checkpoint.npz"
-_CHECKPOINT_MAPS = ("classes", "confidence", "margin", "proba", "embedding_distance", "informative", "done")
+_CHECKPOINT_MAPS = ("classes", "confidence", "margin", "proba", "embedding_distance", "informative", "done", "usable",
+                    "distance", "votes")
 
 
 def save_checkpoint(outdir: str | os.PathLike, result, key: dict) -> Path:
@@ -293,6 +294,8 @@ def load_checkpoint(outdir: str | os.PathLike, key: dict, scan_shape) -> object 
                 return None
             res = ClassificationResult.empty(tuple(scan_shape), mode=bytes(z["mode"]).decode(),
                                              model=key.get("model", ""), model_sha256=key.get("model_sha256", ""))
+            if not set(_CHECKPOINT_MAPS) <= set(z.files):  # written before a map was kept: start afresh
+                return None
             for k in _CHECKPOINT_MAPS:
                 arr = z[k]
                 if arr.shape != getattr(res, k).shape:

@@ -1,6 +1,7 @@
 """The 8 projected polarization classes of KNN seen down [001]pc (see shared spec, conventions.md).
 
-Class k points at 45°·k from +x (column) towards +y (row). ``-1`` means "no class".
+Class k points at 45°·k from +x (column) towards +y (row). ``-1`` means "no class" (outside the ROI,
+not polar, not computed); ``-2`` means "uncertain": the model abstains.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import numpy as np
 
 N_CLASSES = 8
 NO_CLASS = -1
+UNCERTAIN = -2
 
 
 class PolarizationClass(enum.IntEnum):

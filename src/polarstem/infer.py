@@ -35,7 +35,7 @@ import numpy as np
 
 from .anomaly import fingerprint
 from .chunks import iter_frame_blocks
-from .classes import N_CLASSES, NO_CLASS
+from .classes import N_CLASSES, NO_CLASS, UNCERTAIN
 from .errors import Cancelled, PolarstemError
 from .io import BLOCK_BYTES, Dataset4D
 from .lattice import Lattice, calibration_lattice, find_lattice
@@ -66,6 +66,11 @@ class ClassificationResult:
     fingerprint: np.ndarray | None = None  # float16 (rows, cols, F): coarse model input (anomaly.fingerprint)
     usable: np.ndarray | None = None  # bool: not broken (featureless counts as usable; such patterns vote)
     background: np.ndarray | None = None  # virtual ADF image, when the lattice search made one
+    distance: np.ndarray | None = None  # float32 pooled distance of the embedding to the training data (abstain.py)
+    votes: np.ndarray | None = None  # float32 patterns pooled per position (1 in pattern mode)
+    uncertain: np.ndarray | None = None  # bool: the model abstains there (the class map holds -2)
+    verdict: str | None = None  # one sentence when most of the scan is uncertain
+    notes: list = field(default_factory=list)  # what the ruler found about the calibration, and the like
     mode: str = "pattern"
     lattice: Lattice | None = None
     model: str = ""
@@ -83,7 +88,7 @@ class ClassificationResult:
             classes=np.full(scan_shape, NO_CLASS, np.int8), confidence=nan(), margin=nan(),
             proba=np.full(scan_shape + (N_CLASSES,), np.nan, np.float32), embedding_distance=nan(),
             informative=np.zeros(scan_shape, bool), done=np.zeros(scan_shape, bool), usable=np.zeros(scan_shape, bool),
-            **kw,
+            distance=nan(), votes=nan(), **kw,
         )
 
     @property
@@ -100,6 +105,10 @@ class ClassificationResult:
                "informative": self.informative.astype(np.uint8), "done": self.done.astype(np.uint8)}
         if self.anomaly is not None:
             out["anomaly"] = self.anomaly
+        if self.distance is not None:
+            out["distance_to_training"] = self.distance
+        if self.uncertain is not None:
+            out["uncertain"] = self.uncertain.astype(np.uint8)
         return out
 
 
@@ -196,6 +205,7 @@ def classify_scan(
             raise PolarstemError(f"ROI mask shape {roi.shape} does not match the scan {dataset.scan_shape}")
         if not roi.any():
             raise PolarstemError("the ROI selects no scan positions")
+    calibration, notes = calibrate_from_patterns(dataset)
     background = None
     if lattice is None:  # cell windows need it, and the anomaly score's phase model in every mode
         lattice, background = scan_lattice(dataset, cancel=cancel)
@@ -237,7 +247,14 @@ def classify_scan(
         if resume_from.fingerprint is not None:
             result.fingerprint = resume_from.fingerprint.copy()
         result.n_patterns = int(result.done.sum())
-    calibration = dataset.calibration
+        for key in ("distance", "votes"):
+            if getattr(resume_from, key, None) is not None:
+                setattr(result, key, getattr(resume_from, key).copy())
+        # the leading class where the interrupted run had written -2 (abstention is decided again at the end)
+        was_uncertain = result.done & (result.classes == UNCERTAIN)
+        result.classes[was_uncertain] = np.nanargmax(np.nan_to_num(result.proba[was_uncertain], nan=-1.0), axis=-1)
+    result.notes = list(notes)
+    result.params["calibration"] = calibration.to_dict()
     window = lattice.window if (mode == "cell" and lattice is not None) else None
     halo = vote_halo(window, vote)
     prototypes = _prototypes(model)
@@ -254,16 +271,16 @@ def classify_scan(
             if not isinstance(name, str) or name not in _registered_names():
                 raise PolarstemError("a cluster run needs a registered model name (workers load it themselves)")
             _classify_on_cluster(result, dataset, name, weights_mode, roi, window, halo, chunk_bytes, bs, scheduler,
-                                 prototypes, progress, cancel, on_block, vote, tta)
+                                 prototypes, progress, cancel, on_block, vote, tta, calibration)
         else:
             for block in iter_frame_blocks(
                 dataset, mask=roi, budget=chunk_bytes, progress=progress, cancel=cancel, halo=halo, transform=prepare,
             ):
-                sel, proba, emb, informative, usable, fp = predict_block(model, block.prepared, bs, window, cancel, tta)
-                if proba is None:
+                out = predict_block(model, block.prepared, bs, window, cancel, tta)
+                if out.proba is None:
                     continue
-                _store(result, block.rows, block.cols, sel, proba, emb, informative, prototypes, usable, fp)
-                result.n_patterns += int(sel.sum())
+                _store(result, block.rows, block.cols, out, prototypes)
+                result.n_patterns += int(out.sel.sum())
                 if on_block is not None:
                     on_block(result)
     except (Cancelled, KeyboardInterrupt):
@@ -281,7 +298,40 @@ def classify_scan(
         from .anomaly import score_anomaly
 
         result.anomaly = score_anomaly(result)
+    abstain(result, getattr(model, "abstention", None))
     return result
+
+
+def calibrate_from_patterns(dataset: Dataset4D):
+    """The calibration to classify with (the file's, completed and checked by the bright-field disk
+    of a few hundred of its patterns, ``polarstem.ruler``) and one sentence per finding."""
+    from .ruler import complete_calibration, measure_ruler, sample_frames
+
+    try:
+        ruler = measure_ruler(sample_frames(dataset))
+    except (ValueError, MemoryError, OSError):
+        ruler = None
+    return complete_calibration(dataset.calibration, ruler)
+
+
+def abstain(result: ClassificationResult, abstention) -> None:
+    """Mark the positions where the model abstains: -2 in the class map, ``uncertain`` True.
+
+    Broken inputs (non-finite, empty, no bright-field disk) always abstain; with the model's
+    calibrated thresholds (``polarstem.abstain``) so do positions whose patterns lie far from the
+    training data or where no direction clearly wins. Runs after the wall bands and the anomaly
+    score, which read the model's leading class everywhere."""
+    from .abstain import scan_verdict
+
+    done = result.done
+    unc = done & ~(result.usable if result.usable is not None else result.informative)
+    if abstention is not None and abstention.calibrated and result.distance is not None:
+        votes = np.where(np.isfinite(result.votes), result.votes, 1.0) if result.votes is not None else 1.0
+        unc |= done & abstention.uncertain(result.distance, result.confidence, votes)
+    result.uncertain = unc
+    result.classes = np.where(unc, np.int8(UNCERTAIN), result.classes).astype(np.int8)
+    result.verdict = scan_verdict(unc, done)
+    result.params["uncertain_fraction"] = round(float(unc.sum() / max(1, done.sum())), 4)
 
 
 def vote_halo(window, vote=None) -> tuple[int, int]:
@@ -341,17 +391,36 @@ def _window_sum(values: np.ndarray, window: tuple[int, int]) -> np.ndarray:
     return ndimage.uniform_filter(values, size=size, mode="constant") * (window[0] * window[1])
 
 
-def predict_block(model, prepared, batch_size, window, cancel=None, tta=False):
-    """(sel, proba, emb, informative, usable, fingerprint) of one prepared block; a vote pools its
-    window first (the fingerprint stays each position's own)."""
+@dataclass
+class BlockPrediction:
+    """What one block's positions get: per selected position (``sel``) of the block."""
+
+    sel: np.ndarray
+    proba: np.ndarray | None
+    emb: np.ndarray | None
+    informative: np.ndarray
+    usable: np.ndarray
+    fingerprint: np.ndarray | None
+    distance: np.ndarray | None = None  # distance of the embedding to the training data (pooled in a vote)
+    votes: np.ndarray | None = None  # patterns pooled per position
+
+
+def predict_block(model, prepared, batch_size, window, cancel=None, tta=False) -> BlockPrediction:
+    """Predictions of one prepared block; a vote pools its window first (the fingerprint stays each
+    position's own)."""
     sel, x, informative, usable, ctx, fp = prepared
     proba, emb = predict_batches(model, x, batch_size, cancel, tta)
+    abstention = getattr(model, "abstention", None)
+    dist = abstention.distance(emb) if (abstention is not None and emb is not None) else None
     if proba is None or ctx is None:
-        return sel, proba, emb, informative, usable, fp
-    return (sel,) + vote_windows(ctx, sel, proba, emb, informative, window, voters=usable) + (fp,)
+        return BlockPrediction(sel, proba, emb, informative, usable, fp, dist,
+                               None if proba is None else np.ones(len(proba), np.float32))
+    proba, emb, informative, usable, dist, votes = vote_windows(ctx, sel, proba, emb, informative, window,
+                                                                 voters=usable, distance=dist)
+    return BlockPrediction(sel, proba, emb, informative, usable, fp, dist, votes)
 
 
-def vote_windows(ctx, sel, proba, emb, informative, window, voters=None):
+def vote_windows(ctx, sel, proba, emb, informative, window, voters=None, distance=None):
     """Pool per-pattern predictions over each selected position's cell window.
 
     The class scores are the mean log-probabilities of the window's usable patterns (a product of
@@ -360,7 +429,9 @@ def vote_windows(ctx, sel, proba, emb, informative, window, voters=None):
     validation scans, letting them vote raised scan A 0.993 -> 1.000 away from defects (AUC 0.918 ->
     0.961) and C 0.992 -> 0.997, and changed nothing on the sample and B (docs/classify.md). A
     window without any informative pattern is still flagged uninformative (the filter map). Returns
-    (proba, emb, informative, usable) of the selected positions; ``voters`` default: ``informative``.
+    (proba, emb, informative, usable, distance, votes) of the selected positions: ``distance`` is the
+    voters' mean of the per-pattern ``distance`` (None when not given), ``votes`` how many voted;
+    ``voters`` default: ``informative``.
     """
     need, inner_rows, inner_cols, vote = ctx
     logp, ok = _log_votes(proba, informative if voters is None else voters)
@@ -373,18 +444,26 @@ def vote_windows(ctx, sel, proba, emb, informative, window, voters=None):
     w[need] = ok
     flag = np.zeros(shape, np.float32)
     flag[need] = np.asarray(informative, np.float32)
+    dist = np.zeros(shape, np.float32)
+    if distance is not None:
+        dist[need] = np.nan_to_num(distance) * ok
     s_logp, s_n, s_emb = _window_sum(grid_logp, window), _window_sum(w, window), _window_sum(e, window)
-    s_flag = _window_sum(flag, window)
+    s_flag, s_dist = _window_sum(flag, window), _window_sum(dist, window)
     if vote == "edge":
         qy, qx = best_windows(s_logp, s_n, window)
-        s_logp, s_n, s_emb, s_flag = s_logp[qy, qx], s_n[qy, qx], s_emb[qy, qx], s_flag[qy, qx]
+        s_logp, s_n, s_emb, s_flag, s_dist = s_logp[qy, qx], s_n[qy, qx], s_emb[qy, qx], s_flag[qy, qx], s_dist[qy, qx]
 
     def inner(a):
         return a[inner_rows, inner_cols][sel]
 
     n = inner(s_n)
     emb_out = inner(s_emb) / np.maximum(n, 1e-6)[:, None]
-    return _pooled_proba(inner(s_logp), n), emb_out.astype(np.float32), inner(s_flag) > 0.5, n > 0.5
+    dist_out = None
+    if distance is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dist_out = np.where(n > 0.5, inner(s_dist) / n, np.nan).astype(np.float32)
+    return (_pooled_proba(inner(s_logp), n), emb_out.astype(np.float32), inner(s_flag) > 0.5, n > 0.5, dist_out,
+            n.astype(np.float32))
 
 
 def best_windows(logp_sum: np.ndarray, n: np.ndarray, window) -> tuple[np.ndarray, np.ndarray]:
@@ -462,7 +541,7 @@ def _registered_names() -> list[str]:
 
 
 def _classify_remote(frames, inner_rows, inner_cols, mask, window, calibration, name, mode, batch_size, vote=None,
-                     tta=False):
+                     tta=False) -> BlockPrediction:
     """One block on a cluster worker: load the model there (cached per process) and classify."""
     from .models import load_model
 
@@ -472,7 +551,7 @@ def _classify_remote(frames, inner_rows, inner_cols, mask, window, calibration, 
 
 
 def _classify_on_cluster(result, dataset, name, mode, roi, window, halo, chunk_bytes, batch_size, scheduler,
-                         prototypes, progress, cancel, on_block, vote=None, tta=False) -> None:
+                         prototypes, progress, cancel, on_block, vote=None, tta=False, calibration=None) -> None:
     """Submit one task per block to a dask.distributed scheduler and fill the maps as they finish."""
     from distributed import Client, as_completed
 
@@ -496,7 +575,8 @@ def _classify_on_cluster(result, dataset, name, mode, roi, window, halo, chunk_b
             inner = (slice(r.start - r0, r.stop - r0), slice(c.start - c0, c.stop - c0))
             mask = None if roi is None else roi[r, c]
             fut = client.compute(frames)
-            task = client.submit(_classify_remote, fut, inner[0], inner[1], mask, window, dataset.calibration,
+            task = client.submit(_classify_remote, fut, inner[0], inner[1], mask, window,
+                                 calibration or dataset.calibration,
                                  name, mode, batch_size, vote, tta, pure=False)
             futures[task] = (r, c)
         if progress:
@@ -506,11 +586,11 @@ def _classify_on_cluster(result, dataset, name, mode, roi, window, halo, chunk_b
             for fut in as_completed(list(futures)):
                 if cancel is not None and cancel.is_set():
                     raise Cancelled("cancelled by the user")
-                sel, proba, emb, informative, usable, fp = fut.result()
+                out = fut.result()
                 r, c = futures[fut]
-                if proba is not None:
-                    _store(result, r, c, sel, proba, emb, informative, prototypes, usable, fp)
-                    result.n_patterns += int(sel.sum())
+                if out.proba is not None:
+                    _store(result, r, c, out, prototypes)
+                    result.n_patterns += int(out.sel.sum())
                 done += 1
                 if progress:
                     progress(done, len(futures))
@@ -520,8 +600,9 @@ def _classify_on_cluster(result, dataset, name, mode, roi, window, halo, chunk_b
             client.cancel(list(futures))
 
 
-def _store(result, rows, cols, sel, proba, emb, informative, prototypes, usable, fp=None) -> None:
+def _store(result, rows, cols, out: BlockPrediction, prototypes) -> None:
     """Write one block's predictions into the result maps."""
+    sel, proba, emb, informative, usable, fp = out.sel, out.proba, out.emb, out.informative, out.usable, out.fingerprint
     if fp is not None and len(fp):
         if result.fingerprint is None or result.fingerprint.shape[-1] != fp.shape[-1]:
             result.fingerprint = np.full(result.classes.shape + (fp.shape[-1],), np.nan, np.float16)
@@ -537,6 +618,10 @@ def _store(result, rows, cols, sel, proba, emb, informative, prototypes, usable,
     if result.usable is not None:
         sub(result.usable)[sel] = np.asarray(usable, bool)
     sub(result.done)[sel] = True
+    if out.distance is not None:
+        sub(result.distance)[sel] = out.distance
+    if out.votes is not None:
+        sub(result.votes)[sel] = out.votes
     if prototypes is not None:
         dist = np.linalg.norm(emb - prototypes[cls], axis=1)
     else:

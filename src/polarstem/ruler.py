@@ -87,10 +87,14 @@ def measure_ruler(frames: np.ndarray) -> Ruler | None:
 
 
 def sample_frames(dataset, n: int = RULER_FRAMES) -> np.ndarray:
-    """Up to ``n`` frames spread evenly over the scan (read lazily, one small read)."""
+    """Up to ``n`` frames from a block at the centre of the scan (one small contiguous read, whatever
+    the file's chunking)."""
     sy, sx = dataset.scan_shape
-    k = max(1, int(np.ceil(np.sqrt(sy * sx / n))))
-    return np.asarray(dataset.data[::k, ::k]).reshape((-1,) + tuple(dataset.detector_shape))[:n]
+    side = max(1, int(np.ceil(np.sqrt(n))))
+    hy, hx = min(sy, side), min(sx, max(1, n // min(sy, side)))
+    r0, c0 = (sy - hy) // 2, (sx - hx) // 2
+    block = np.asarray(dataset.data[r0:r0 + hy, c0:c0 + hx])
+    return block.reshape((-1,) + tuple(dataset.detector_shape))
 
 
 def complete_calibration(calibration: Calibration, ruler: Ruler | None) -> tuple[Calibration, list[str]]:

@@ -25,6 +25,11 @@ class BaseModel:
         self.name = card.get("name", "")
         self.mode = card.get("mode", "pattern")
         self.device = "cpu"
+        self.abstention = None  # polarstem.abstain.Abstention, when the card carries calibrated thresholds
+        if card.get("abstention"):
+            from ..abstain import Abstention
+
+            self.abstention = Abstention.from_dict(card["abstention"])
 
     @property
     def input_shape(self) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """Write maps (virtual images, class/confidence/anomaly maps) as calibrated files, atomically.
 
 A crash never leaves a half-written file under the final name: everything is written to a
-temporary name in the same folder and renamed.
+temporary name in the same folder and renamed. The files get the permissions of any file the user
+writes (``0666`` less the umask), not the private ones of a temporary file.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,15 +24,37 @@ from .io import Calibration
 DESCRIPTION_PREFIX = "polarstem-map "
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask: from /proc where it says, else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    The temporary file is private (``mkstemp``); before the rename it gets the mode an ordinary new
+    file would have.
+    """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=final.suffix + ".partial", dir=final.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -109,7 +133,7 @@ def provenance(result, dataset, extra: dict | None = None, input_sha256: str | N
     from . import __version__
     from .infer import file_sha256
 
-    src = Path(dataset.source) if dataset.source else None
+    src = Path(dataset.source).resolve() if dataset.source else None  # the data file read, absolute
     prov = {
         "software": "napari-polarstem",
         "version": __version__,
@@ -119,7 +143,8 @@ def provenance(result, dataset, extra: dict | None = None, input_sha256: str | N
             "file": str(src) if src else None,
             "sha256": input_sha256 or (file_sha256(src) if src and src.exists() else None),
             "shape": list(dataset.shape),
-            "calibration": dataset.calibration.to_dict(),
+            "calibration": dataset.calibration.to_dict(),  # the values in use
+            "calibration_given": dict(getattr(dataset, "calibration_given", {}) or {}),  # by the user: in use, file
         },
         "model": {"name": result.model, "sha256": result.model_sha256},
         "parameters": {**result.params, "mode": result.mode, "device": result.device},
@@ -148,7 +173,8 @@ def export_result(outdir: str | os.PathLike, result, dataset, background: np.nda
     write_map(out / MAP_FILES["anomaly"], anomaly.astype(np.float32), cal, prov)
     write_maps_hspy(out / "maps.hspy", result, cal, prov)
     write_json(out / "provenance.json", prov)
-    write_overlay(out / "overlay.png", result.classes, result.confidence, background, cal)
+    write_overlay(out / "overlay.png", result.classes, result.confidence, background, cal, anomaly=result.anomaly,
+                  source=prov["input"]["file"] or "", model=result.model, mode=getattr(result, "mode_label", result.mode))
     return out
 
 
@@ -203,54 +229,136 @@ def read_maps(outdir: str | os.PathLike) -> dict[str, np.ndarray]:
     return {n: np.asarray(sig["data"][i]) for i, n in enumerate(names)}
 
 
+#: Anomaly score at which the overlay (and napari) outline a region: the score is a robust z, i.e.
+#: how many typical spreads a position lies beyond the others at the same place in the unit cell.
+ANOMALY_OUTLINE = 3.0
+#: What the anomaly number means, for colour bars and legends.
+ANOMALY_MEANING = "anomaly: robust z against the same place in the unit cell (0 = typical)"
+#: "Uncertain" in a class map: the model abstains (conventions.md); "not classified" is -1.
+UNCERTAIN_CLASS = -2
+#: Colour of "uncertain" in every map; "not classified" is transparent.
+UNCERTAIN_RGBA = (0.55, 0.55, 0.55, 1.0)
+
+
+def class_rgba(classes: np.ndarray) -> np.ndarray:
+    """RGBA image of a class map: direction colours, uncertain grey, not classified transparent."""
+    from .classes import direction_colors
+
+    rgba = np.zeros(classes.shape + (4,), np.float32)
+    valid = classes >= 0
+    rgba[valid] = direction_colors()[classes[valid]]
+    rgba[classes == UNCERTAIN_CLASS] = UNCERTAIN_RGBA
+    return rgba
+
+
+def nice_length(span: float) -> float:
+    """A round scale-bar length (1, 2 or 5 x 10^n) of about a fifth of ``span``."""
+    if not span > 0:
+        return 1.0
+    target = span / 5
+    base = 10 ** np.floor(np.log10(target))
+    return float(max(m * base for m in (1, 2, 5) if m * base <= target))
+
+
 def write_overlay(path: str | os.PathLike, classes: np.ndarray, confidence: np.ndarray | None,
-                  background: np.ndarray | None, calibration: Calibration) -> Path:
-    """The class map over the virtual image, with a direction colour wheel as legend."""
+                  background: np.ndarray | None, calibration: Calibration, anomaly: np.ndarray | None = None,
+                  source: str = "", model: str = "", mode: str = "") -> Path:
+    """The class map over the virtual image, for reading without napari.
+
+    Left: directions over the virtual image, uncertain positions grey, anomalous regions outlined
+    (score >= :data:`ANOMALY_OUTLINE`), a scale bar; the file and model in the title. Right: the
+    confidence and anomaly maps with colour bars in their units, and the direction colour wheel.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    import matplotlib.patheffects as pe
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch, Rectangle, Wedge
 
     from .classes import CLASS_NAMES, N_CLASSES, direction_colors
 
     colors = direction_colors()
-    rgba = np.zeros(classes.shape + (4,), np.float32)
-    valid = classes >= 0
-    rgba[valid] = colors[classes[valid]]
+    rgba = class_rgba(classes)
+    shown = classes != -1
     if confidence is not None:
         alpha = np.clip(np.nan_to_num(confidence, nan=0.0), 0.0, 1.0)
-        rgba[..., 3] = np.where(valid, 0.35 + 0.5 * alpha, 0.0)
+        rgba[..., 3] = np.where(classes >= 0, 0.35 + 0.5 * alpha, np.where(shown, 0.8, 0.0))
     else:
-        rgba[..., 3] = np.where(valid, 0.7, 0.0)
+        rgba[..., 3] = np.where(shown, 0.7, 0.0)
     step_y, step_x = calibration.scan_step_nm
-    extent = None
-    unit = "px"
-    if step_x and step_y:
-        extent = (0, classes.shape[1] * step_x, classes.shape[0] * step_y, 0)
-        unit = "nm"
-    fig = plt.figure(figsize=(8.5, 6), dpi=110)
-    ax = fig.add_axes((0.06, 0.08, 0.62, 0.86))
+    rows, cols = classes.shape
+    unit = "nm" if step_x and step_y else "px"
+    sx, sy = (step_x, step_y) if unit == "nm" else (1.0, 1.0)
+    extent = (0, cols * sx, rows * sy, 0)
+    outline = None
+    if anomaly is not None and np.isfinite(anomaly).any() and np.nanmax(anomaly) >= ANOMALY_OUTLINE:
+        outline = np.ma.masked_invalid(np.asarray(anomaly, np.float64))
+
+    fig = plt.figure(figsize=(12, 6.4), dpi=110)
+    title = " · ".join(t for t in (Path(source).name if source else "", f"model {model}" if model else "", mode) if t)
+    fig.suptitle(title or "polarization map", fontsize=11)
+    ax = fig.add_axes((0.05, 0.09, 0.47, 0.8))
     if background is not None:
         ax.imshow(background, cmap="gray", extent=extent, interpolation="nearest")
     ax.imshow(rgba, extent=extent, interpolation="nearest")
+    stroke = [pe.withStroke(linewidth=2.6, foreground="black")]
+    if outline is not None:
+        ax.contour(outline, levels=[ANOMALY_OUTLINE], colors="white", linewidths=1.3, extent=extent,
+                   origin="upper").set(path_effects=stroke)
     ax.set_xlabel(f"x ({unit})")
     ax.set_ylabel(f"y ({unit})")
-    ax.set_title("polarization direction")
+    ax.set_title("polarization direction", fontsize=10)
+    # scale bar, bottom left, white with a dark edge so it reads on any background
+    length = nice_length(cols * sx)
+    x0, y0 = 0.04 * cols * sx, rows * sy * 0.95
+    ax.add_patch(Rectangle((x0, y0 - 0.012 * rows * sy), length, 0.012 * rows * sy, color="white",
+                           path_effects=stroke))
+    ax.text(x0 + length / 2, y0 - 0.03 * rows * sy, f"{length:g} {unit}", color="white", ha="center", va="bottom",
+            fontsize=9, path_effects=stroke)
+
+    cax = fig.add_axes((0.57, 0.55, 0.17, 0.33))
+    conf = np.full(classes.shape, np.nan) if confidence is None else confidence
+    im = cax.imshow(conf, cmap="viridis", vmin=0, vmax=1, extent=extent, interpolation="nearest")
+    cax.set_title("confidence", fontsize=9)
+    cax.set_xticks([])
+    cax.set_yticks([])
+    bar = fig.colorbar(im, ax=cax, fraction=0.08, pad=0.03)
+    bar.set_label("probability of the class shown (0-1)", fontsize=7)
+    aax = fig.add_axes((0.57, 0.09, 0.17, 0.33))
+    anom = np.full(classes.shape, np.nan) if anomaly is None else anomaly
+    finite = anom[np.isfinite(anom)]
+    hi = max(float(np.percentile(finite, 99.5)) if finite.size else 1.0, ANOMALY_OUTLINE * 1.2, 1e-3)
+    im = aax.imshow(anom, cmap="magma", vmin=0, vmax=hi, extent=extent, interpolation="nearest")
+    if outline is not None:
+        aax.contour(outline, levels=[ANOMALY_OUTLINE], colors="cyan", linewidths=0.8, extent=extent, origin="upper")
+    aax.set_title("anomaly" if anomaly is not None else "anomaly (not computed)", fontsize=9)
+    aax.set_xticks([])
+    aax.set_yticks([])
+    bar = fig.colorbar(im, ax=aax, fraction=0.08, pad=0.03)
+    bar.set_label("robust z vs. the same place in the unit cell", fontsize=7)
+
     # colour wheel: class k at 45°·k from +x towards +y; +y points down on screen, as in the map
-    wax = fig.add_axes((0.70, 0.45, 0.28, 0.4))
+    wax = fig.add_axes((0.79, 0.42, 0.2, 0.46))
     wax.set_aspect("equal")
     wax.axis("off")
     for k in range(N_CLASSES):
         ang = np.pi / 4 * k
         x, y = np.cos(ang), np.sin(ang)
-        wax.add_patch(matplotlib.patches.Wedge((0, 0), 1.0, -np.degrees(ang) - 22.5, -np.degrees(ang) + 22.5,
-                                               color=colors[k][:3]))
-        wax.annotate("", xy=(0.62 * x, -0.62 * y), xytext=(0, 0),
-                     arrowprops=dict(arrowstyle="->", color="black", lw=1.2))
+        wax.add_patch(Wedge((0, 0), 1.0, -np.degrees(ang) - 22.5, -np.degrees(ang) + 22.5, color=colors[k][:3]))
+        wax.annotate("", xy=(0.62 * x, -0.62 * y), xytext=(0, 0), arrowprops=dict(arrowstyle="->", color="black", lw=1.2))
         wax.text(1.32 * x, -1.32 * y, f"{k} {CLASS_NAMES[k]}", ha="center", va="center", fontsize=7)
     wax.set_xlim(-1.7, 1.7)
     wax.set_ylim(-1.7, 1.7)
     wax.set_title("class: in-plane P\n(+x right, +y down)", fontsize=8)
+    lax = fig.add_axes((0.79, 0.09, 0.2, 0.3))
+    lax.axis("off")
+    handles = [Patch(facecolor=UNCERTAIN_RGBA, edgecolor="black", label="uncertain (the model abstains)"),
+               Patch(facecolor="none", edgecolor="black", label="not classified (transparent)"),
+               Line2D([], [], color="white", linewidth=1.3, path_effects=stroke,
+                      label=f"outline: anomaly >= {ANOMALY_OUTLINE:g}")]
+    lax.legend(handles=handles, loc="upper left", fontsize=7, frameon=False)
     p = Path(path)
     with atomic_path(p) as tmp:
         fig.savefig(tmp, format="png")

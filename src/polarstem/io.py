@@ -7,7 +7,10 @@ Nothing is read into memory here: the array is a dask array whose chunks hold wh
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
+import inspect
 import json
 import math
 import os
@@ -78,9 +81,11 @@ class Dataset4D:
     """A lazy 4D-STEM dataset: ``data`` is (scan_rows, scan_cols, det_rows, det_cols) as a dask array."""
 
     data: Any  # dask.array.Array
-    calibration: Calibration = field(default_factory=Calibration)
+    calibration: Calibration = field(default_factory=Calibration)  # in use: the file's, or as the user gave
     source: str = ""
     metadata: dict = field(default_factory=dict)
+    file_calibration: Calibration | None = None  # what the file said, once the user gave values
+    calibration_given: dict = field(default_factory=dict)  # {entry: {"given": v, "file": v}}
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -118,6 +123,7 @@ class Dataset4D:
             "convergence_mrad": cal.convergence_mrad,
             "detector_scale": list(cal.detector_scale),
             "detector_units": cal.detector_units,
+            "calibration_given": dict(self.calibration_given),
             "chunks": [list(int(c) for c in ch) for ch in self.data.chunks],
             "chunk_shape": [int(c[0]) for c in self.data.chunks],
             "nbytes": int(np.prod(self.shape)) * self.dtype.itemsize,
@@ -126,6 +132,93 @@ class Dataset4D:
     def subset(self, rows: slice, cols: slice) -> "Dataset4D":
         """A lazy view of part of the scan with the same calibrations."""
         return replace(self, data=self.data[rows, cols])
+
+
+# --------------------------------------------------------------------------------------------------
+# calibration entered by the user (CLI flags, napari docks): it overrides what the file says
+
+#: The calibration a user can enter, with its unit and the range a sane value lies in (a value outside
+#: is almost always a unit mix-up, e.g. eV for keV or rad for mrad).
+CALIBRATION_ENTRIES = {
+    "beam_energy_kev": ("beam energy", "keV", 1.0, 3000.0),
+    "convergence_mrad": ("convergence semi-angle", "mrad", 0.01, 500.0),
+    "mrad_per_px": ("detector sampling", "mrad/px", 1e-5, 100.0),
+    "scan_step_nm": ("scan step", "nm", 1e-5, 1e6),
+}
+
+
+def calibration_with(calibration: Calibration, given: dict[str, float | None]) -> Calibration:
+    """``calibration`` with the values the user gave (keys of :data:`CALIBRATION_ENTRIES`; None = keep).
+
+    A new beam energy also converts a reciprocal-length detector axis (1/nm, 1/Å) to mrad/px again,
+    unless the detector sampling is given too. Raises :class:`PolarstemError` for a value that is not
+    a positive number in its sane range.
+    """
+    changes: dict[str, Any] = {}
+    for key, value in given.items():
+        if key not in CALIBRATION_ENTRIES:
+            raise PolarstemError(f"unknown calibration entry '{key}'")
+        if value is None:
+            continue
+        what, unit, lo, hi = CALIBRATION_ENTRIES[key]
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise PolarstemError(f"{what}: '{value}' is not a number ({unit})") from None
+        if not (math.isfinite(v) and lo <= v <= hi):
+            raise PolarstemError(f"{what} {v:g} {unit} is outside {lo:g}-{hi:g} {unit} (check the unit)")
+        changes[key] = v
+    if "scan_step_nm" in changes:
+        changes["scan_step_nm"] = (changes["scan_step_nm"], changes["scan_step_nm"])
+        changes["scan_units"] = None
+    if "beam_energy_kev" in changes and "mrad_per_px" not in changes:
+        converted = detector_mrad_per_px(calibration.detector_scale[-1], calibration.detector_units,
+                                         changes["beam_energy_kev"])
+        if converted is not None:
+            changes["mrad_per_px"] = converted
+    return calibration.with_(**changes)
+
+
+def apply_calibration(ds: Dataset4D, given: dict[str, float | None] | None) -> Dataset4D:
+    """Use the calibration values the user gave for ``ds`` (in place; returns ``ds``).
+
+    ``given`` replaces what was given before: a key left out (or None) goes back to the file's value.
+    ``ds.calibration_given`` records, for each value given, the value in use and what the file said,
+    so ``info`` and the provenance show both.
+    """
+    if ds.file_calibration is None:
+        ds.file_calibration = ds.calibration
+    wanted = {k: v for k, v in (given or {}).items() if v is not None}
+    cal = calibration_with(ds.file_calibration, wanted)
+    in_file = ds.file_calibration.to_dict()
+    in_use = cal.to_dict()
+    ds.calibration = cal
+    ds.calibration_given = {k: {"given": _entry(in_use, k), "file": _entry(in_file, k)} for k in wanted}
+    return ds
+
+
+def _entry(cal: dict, key: str):
+    """One entry of a calibration dict, the scan step as one number (the column step)."""
+    v = cal.get(key)
+    if key == "scan_step_nm" and v is not None:
+        v = v[1] if v[1] is not None else v[0]
+    return v
+
+
+_GIVEN_IN_CONTEXT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("polarstem_calibration", default=None)
+
+
+@contextlib.contextmanager
+def using_calibration(given: dict[str, float | None] | None):
+    """Within the block, :func:`load` applies ``given`` to every dataset it opens.
+
+    For code that opens the file itself (``polarstem evaluate`` through :func:`polarstem.evaluate.evaluate`).
+    """
+    token = _GIVEN_IN_CONTEXT.set({k: v for k, v in (given or {}).items() if v is not None} or None)
+    try:
+        yield
+    finally:
+        _GIVEN_IN_CONTEXT.reset(token)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,20 +252,28 @@ def as_frame_chunked(data: Any, budget: int = CHUNK_BYTES) -> Any:
 
 
 def load(path: str | os.PathLike, navigation_shape: tuple[int, int] | None = None,
-         chunk_bytes: int = CHUNK_BYTES) -> Dataset4D:
+         chunk_bytes: int = CHUNK_BYTES, calibration: dict[str, float | None] | None = None) -> Dataset4D:
     """Open a 4D-STEM file lazily.
 
     ``navigation_shape`` (rows, cols) reshapes a flat stack of frames into a scan, for Merlin files
-    whose header does not say. Raises :class:`PolarstemError` with a one-line message for anything
+    whose header does not say. ``calibration`` holds values the user gave (keys of
+    :data:`CALIBRATION_ENTRIES`), which override the file's (:func:`apply_calibration`). A Merlin
+    ``.hdr`` opens its ``.mib``. Raises :class:`PolarstemError` with a one-line message for anything
     that is not a readable 4D-STEM dataset.
     """
     p = Path(path)
+    if calibration is None:
+        calibration = _GIVEN_IN_CONTEXT.get()
+    if p.suffix.lower() == ".hdr":
+        mib = p.with_suffix(".mib")
+        if not mib.exists():
+            raise PolarstemError(f"{p}: a Merlin header without its data file {mib.name}")
+        p = mib
     if not p.exists():
         raise PolarstemError(f"{p}: no such file")
     if p.is_dir() and not _is_zarr_dir(p):
         inner = _data_file_in_folder(p)
-        ds = load(inner, navigation_shape=navigation_shape, chunk_bytes=chunk_bytes)
-        return ds
+        return load(inner, navigation_shape=navigation_shape, chunk_bytes=chunk_bytes, calibration=calibration)
     if p.is_file() and p.stat().st_size == 0:
         raise PolarstemError(f"{p}: the file is empty (0 bytes)")
     suffix = p.suffix.lower()
@@ -180,8 +281,11 @@ def load(path: str | os.PathLike, navigation_shape: tuple[int, int] | None = Non
         if suffix == ".npy":
             ds = _load_npy(p, chunk_bytes)
         elif suffix == ".zarr" or (p.is_dir() and _is_zarr_dir(p) and suffix != ".zspy"):
+            _check_zarr_chunks(p)
             ds = _load_zarr(p)
         else:
+            if suffix == ".zspy" and p.is_dir():
+                _check_zarr_chunks(p)
             ds = _load_rsciio(p, navigation_shape)
     except PolarstemError:
         raise
@@ -192,6 +296,8 @@ def load(path: str | os.PathLike, navigation_shape: tuple[int, int] | None = Non
     if navigation_shape is not None and ds.data.ndim == 4 and tuple(ds.scan_shape) != tuple(navigation_shape):
         ds = _reshape_navigation(ds, navigation_shape, p)
     ds.data = as_frame_chunked(ds.data, chunk_bytes)
+    if calibration:
+        apply_calibration(ds, calibration)
     return ds
 
 
@@ -296,6 +402,42 @@ def _load_zarr(p: Path) -> Dataset4D:
     return Dataset4D(data=data, calibration=cal, source=str(p))
 
 
+def _check_zarr_chunks(p: Path) -> None:
+    """Refuse a zarr directory store (``.zspy``, ``.zarr``) with data chunks missing or cut short.
+
+    zarr reads a missing chunk as its fill value (zeros), so a store that lost a chunk in a copy
+    would otherwise open "fine" and give wrong maps. Only the arrays of 3 or more dimensions are
+    checked: a chunk must exist for every block, and a Blosc-compressed chunk must be as long as its
+    header says (one 16-byte read per chunk; decompression errors elsewhere surface on reading).
+    """
+    import zarr
+
+    try:
+        root = zarr.open(str(p), mode="r")
+        arrays = [root] if hasattr(root, "shape") else [a for _, a in root.arrays(recurse=True)]
+    except Exception:  # noqa: BLE001 - not a store this zarr can list; the reader reports it
+        return
+    for a in arrays:
+        if len(a.shape) < 3:
+            continue
+        folder = p / a.path if a.path else p
+        chunk_files = [f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".z")]
+        missing = int(a.nchunks) - len(chunk_files)
+        if missing > 0:
+            raise PolarstemError(f"{p}: {missing} of {a.nchunks} data chunks are missing from the store "
+                                 f"(an incomplete copy?); they would read as zeros")
+        if getattr(a.compressor, "codec_id", None) != "blosc":
+            continue
+        for f in chunk_files:
+            size = f.stat().st_size
+            with open(f, "rb") as fh:
+                header = fh.read(16)
+            expected = int.from_bytes(header[12:16], "little") if len(header) == 16 else -1
+            if expected != size:
+                raise PolarstemError(f"{p}: data chunk {f.relative_to(p)} is cut short ({size} of "
+                                     f"{max(expected, 16)} bytes): the store is corrupt")
+
+
 def _sidecar_calibration(p: Path) -> Calibration:
     """Calibration for plain arrays from ``<name>.json`` beside them (keys as in :class:`Calibration`)."""
     side = p.with_suffix(".json")
@@ -340,6 +482,8 @@ def _read_with_rsciio(p: Path, navigation_shape) -> list[dict]:
         kwargs: dict = {"lazy": True}  # a navigation shape is applied afterwards, checked against the frames
         try:
             module = importlib.import_module(plugin["api"])
+            if "show_progressbar" in inspect.signature(module.file_reader).parameters:
+                kwargs["show_progressbar"] = False  # a reader's own bar would leak into `polarstem info`
             try:
                 return module.file_reader(str(p), **kwargs)
             except NotImplementedError:

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import _navigation_shape, _tqdm_progress, add_navigation_shape
+from .data import _navigation_shape, _tqdm_progress, add_calibration_options, add_navigation_shape, calibration_given
 
 
 def register(sub) -> None:
     p = sub.add_parser("classify", help="polarization class, confidence and anomaly maps of a scan")
     p.add_argument("file")
     add_navigation_shape(p)
+    add_calibration_options(p)
     p.add_argument("--model", default=None, help="registered model name (see `polarstem models`; default: the best)")
     p.add_argument("--mode", choices=["auto", "pattern", "cell"], default="auto")
     add_cell_options(p)
@@ -29,6 +30,7 @@ def register(sub) -> None:
     p = sub.add_parser("view", help="open a file in napari with the polarstem widgets")
     p.add_argument("file", nargs="?")
     add_navigation_shape(p)
+    add_calibration_options(p)
     p.set_defaults(func=view)
 
     p = sub.add_parser("demo", help="classify the bundled sample and write maps and a screenshot")
@@ -68,11 +70,12 @@ def load_roi(path: str, scan_shape) -> np.ndarray:
 
 def run_classification(file, output, model=None, mode="auto", roi=None, device="auto", batch_size=None,
                        navigation_shape=None, scheduler=None, resume=False, checkpoint_every=30.0,
-                       cell_method="vote", tta=None, wall_bands=True):
+                       cell_method="vote", tta=None, wall_bands=True, calibration=None):
     """Load, classify with a progress bar, and export the folder; returns (dataset, result).
 
     While it runs, the maps so far are saved to a checkpoint in the output folder every
-    ``checkpoint_every`` seconds and on interruption; ``resume`` continues from it.
+    ``checkpoint_every`` seconds and on interruption; ``resume`` continues from it. ``calibration``
+    holds values the user gave, which override the file's (:func:`polarstem.io.apply_calibration`).
     """
     import time
 
@@ -83,12 +86,14 @@ def run_classification(file, output, model=None, mode="auto", roi=None, device="
     from ..models import read_card
 
     model = model or default_model()
-    ds = load(file, navigation_shape=navigation_shape)
+    ds = load(file, navigation_shape=navigation_shape, calibration=calibration)
     roi_mask = load_roi(roi, ds.scan_shape) if roi else None
     warn_acquisition(ds, model)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    key = {"input_sha256": file_sha256(file), "model": model, "mode": mode, "cell_method": cell_method,
+    # the data file read (a folder's data file, a .hdr's .mib), however the path was spelled
+    key = {"input_sha256": file_sha256(ds.source), "calibration": ds.calibration.to_dict(),
+           "model": model, "mode": mode, "cell_method": cell_method,
            "tta": "auto" if tta is None else int(tta), "wall_bands": wall_bands,
            "roi_sha256": None if roi_mask is None else __import__("hashlib").sha256(roi_mask.tobytes()).hexdigest()}
     previous = None
@@ -134,7 +139,7 @@ def classify(args) -> int:
     ds, result = run_classification(args.file, args.output, args.model, args.mode, args.roi, args.device,
                                     args.batch_size, _navigation_shape(args), args.scheduler, args.resume,
                                     cell_method=args.cell_method, tta=args.tta,
-                                    wall_bands=not args.keep_wall_bands)
+                                    wall_bands=not args.keep_wall_bands, calibration=calibration_given(args))
     status = "complete" if result.complete else "interrupted (partial maps written; --resume continues)"
     rate = result.n_patterns / result.seconds if result.seconds else 0.0
     print(f"{status}: {result.n_patterns} positions in {result.seconds:.1f} s ({rate:.0f}/s), "
@@ -145,7 +150,7 @@ def classify(args) -> int:
 def view(args) -> int:
     from .._napari.app import open_viewer
 
-    open_viewer(args.file, navigation_shape=_navigation_shape(args), run=True)
+    open_viewer(args.file, navigation_shape=_navigation_shape(args), calibration=calibration_given(args), run=True)
     return 0
 
 

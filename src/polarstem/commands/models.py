@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from .classify import add_cell_options
+from .data import add_calibration_options, calibration_given
 
 
 def register(sub) -> None:
@@ -26,6 +27,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("evaluate", help="accuracy of a model on a labeled 4D-STEM dataset")
     p.add_argument("file")
+    add_calibration_options(p)
     p.add_argument("--labels", help="labels.npy (default: beside the file)")
     p.add_argument("--defects", help="defects.npy (bool): adds anomaly_auc and accuracy_outside_defects")
     p.add_argument("--model", default=None, help="registered model name (default: the best, as classify uses)")
@@ -85,9 +87,14 @@ def _train(args) -> int:
 
 def _evaluate(args) -> int:
     from ..evaluate import evaluate
+    from ..io import using_calibration
 
-    res = evaluate(args.file, args.labels, args.model, args.mode, args.defects, args.device,
-                   cell_method=args.cell_method, tta=args.tta, wall_bands=not args.keep_wall_bands)
+    given = calibration_given(args)
+    with using_calibration(given):  # evaluate opens the file itself
+        res = evaluate(args.file, args.labels, args.model, args.mode, args.defects, args.device,
+                       cell_method=args.cell_method, tta=args.tta, wall_bands=not args.keep_wall_bands)
+    if given:
+        res["calibration_given"] = given
     if args.json:
         print(json.dumps(res, indent=1))
     else:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import N_CLASSES
+from .classes import N_CLASSES, UNCERTAIN
 from .errors import PolarstemError
 
 
@@ -32,7 +32,8 @@ def _load_map(path, shape, dtype, what: str) -> np.ndarray:
 
 
 def scores(pred: np.ndarray, labels: np.ndarray, valid: np.ndarray | None = None) -> dict:
-    """Accuracy over labels >= 0 (unclassified predictions count as wrong), per class, confusion (rows = truth)."""
+    """Accuracy over labels >= 0 (unclassified and uncertain predictions count as wrong), per class, confusion
+    (rows = truth), and the abstention fraction (predictions of -2, uncertain)."""
     pred = np.asarray(pred).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
     sel = labels >= 0
@@ -47,7 +48,8 @@ def scores(pred: np.ndarray, labels: np.ndarray, valid: np.ndarray | None = None
         n = int((t == k).sum())
         per_class.append(round(float((p[t == k] == k).mean()), 4) if n else None)
     return {"accuracy": round(float((p == t).mean()), 4) if len(t) else None, "n": int(len(t)),
-            "per_class": per_class, "confusion": conf.tolist(), "unclassified": int((~ok).sum())}
+            "per_class": per_class, "confusion": conf.tolist(), "unclassified": int((~ok).sum()),
+            "abstention_fraction": round(float((p == UNCERTAIN).mean()), 4) if len(t) else None}
 
 
 #: Symmetry images ``evaluate --mode pattern`` averages by default, at any size (~200 patterns/s on
@@ -95,11 +97,18 @@ def evaluate(path, labels_path=None, model: str | None = None, mode: str = "auto
         out["cell_method"] = cell_method
     out["tta"] = res.params["tta"]
     out.update(scores(res.classes, labels))
+    out["uncertain_fraction"] = res.params.get("uncertain_fraction")
+    if res.verdict:
+        out["verdict"] = res.verdict
+    if res.notes:
+        out["calibration_notes"] = res.notes
     out["informative_fraction"] = round(float(res.informative[roi].mean()), 4)
     out["accuracy_informative"] = scores(res.classes, labels, res.informative)["accuracy"]
     out["patterns_per_s"] = round(res.n_patterns / res.seconds, 1) if res.seconds else None
     if defects is not None:
-        out["accuracy_outside_defects"] = scores(res.classes, labels, ~defects)["accuracy"]
+        away = scores(res.classes, labels, ~defects)
+        out["accuracy_outside_defects"] = away["accuracy"]
+        out["abstention_outside_defects"] = away["abstention_fraction"]
         out["accuracy_at_defects"] = scores(res.classes, labels, defects)["accuracy"]
         out["anomaly_auc"] = anomaly_auc(res.anomaly, defects, res.done)
         near = wall_plane_probes(folder, ds.scan_shape)
@@ -127,6 +136,7 @@ def wall_plane_probes(folder, shape, tol: float = WALL_PLANE_TOL) -> np.ndarray 
     man_path = Path(folder) / "manifest.json"
     try:
         man = json.loads(man_path.read_text())
+        man = man.get("source_manifest", man)  # an experiment-like copy of a simulated scan
         if man.get("kind") != "scan":
             return None
         sc = man["config"]["scan"]

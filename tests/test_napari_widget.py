@@ -1,4 +1,5 @@
-"""The "Virtual detector" dock widget in a real viewer: detectors change the layer in place, off the UI thread."""
+"""The "Virtual detector" dock widget in a real viewer: each kind of virtual image gets its own layer beside
+the opened one, computed off the UI thread."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def direct_com(data, center, scale=1.0):
 def test_widget_shows_mean_pattern_and_detector(make_napari_viewer, qtbot, realdata):
     viewer, layer, widget = open_with_widget(make_napari_viewer, qtbot, realdata / "blockfile/test1.blo")
     assert isinstance(widget, VirtualDetectorWidget)
-    assert widget.dataset_combo.currentText() == layer.name
+    assert widget.dataset_picker.value is layer
     ds = dataset_of(layer)
     state = state_for(ds)
     np.testing.assert_allclose(state.mean_pattern, np.asarray(ds.data.compute(), np.float64).mean(axis=(0, 1)))
@@ -74,34 +75,61 @@ def test_widget_shows_mean_pattern_and_detector(make_napari_viewer, qtbot, reald
     assert not widget.units_combo.model().item(0).isEnabled()
 
 
-def test_detector_kinds_update_layer_in_place(make_napari_viewer, qtbot, realdata):
+def test_detector_kinds_get_their_own_layers(make_napari_viewer, qtbot, realdata):
+    """BF, ADF and CoM side by side as layers named after the opened one; the opened image stays as it was."""
     viewer, layer, widget = open_with_widget(make_napari_viewer, qtbot, realdata / "blockfile/test1.blo")
     ds = dataset_of(layer)
     data = np.asarray(ds.data.compute())
     g = state_for(ds).geometry
     scale = tuple(layer.scale)
-    n_layers = len(viewer.layers)
+    opened = np.array(layer.data)
 
     widget.set_detector("adf", 20, 60, "px")
     wait_idle(qtbot, widget)
-    assert viewer.layers[0] is layer or viewer.layers[0] == layer
-    assert len(viewer.layers) == n_layers and tuple(layer.scale) == scale
-    np.testing.assert_allclose(layer.data, direct_annulus(data, g.center, 20, 60), rtol=1e-5)
-    assert layer.metadata["polarstem_detector"] == "ADF 20-60 px"
+    adf = viewer.layers[f"{layer.name} · ADF"]
+    assert tuple(adf.scale) == scale and adf.units == layer.units
+    np.testing.assert_allclose(adf.data, direct_annulus(data, g.center, 20, 60), rtol=1e-5)
+    assert adf.metadata["polarstem_detector"] == "ADF 20-60 px"
+    np.testing.assert_array_equal(layer.data, opened)
 
     widget.set_detector("bf", outer=5, units="px")
     wait_idle(qtbot, widget)
-    np.testing.assert_allclose(layer.data, direct_annulus(data, g.center, 0, 5), rtol=1e-5)
+    bf = viewer.layers[f"{layer.name} · BF"]
+    np.testing.assert_allclose(bf.data, direct_annulus(data, g.center, 0, 5), rtol=1e-5)
 
     widget.set_detector("com")
     wait_idle(qtbot, widget)
+    com = viewer.layers[f"{layer.name} · CoM"]
     com_y, com_x = direct_com(data, g.center)
-    np.testing.assert_allclose(layer.data, np.hypot(com_y, com_x), rtol=1e-4)
+    np.testing.assert_allclose(com.data, np.hypot(com_y, com_x), rtol=1e-4)
     widget.component_combo.setCurrentText("x")  # a view of the stored result: no new job
     assert not widget.is_busy()
-    np.testing.assert_allclose(layer.data, com_x, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(com.data, com_x, rtol=1e-4, atol=1e-6)
     widget.component_combo.setCurrentText("y")
-    np.testing.assert_allclose(layer.data, com_y, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(com.data, com_y, rtol=1e-4, atol=1e-6)
+
+    # a new ADF replaces the ADF layer's image in place; the opened image never changes
+    n_layers = len(viewer.layers)
+    widget.set_detector("adf", 30, 50, "px")
+    wait_idle(qtbot, widget)
+    assert len(viewer.layers) == n_layers and viewer.layers[f"{layer.name} · ADF"] is adf
+    np.testing.assert_allclose(adf.data, direct_annulus(data, g.center, 30, 50), rtol=1e-5)
+    np.testing.assert_array_equal(layer.data, opened)
+    # selecting a virtual layer keeps the dock on its dataset
+    viewer.layers.selection.active = com
+    assert widget.dataset_picker.value is layer
+
+
+def test_adf_beyond_the_detector_edge_warns(make_napari_viewer, qtbot, realdata, notifications):
+    viewer, layer, widget = open_with_widget(make_napari_viewer, qtbot, realdata / "blockfile/test1.blo")
+    widget.set_detector("adf", 20, 60, "px")  # inside the 144 px detector
+    wait_idle(qtbot, widget)
+    assert not any("beyond the detector edge" in n.message for n in notifications)
+    widget.set_detector("adf", 20, 100, "px")  # the nearest edge is ~72 px from the centre
+    wait_idle(qtbot, widget)
+    assert any("beyond the detector edge" in n.message for n in notifications)
+    assert "beyond the detector edge" in widget.status_label.text()
+    assert f"{layer.name} · ADF" in viewer.layers  # still computed
 
 
 def test_mrad_angles_on_calibrated_file(make_napari_viewer, qtbot, realdata):
@@ -116,7 +144,8 @@ def test_mrad_angles_on_calibrated_file(make_napari_viewer, qtbot, realdata):
     data = np.asarray(ds.data.compute())
     inner_px, outer_px = (s.value() / g.mrad_per_px for s in (widget.inner_spin, widget.outer_spin))
     assert inner_px == pytest.approx(3, abs=0.01) and outer_px == pytest.approx(6, abs=0.01)
-    np.testing.assert_allclose(layer.data, direct_annulus(data, g.center, inner_px, outer_px), rtol=1e-5)
+    adf = viewer.layers[f"{layer.name} · ADF"]
+    np.testing.assert_allclose(adf.data, direct_annulus(data, g.center, inner_px, outer_px), rtol=1e-5)
     # switching the units converts the angles shown, so the detector stays put
     widget.units_combo.setCurrentText("px")
     assert widget.inner_spin.value() == pytest.approx(3, abs=0.01)
@@ -127,9 +156,11 @@ def test_mrad_angles_on_calibrated_file(make_napari_viewer, qtbot, realdata):
 def test_bad_angles_notify_and_keep_the_image(make_napari_viewer, qtbot, realdata, notifications):
     viewer, layer, widget = open_with_widget(make_napari_viewer, qtbot, realdata / "blockfile/test1.blo")
     before = np.array(layer.data)
+    n_layers = len(viewer.layers)
     widget.set_detector("adf", 500, 900, "px")  # outside the 144x144 detector
     wait_idle(qtbot, widget)
     np.testing.assert_array_equal(layer.data, before)
+    assert len(viewer.layers) == n_layers
     messages = [n.message for n in notifications]
     assert any("outside" in m for m in messages), messages
     assert "outside" in widget.status_label.text()
@@ -181,6 +212,7 @@ def test_ui_stays_responsive_and_cancel_keeps_image(make_napari_viewer, qtbot):
     timer.stop()
     assert "cancelled" in widget.status_label.text()
     np.testing.assert_array_equal(layer.data, before)
+    assert widget.virtual_layer(layer, "adf") is None  # nothing made
 
     # a new request while a job runs replaces it: the last one wins
     widget.set_detector("adf", 6, 14, "px")
@@ -188,7 +220,8 @@ def test_ui_stays_responsive_and_cancel_keeps_image(make_napari_viewer, qtbot):
     widget.set_detector("adf", 2, 10, "px")
     wait_idle(qtbot, widget)
     g = state_for(ds).geometry
-    np.testing.assert_allclose(layer.data, direct_annulus(data, g.center, 2, 10), rtol=1e-5)
+    np.testing.assert_allclose(widget.virtual_layer(layer, "adf").data, direct_annulus(data, g.center, 2, 10), rtol=1e-5)
+    np.testing.assert_array_equal(layer.data, before)
 
 
 def test_worker_yields_typed_updates_only(realdata):
@@ -209,14 +242,15 @@ def test_two_datasets_each_keep_their_detector(make_napari_viewer, qtbot, realda
     widget.set_detector("adf", 20, 60, "px")
     wait_idle(qtbot, widget)
     (second,) = viewer.open(merlin_dir / "Merlin_navigation4x2_ROI/001_4x2_6bit.mib", plugin=PLUGIN)
-    qtbot.waitUntil(lambda: widget.dataset_combo.currentText() == second.name, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: widget.dataset_picker.value is second, timeout=TIMEOUT)
     wait_idle(qtbot, widget)
     assert widget.kind_combo.currentData() == "bf"
     viewer.layers.selection.active = first
-    assert widget.dataset_combo.currentText() == first.name
+    assert widget.dataset_picker.value is first
     assert widget.kind_combo.currentData() == "adf" and widget.inner_spin.value() == 20
+    assert [c for c in widget.dataset_picker.choices] == [first, second]  # the ADF layer is no dataset
     viewer.layers.remove(second)
-    assert widget.dataset_combo.count() == 1
+    assert list(widget.dataset_picker.choices) == [first]
     wait_idle(qtbot, widget)
 
 

@@ -5,23 +5,43 @@ from __future__ import annotations
 import numpy as np
 
 from ..classes import CLASS_DIRECTIONS, CLASS_NAMES, N_CLASSES, direction_colors
+from ..export import ANOMALY_OUTLINE, UNCERTAIN_CLASS, UNCERTAIN_RGBA
+from ._state import SOURCE_KEY
 
 CLASS_LAYER = "polarization classes"
 ARROW_LAYER = "polarization arrows"
 CONFIDENCE_LAYER = "confidence"
 ANOMALY_LAYER = "anomaly"
-RESULT_LAYERS = (CLASS_LAYER, ARROW_LAYER, CONFIDENCE_LAYER, ANOMALY_LAYER)
+OUTLINE_LAYER = "anomaly outline"
+RESULT_LAYERS = (CLASS_LAYER, ARROW_LAYER, CONFIDENCE_LAYER, ANOMALY_LAYER, OUTLINE_LAYER)
+#: Colour of the anomaly outline (napari draws only the contour of the region).
+OUTLINE_RGBA = (1.0, 1.0, 1.0, 1.0)
 
 
 def class_colormap():
-    """Fixed direction colours: class k at hue 45°·k, -1 (not classified) transparent."""
+    """Fixed direction colours: class k at hue 45°·k, uncertain (-2) grey, not classified (-1) transparent."""
     from napari.utils.colormaps import DirectLabelColormap
 
     colors = direction_colors()
     color_dict = {k: colors[k] for k in range(N_CLASSES)}
+    color_dict[UNCERTAIN_CLASS] = np.asarray(UNCERTAIN_RGBA)
     color_dict[-1] = np.zeros(4)
     color_dict[None] = np.zeros(4)
     return DirectLabelColormap(color_dict=color_dict, background_value=-1)
+
+
+def class_label(k: int) -> str:
+    """What a class-map value means, in words."""
+    if 0 <= k < N_CLASSES:
+        return f"{k} {CLASS_NAMES[k]}"
+    return "uncertain (the model abstains)" if k == UNCERTAIN_CLASS else "not classified"
+
+
+def outline_colormap():
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={0: np.zeros(4), 1: np.asarray(OUTLINE_RGBA), None: np.zeros(4)},
+                               background_value=0)
 
 
 def arrow_vectors(classes: np.ndarray, confidence: np.ndarray, step: int | None = None):
@@ -51,11 +71,12 @@ def result_layer_data(result, calibration, dataset=None) -> list[tuple]:
     """
     scale = calibration.scan_scale()
     units = "nm" if all(calibration.scan_step_nm) else "pixel"
-    common = {"scale": scale, "units": (units, units), "metadata": {"polarstem_result": True}}
+    common = {"scale": scale, "units": (units, units), "metadata": {"polarstem_result": True, SOURCE_KEY: dataset}}
     vectors, colors = arrow_vectors(result.classes, result.confidence)
     anomaly = result.anomaly if result.anomaly is not None else np.full(result.classes.shape, np.nan, np.float32)
     finite = anomaly[np.isfinite(anomaly)]
     hi = float(np.percentile(finite, 99.5)) if finite.size else 1.0
+    outline = (np.nan_to_num(anomaly, nan=0.0) >= ANOMALY_OUTLINE).astype(np.uint8)
     return [
         (result.confidence, {**common, "name": CONFIDENCE_LAYER, "colormap": "viridis",
                              "contrast_limits": (0.0, 1.0), "visible": False}, "image"),
@@ -63,10 +84,12 @@ def result_layer_data(result, calibration, dataset=None) -> list[tuple]:
                    "contrast_limits": (0.0, max(hi, 1e-3)), "visible": False}, "image"),
         (result.classes, {**common, "name": CLASS_LAYER, "colormap": class_colormap(), "opacity": 0.55,
                           "metadata": {**common["metadata"], "class_names": CLASS_NAMES,
-                                       "polarstem_result_object": result, "polarstem_source_dataset": dataset}},
+                                       "polarstem_result_object": result}},
          "labels"),
-        (vectors, {**common, "name": ARROW_LAYER, "edge_color": colors, "edge_width": 0.15,
-                   "vector_style": "arrow"}, "vectors"),
+        (outline, {**common, "name": OUTLINE_LAYER, "colormap": outline_colormap(), "opacity": 1.0}, "labels"),
+        # an empty colour array cannot be added (napari takes its minimum): a plain colour then
+        (vectors, {**common, "name": ARROW_LAYER, "edge_color": colors if len(vectors) else "white",
+                   "edge_width": 0.15, "vector_style": "arrow"}, "vectors"),
     ]
 
 
@@ -79,6 +102,7 @@ def show_result(viewer, result, calibration, dataset=None) -> list:
         if existing is not None and existing.metadata.get("polarstem_result"):
             existing.data = data
             existing.scale = kwargs["scale"]
+            existing.units = kwargs["units"]
             existing.metadata.update(kwargs["metadata"])
             if kind == "vectors":
                 existing.edge_color = kwargs["edge_color"]
@@ -90,6 +114,8 @@ def show_result(viewer, result, calibration, dataset=None) -> list:
             add = getattr(viewer, f"add_{kind}")
             kw = {k: v for k, v in kwargs.items() if not (kind == "vectors" and k == "vector_style")}
             layer = add(data, **kw)
+            if name == OUTLINE_LAYER:
+                layer.contour = 1  # only the region's edge
             if kind == "vectors":
                 try:
                     layer.vector_style = "arrow"

@@ -74,18 +74,12 @@ def read_4dstem(path) -> list[tuple]:
 
 
 def open_dataset(p: Path) -> Dataset4D:
-    """:func:`polarstem.io.load`, plus what a file dialog cannot ask for.
-
-    A Merlin ``.hdr`` opens its ``.mib``; a stack of N frames without a scan shape opens as a square
-    scan when N is a perfect square (with a warning, since the file does not say).
+    """:func:`polarstem.io.load` (which also opens a Merlin ``.hdr``'s ``.mib``), plus what a file
+    dialog cannot ask for: a stack of N frames without a scan shape opens as a square scan when N is
+    a perfect square (with a warning, since the file does not say).
     """
     from napari.utils.notifications import show_warning
 
-    if p.suffix.lower() == ".hdr":
-        mib = p.with_suffix(".mib")
-        if not mib.exists():
-            raise PolarstemError(f"{p}: a Merlin header without its data file {mib.name}")
-        p = mib
     try:
         return load(p)
     except PolarstemError as exc:

@@ -22,6 +22,8 @@ from ..virtual import DetectorGeometry, VirtualDetector
 DATASET_KEY = "polarstem_dataset"
 #: ``layer.metadata`` key of the detector the layer currently shows (a short text such as "BF").
 DETECTOR_KEY = "polarstem_detector"
+#: ``layer.metadata`` key of the dataset a derived layer (virtual image, result map) was computed from.
+SOURCE_KEY = "polarstem_source_dataset"
 
 
 @dataclass
@@ -85,3 +87,62 @@ def active_dataset_layer(viewer):
         return active
     layers = dataset_layers(viewer)
     return layers[-1] if layers else None
+
+
+def source_of(layer) -> Dataset4D | None:
+    """The dataset a layer shows or was computed from (dataset, virtual-image and result layers)."""
+    md = getattr(layer, "metadata", {})
+    ds = md.get(DATASET_KEY) or md.get(SOURCE_KEY)
+    return ds if isinstance(ds, Dataset4D) else None
+
+
+def dataset_picker(viewer, label: str = "dataset"):
+    """A magicgui layer picker of the layers that carry a dataset; it follows the layer list."""
+    import napari
+    from magicgui.widgets import create_widget
+
+    picker = create_widget(annotation=napari.layers.Image, label=label, options={
+        "choices": lambda _widget: [(ly.name, ly) for ly in dataset_layers(viewer)]})
+    follow_layer_list(viewer, picker)
+    return picker
+
+
+def follow_layer_list(viewer, picker) -> None:
+    """Refresh ``picker``'s choices when layers are added, removed, moved or renamed."""
+
+    def refresh(*_):
+        try:
+            picker.reset_choices()
+        except RuntimeError:  # its Qt side is gone (dock closed): stop following
+            for emitter in emitters:
+                emitter.disconnect(refresh)
+
+    emitters = [viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved]
+    for emitter in emitters:
+        emitter.connect(refresh)
+    viewer.layers.events.inserted.connect(lambda event: event.value.events.name.connect(refresh))
+    picker.reset_choices()
+
+
+def set_calibration(viewer, dataset: Dataset4D, given: dict) -> None:
+    """Use the calibration values the user gave for ``dataset`` everywhere it shows.
+
+    The dataset's calibration changes in place (:func:`polarstem.io.apply_calibration`; it raises
+    :class:`~polarstem.errors.PolarstemError` for an impossible value), every layer made from it takes
+    the new scan step, the detector geometry follows the new angular sampling, and the widgets hear
+    of it through ``state_events.changed``.
+    """
+    from ..io import apply_calibration
+    from ._workers import geometry_or_centre
+
+    apply_calibration(dataset, given)
+    cal = dataset.calibration
+    units = "nm" if all(s is not None for s in cal.scan_step_nm) else "pixel"
+    for layer in viewer.layers:
+        if source_of(layer) is dataset and layer.ndim == 2:
+            layer.scale = cal.scan_scale()
+            layer.units = (units, units)
+    state = state_for(dataset)
+    if state.mean_pattern is not None or state.geometry is not None:
+        state.geometry, state.geometry_found = geometry_or_centre(dataset, state.mean_pattern)
+    state_events.changed.emit(state)

@@ -2,7 +2,9 @@
 
 The widget only lays out controls and reacts to updates. Every pass over the file (mean pattern,
 virtual image) runs in a ``thread_worker`` over :func:`._workers.virtual_detector_updates`, which
-yields typed updates; the image layer is updated in place when the result arrives.
+yields typed updates. Each kind of virtual image gets its own layer beside the opened one
+("<name> · BF", "· ADF", "· CoM"), updated in place when that kind is computed again; the opened
+image is never overwritten.
 """
 
 from __future__ import annotations
@@ -21,13 +23,27 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
 
 from ..errors import PolarstemError
 from ..virtual import DetectorGeometry, VirtualDetector
-from ._state import DETECTOR_KEY, active_dataset_layer, dataset_layers, dataset_of, state_events, state_for
+from ._calibration import CalibrationForm
+from ._layout import scrolling_body
+from ._state import (
+    DETECTOR_KEY,
+    SOURCE_KEY,
+    active_dataset_layer,
+    dataset_layers,
+    dataset_of,
+    dataset_picker,
+    set_calibration,
+    source_of,
+    state_events,
+    state_for,
+)
 from ._workers import (
     ImageReady,
     JobCancelled,
@@ -41,6 +57,33 @@ from ._workers import (
 
 KIND_LABELS = {"bf": "bright field (BF)", "adf": "annular dark field (ADF)", "com": "centre of mass (CoM)"}
 COM_COMPONENTS = ("magnitude", "x", "y")
+#: Side of the pattern view (px): beside the detector controls, so the dock stays short.
+PATTERN_SIZE = 170
+#: Suffix of each virtual-image layer's name, after the opened layer's ("scan.mib · ADF").
+LAYER_SUFFIX = {"bf": "BF", "adf": "ADF", "com": "CoM"}
+#: ``layer.metadata`` key of the kind of virtual image a layer holds.
+KIND_KEY = "polarstem_virtual_kind"
+
+
+def annulus_edge_warning(detector: VirtualDetector, geometry: DetectorGeometry,
+                         det_shape: tuple[int, int]) -> str | None:
+    """A sentence when a BF disk or ADF annulus reaches beyond the detector edge, else None.
+
+    Beyond the nearest edge the detector integrates only part of each ring, so the image is not the
+    annulus the numbers say. ("auto" outer angles stop at the edge by definition.)
+    """
+    if detector.kind not in ("bf", "adf") or detector.outer is None:
+        return None
+    outer = geometry.to_px(detector.outer, detector.units)
+    cy, cx = geometry.center
+    edge = min(cy + 0.5, cx + 0.5, det_shape[0] - 0.5 - cy, det_shape[1] - 0.5 - cx)
+    if outer <= edge + 1e-9:
+        return None
+    unit = detector.units
+    edge_text = f"{edge:.1f} px" if unit == "px" else f"{edge * geometry.mrad_per_px:.3g} mrad"
+    what = "ADF annulus" if detector.kind == "adf" else "BF disk"
+    return (f"the {what} (outer {detector.outer:g} {unit}) reaches beyond the detector edge ({edge_text} from "
+            f"the centre at the nearest edge): part of it is not recorded")
 
 
 def com_component(com: np.ndarray, component: str) -> np.ndarray:
@@ -155,20 +198,26 @@ class VirtualDetectorWidget(QWidget):
 
     def __init__(self, napari_viewer):
         super().__init__()
+        self._dead = False  # the Qt side is gone (dock closed, viewer closed): ignore late updates
         self.viewer = napari_viewer
         self._worker = None
         self._worker_layer = None
         self._cancel = threading.Event()
         self._progress = None
         self._rerun = False  # a newer request arrived while a job was running
+        self.edge_warning = None  # the last detector applied reaches beyond the detector edge
 
-        self.dataset_combo = QComboBox()
+        self._fitted = False
+        self.dataset_picker = dataset_picker(napari_viewer)
+        self.calibration = CalibrationForm()
         self.pattern_view = QLabel("open a 4D-STEM file or File ▸ Open Sample ▸ napari-polarstem")
         self.pattern_view.setAlignment(Qt.AlignCenter)
-        self.pattern_view.setMinimumSize(240, 240)
+        self.pattern_view.setFixedSize(PATTERN_SIZE, PATTERN_SIZE)
         self.pattern_view.setWordWrap(True)
         self.geometry_label = QLabel()
         self.geometry_label.setWordWrap(True)
+        self.geometry_label.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Minimum)
+        self.geometry_label.setStyleSheet("font-size: 10px;")
         self.mean_button = QPushButton("back to the mean pattern")
         self.mean_button.setToolTip("click a scan position in the image to see its own pattern")
         self.mean_button.setVisible(False)
@@ -188,11 +237,18 @@ class VirtualDetectorWidget(QWidget):
         self.cancel_button.setEnabled(False)
         self.progress_bar = QProgressBar()
         self.progress_bar.setMaximum(1)
+        self.progress_bar.setMaximumHeight(14)
         self.status_label = QLabel()
         self.status_label.setWordWrap(True)
+        self.status_label.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Minimum)
+        self.kind_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.kind_combo.setMinimumContentsLength(8)
 
+        top = QFormLayout()
+        top.addRow("dataset", self.dataset_picker.native)
+        top.addRow(self.calibration)
         form = QFormLayout()
-        form.addRow("dataset", self.dataset_combo)
+        form.setVerticalSpacing(3)
         form.addRow("detector", self.kind_combo)
         form.addRow("angles in", self.units_combo)
         form.addRow("inner", self.inner_spin)
@@ -202,12 +258,22 @@ class VirtualDetectorWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.apply_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.pattern_view)
+        controls = QVBoxLayout()
+        controls.addLayout(form)
+        controls.addLayout(buttons)
+        controls.addStretch(1)
+        pattern = QVBoxLayout()
+        pattern.addWidget(self.pattern_view)
+        pattern.addWidget(self.mean_button)
+        side_by_side = QHBoxLayout()
+        side_by_side.addLayout(pattern)
+        side_by_side.addLayout(controls, 1)
+        layout = scrolling_body(self)
+        # stacked with the Polarization map dock, this one keeps its natural height and gives the rest
+        self.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Maximum)
+        layout.addLayout(top)
+        layout.addLayout(side_by_side)
         layout.addWidget(self.geometry_label)
-        layout.addWidget(self.mean_button)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status_label)
         layout.addStretch(1)
@@ -217,7 +283,8 @@ class VirtualDetectorWidget(QWidget):
         self._debounce.setInterval(self.DEBOUNCE_MS)
         self._debounce.timeout.connect(self.apply)
 
-        self.dataset_combo.currentIndexChanged.connect(self._on_dataset_changed)
+        self.dataset_picker.changed.connect(self._on_dataset_changed)
+        self.calibration.given.connect(self._on_calibration_given)
         self.kind_combo.currentIndexChanged.connect(self._on_controls_changed)
         self.units_combo.currentIndexChanged.connect(self._on_units_changed)
         self.inner_spin.valueChanged.connect(self._on_controls_changed)
@@ -227,16 +294,17 @@ class VirtualDetectorWidget(QWidget):
         self.mean_button.clicked.connect(self.show_mean_pattern)
         self.viewer.mouse_drag_callbacks.append(self._on_click)
         self.cancel_button.clicked.connect(self.cancel)
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.viewer.layers.selection.events.active.connect(self._on_selection)
         state_events.changed.connect(self._on_state_changed)
-        self._dead = False  # the Qt side is gone (dock closed, viewer closed): ignore late updates
         self.destroyed.connect(partial(_disconnect_state_events, self._on_state_changed))
         self.destroyed.connect(partial(_mark_dead, self))
         self._units_shown = "mrad"
         self._sync_enabled()
-        self._refresh_layers()
+        active = active_dataset_layer(self.viewer)
+        if active is not None:
+            self.dataset_picker.value = active
+        self._on_dataset_changed()
 
     def _update_decimals(self, units: str, geometry: DetectorGeometry | None) -> None:
         """About a tenth of a detector pixel: 1 decimal in px, more in mrad on finely sampled detectors."""
@@ -264,46 +332,61 @@ class VirtualDetectorWidget(QWidget):
 
     def layer(self):
         """The dataset layer the controls act on."""
-        name = self.dataset_combo.currentText()
-        if name and name in self.viewer.layers and dataset_of(self.viewer.layers[name]) is not None:
-            return self.viewer.layers[name]
+        layer = self.dataset_picker.value
+        if layer is not None and layer in self.viewer.layers and dataset_of(layer) is not None:
+            return layer
         return None
 
-    def _refresh_layers(self, *_) -> None:
-        current = self.dataset_combo.currentText()
-        names = [ly.name for ly in dataset_layers(self.viewer)]
-        self.dataset_combo.blockSignals(True)
-        self.dataset_combo.clear()
-        self.dataset_combo.addItems(names)
-        active = active_dataset_layer(self.viewer)
-        pick = current if current in names else (active.name if active is not None else "")
-        if pick:
-            self.dataset_combo.setCurrentIndex(names.index(pick))
-        self.dataset_combo.blockSignals(False)
+    def _on_layer_removed(self, event=None) -> None:
+        if self._dead:
+            return
         if self._worker is not None and self._worker_layer is not None and self._worker_layer not in self.viewer.layers:
             self.cancel()
-        if pick != current or not names:
-            self._on_dataset_changed()
 
     def _on_selection(self, event=None) -> None:
+        """Follow the selected layer: a dataset, or an image computed from one, picks that dataset."""
+        if self._dead:
+            return
         layer = self.viewer.layers.selection.active
-        if layer is not None and dataset_of(layer) is not None and layer.name != self.dataset_combo.currentText():
-            self.dataset_combo.setCurrentIndex(self.dataset_combo.findText(layer.name))
+        ds = source_of(layer) if layer is not None else None
+        if ds is None:
+            return
+        base = next((ly for ly in dataset_layers(self.viewer) if dataset_of(ly) is ds), None)
+        if base is not None and base is not self.dataset_picker.value:
+            self.dataset_picker.value = base
 
     def _on_dataset_changed(self, *_) -> None:
         """Show the new dataset's detector in the controls; compute its mean pattern if not known yet."""
+        if self._dead:
+            return
         layer = self.layer()
+        self.calibration.set_dataset(dataset_of(layer) if layer is not None else None)
         if layer is None:
             self.pattern_view.setPixmap(QPixmap())
             self.pattern_view.setText("open a 4D-STEM file or File ▸ Open Sample ▸ napari-polarstem")
             self.geometry_label.setText("")
+            self.status_label.setText("")
             self._sync_enabled()
             return
-        state = state_for(dataset_of(layer))
+        ds = dataset_of(layer)
+        state = state_for(ds)
         self._show_detector_in_controls(state.detector, state.geometry)
         self._draw()
+        if self._worker is None:
+            (rows, cols), (ky, kx) = ds.scan_shape, ds.detector_shape
+            self.status_label.setText(f"{ds.name}: {rows}x{cols} scan, {ky}x{kx} px patterns")
         if state.mean_pattern is None and self._worker is None and not state.busy:
             self._start(layer, None)
+
+    def _on_calibration_given(self, given: dict) -> None:
+        layer = self.layer()
+        if layer is None:
+            return
+        try:
+            set_calibration(self.viewer, dataset_of(layer), given)
+        except PolarstemError as exc:
+            self._fail(str(exc))
+            self.calibration.set_dataset(dataset_of(layer))
 
     def _on_state_changed(self, state) -> None:
         """Another job (the reader's, for big files) computed something for the dataset shown."""
@@ -314,6 +397,9 @@ class VirtualDetectorWidget(QWidget):
             return
         if layer is None or state_for(dataset_of(layer)) is not state:
             return
+        self.calibration.set_dataset(dataset_of(layer))
+        if state.geometry is not None and not state.geometry.mrad_per_px and self.units_combo.currentText() == "mrad":
+            self.units_combo.setCurrentText("px")  # the mrad calibration was taken back
         self._sync_enabled()
         self._draw()
         if state.mean_pattern is None and self._worker is None and not state.busy:
@@ -408,8 +494,8 @@ class VirtualDetectorWidget(QWidget):
         if layer is None:
             return
         state = state_for(dataset_of(layer))
-        if state.com is not None and state.detector.kind == "com":
-            self._put_image(layer, state.detector, state.com)
+        if state.com is not None and self.virtual_layer(layer, "com") is not None:
+            self._put_image(layer, VirtualDetector("com"), state.com)
 
     def _draw(self) -> None:
         layer = self.layer()
@@ -426,7 +512,7 @@ class VirtualDetectorWidget(QWidget):
             det = None
         clicked = self._clicked if self._clicked is not None and self._clicked[0] is dataset_of(layer) else None
         pattern = state.mean_pattern if clicked is None else clicked[2]
-        self.pattern_view.setPixmap(detector_pixmap(pattern, state.geometry, det))
+        self.pattern_view.setPixmap(detector_pixmap(pattern, state.geometry, det, size=PATTERN_SIZE))
         self.mean_button.setVisible(clicked is not None)
         what = "mean pattern" if clicked is None else f"pattern at scan row {clicked[1][0]}, col {clicked[1][1]}"
         g = state.geometry
@@ -478,7 +564,7 @@ class VirtualDetectorWidget(QWidget):
     # running
 
     def apply(self) -> None:
-        """Recompute the layer with the detector in the controls (cancels a job already running)."""
+        """Compute the virtual image the controls describe into its layer (cancels a job already running)."""
         self._debounce.stop()
         layer = self.layer()
         if layer is None:
@@ -491,6 +577,13 @@ class VirtualDetectorWidget(QWidget):
         except PolarstemError as exc:
             self._fail(str(exc))
             return
+        self.edge_warning = None
+        if state.geometry is not None:
+            self.edge_warning = annulus_edge_warning(det, state.geometry, dataset_of(layer).detector_shape)
+            if self.edge_warning:
+                from napari.utils.notifications import show_warning
+
+                show_warning(f"{layer.name}: {self.edge_warning}")
         if self._worker is not None:
             self._rerun = True
             self._cancel.set()
@@ -555,9 +648,12 @@ class VirtualDetectorWidget(QWidget):
                 state.com = update.image
             if layer in self.viewer.layers:
                 self._put_image(layer, update.detector, update.image)
-            self.status_label.setText(f"{layer.name}: {self._shown_label(update.detector)}")
+            text = f"{layer.name}: {self._shown_label(update.detector)} in layer '{self._layer_name(layer, update.detector.kind)}'"
+            if self.edge_warning and update.detector.kind != "com":
+                text += f"\n⚠ {self.edge_warning}"
+            self.status_label.setText(text)
         elif isinstance(update, JobCancelled):
-            self.status_label.setText("cancelled: the layer keeps its previous image")
+            self.status_label.setText("cancelled: the layers keep their previous images")
         elif isinstance(update, JobFailed):
             self._fail(update.message)
 
@@ -565,17 +661,41 @@ class VirtualDetectorWidget(QWidget):
         label = detector_label(det)
         return f"{label} {self.component_combo.currentText()}" if det.kind == "com" else label
 
-    def _put_image(self, layer, det: VirtualDetector, image: np.ndarray) -> None:
-        """Replace the layer's data in place (same layer, same scale), and its contrast."""
+    @staticmethod
+    def _layer_name(base, kind: str) -> str:
+        return f"{base.name} · {LAYER_SUFFIX[kind]}"
+
+    def virtual_layer(self, base, kind: str):
+        """The layer holding ``kind`` (bf, adf, com) of the dataset shown by ``base``, if made already."""
+        ds = dataset_of(base)
+        for ly in self.viewer.layers:
+            if ly.metadata.get(SOURCE_KEY) is ds and ly.metadata.get(KIND_KEY) == kind:
+                return ly
+        return None
+
+    def _put_image(self, base, det: VirtualDetector, image: np.ndarray) -> None:
+        """Show the image in its kind's layer beside ``base`` (made on first use, then updated in place)."""
+        component = self.component_combo.currentText()
         if det.kind == "com":
-            image = com_component(image, self.component_combo.currentText())
+            image = com_component(image, component)
         image = np.asarray(image, dtype=np.float32)
+        colormap = "twilight_shifted" if det.kind == "com" and component != "magnitude" else "gray"
+        finite = image[np.isfinite(image)]
+        limits = (float(finite.min()), float(finite.max())) if finite.size and finite.max() > finite.min() else None
+        layer = self.virtual_layer(base, det.kind)
+        if layer is None:
+            kwargs = {"contrast_limits": limits} if limits else {}
+            layer = self.viewer.add_image(
+                image, name=self._layer_name(base, det.kind), scale=tuple(base.scale)[-2:],
+                units=tuple(base.units)[-2:], colormap=colormap,
+                metadata={SOURCE_KEY: dataset_of(base), KIND_KEY: det.kind, DETECTOR_KEY: self._shown_label(det)},
+                **kwargs)
+            return
         layer.data = image
         layer.metadata[DETECTOR_KEY] = self._shown_label(det)
-        finite = image[np.isfinite(image)]
-        if finite.size and finite.max() > finite.min():
-            layer.contrast_limits = (float(finite.min()), float(finite.max()))
-        layer.colormap = "twilight_shifted" if det.kind == "com" and self.component_combo.currentText() != "magnitude" else "gray"
+        if limits:
+            layer.contrast_limits = limits
+        layer.colormap = colormap
 
     def _on_finished(self) -> None:
         done_layer = self._worker_layer
@@ -603,6 +723,13 @@ class VirtualDetectorWidget(QWidget):
 
         self.status_label.setText(message)
         show_warning(message)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        """Fit the image to the canvas again once the docks have taken their room."""
+        super().showEvent(event)
+        if not self._fitted:
+            self._fitted = True
+            QTimer.singleShot(0, self.viewer.reset_view)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         self.cancel()

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from ._layers import ANOMALY_LAYER, CLASS_LAYER, CONFIDENCE_LAYER
+from ._state import SOURCE_KEY  # not the reader's key: a result layer is not a dataset view
 
 RESULT_KEY = "polarstem_result_object"
-SOURCE_KEY = "polarstem_source_dataset"  # not the reader's key: this layer is not a dataset view
 
 
 def write_polarization_maps(path: str, layer_data: list[tuple]) -> list[str]:

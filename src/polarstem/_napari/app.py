@@ -9,12 +9,18 @@ PLUGIN = "napari-polarstem"
 WIDGETS = ("Virtual detector", "Polarization map")
 
 
-def open_viewer(path=None, navigation_shape=None, run: bool = True, show: bool = True):
-    """A viewer with ``path`` opened through the polarstem reader and both dock widgets docked."""
+def open_viewer(path=None, navigation_shape=None, run: bool = True, show: bool = True,
+                calibration: dict | None = None):
+    """A viewer with ``path`` opened through the polarstem reader and both dock widgets docked.
+
+    ``calibration`` holds values the user gave (``polarstem view --beam-energy ...``); they override
+    the file's, as in the docks' calibration fields.
+    """
     import napari
 
     from ..errors import PolarstemError
-    from ._reader import open_dataset, virtual_image_layer
+    from ..io import apply_calibration
+    from ._reader import open_dataset
 
     viewer = napari.Viewer(show=show, title="napari-polarstem")
     if path is not None:
@@ -25,12 +31,15 @@ def open_viewer(path=None, navigation_shape=None, run: bool = True, show: bool =
                 ds = load(path, navigation_shape=navigation_shape)
             else:
                 ds = open_dataset(Path(path))
+            if calibration:
+                apply_calibration(ds, calibration)
         except PolarstemError:
             viewer.close()
             raise
         add_dataset_layer(viewer, ds)
     widgets = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name)[1] for name in WIDGETS}
     viewer.window.polarstem_widgets = widgets
+    viewer.reset_view()  # the docks took room from the canvas: fit the image again
     if run:
         napari.run()
     return viewer
@@ -76,7 +85,7 @@ def demo_screenshot(sample: Path, out_png: Path, model: str) -> Path:
         if widget.result is not None:
             r, c = (s // 2 for s in widget.result.classes.shape)
             widget.show_position(r, c)
-        viewer.window._qt_window.resize(1500, 950)
+        viewer.window.resize(1500, 950)
         for _ in range(10):
             app.processEvents()
         out_png = Path(out_png)

@@ -156,3 +156,124 @@ def test_the_default_model_is_preselected_and_marked(make_napari_viewer):
     marked = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())
               if widget.model_combo.itemText(i).endswith("· default")]
     assert len(marked) == 1
+
+
+def _result(classes, anomaly=None):
+    """A classification result holding the given class map (confidence 0.9 where classified)."""
+    from polarstem.infer import ClassificationResult
+
+    res = ClassificationResult.empty(classes.shape, mode="pattern", model="test", model_sha256="0" * 64)
+    res.classes = classes.astype(np.int8)
+    res.done[:] = classes != -1
+    res.confidence[res.done] = 0.9
+    res.proba[res.done] = 1 / 8
+    res.anomaly = anomaly
+    res.complete = True
+    return res
+
+
+def test_uncertain_is_grey_not_classified_transparent_and_the_legend_says_so(make_napari_viewer):
+    from polarstem._napari._layers import OUTLINE_LAYER, show_result
+    from polarstem.export import UNCERTAIN_RGBA
+    from polarstem.io import Calibration
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-polarstem", "Polarization map")
+    classes = np.zeros((10, 12), np.int8)
+    classes[:, 6:] = 3
+    classes[2:5, 2:5] = -2
+    classes[8:] = -1
+    anomaly = np.zeros((10, 12), np.float32)
+    anomaly[5:8, 7:10] = 6.0
+    show_result(viewer, _result(classes, anomaly), Calibration(scan_step_nm=(0.2, 0.2)))
+    layer = viewer.layers["polarization classes"]
+    rgba = layer.colormap.map(np.array([-2, -1, 3]))
+    np.testing.assert_allclose(rgba[0], UNCERTAIN_RGBA)
+    assert rgba[1][3] == 0 and rgba[2][3] == 1
+    outline = viewer.layers[OUTLINE_LAYER]
+    assert outline.contour == 1 and outline.data.sum() == 9 and tuple(outline.scale) == pytest.approx((0.2, 0.2))
+    # the in-dock legend: a swatch for every value the map can hold, and the outline
+    from qtpy.QtWidgets import QLabel
+
+    texts = [w.text() for w in widget.findChildren(QLabel)]
+    for words in ["0 [100]", "7 [1-10]", "uncertain", "not classified", "anomaly ≥ 3"]:
+        assert words in texts, words
+    assert "robust z" in widget.anomaly_note.text()
+    from polarstem._napari._layers import class_label
+
+    assert class_label(-2).startswith("uncertain") and class_label(-1) == "not classified"
+
+
+def test_an_empty_result_shows_without_error(make_napari_viewer):
+    """Nothing classified (a cancel before the first block): no arrows, no crash; a real map after it works."""
+    from polarstem._napari._layers import ARROW_LAYER, show_result
+    from polarstem.io import Calibration
+
+    viewer = make_napari_viewer()
+    cal = Calibration(scan_step_nm=(0.2, 0.2))
+    show_result(viewer, _result(np.full((6, 6), -1, np.int8)), cal)
+    assert len(viewer.layers[ARROW_LAYER].data) == 0
+    show_result(viewer, _result(np.full((6, 6), 2, np.int8)), cal)
+    assert len(viewer.layers[ARROW_LAYER].data) > 0
+    show_result(viewer, _result(np.full((6, 6), -1, np.int8)), cal)
+    assert len(viewer.layers[ARROW_LAYER].data) == 0
+
+
+def test_cancel_at_once_keeps_the_previous_map_and_settles(qtbot, make_napari_viewer, tmp_path):
+    from tests.test_infer import disk_patterns
+
+    np.save(tmp_path / "big.npy", disk_patterns((40, 40), det=128))
+    (tmp_path / "big.json").write_text(json.dumps({"scan_step_nm": 0.25, "mrad_per_px": 0.6}))
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "big.npy"), plugin="napari-polarstem")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-polarstem", "Polarization map")
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData(SHIPPED[0]))
+    widget.mode_combo.setCurrentText("pattern")
+    widget.tta_combo.setCurrentIndex(widget.tta_combo.findData(1))
+    widget.chunk_bytes = 16 * 2**20
+    # no map yet: a cancel at once leaves none, Export stays off, the status settles
+    widget.run()
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    assert widget.result is None and not widget.export_button.isEnabled()
+    assert "cancelling" not in widget.status_label.text() and "no map" in widget.status_label.text()
+    # a small ROI run makes a map
+    viewer.add_shapes([[[0, 0], [2 * 0.25, 3 * 0.25]]], shape_type="rectangle", name="ROI")
+    widget.roi_check.setChecked(True)
+    _run_and_wait(qtbot, widget)
+    first = widget.result
+    assert first is not None and first.done.sum() > 0 and widget.export_button.isEnabled()
+    shown = np.array(viewer.layers["polarization classes"].data)
+    # cancelling the next run at once keeps it: same result, same layers, Export still on
+    widget.roi_check.setChecked(False)
+    widget.run()
+    assert not widget.export_button.isEnabled()  # not while a run is going
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    if widget.result is first:  # the cancel came before the first block finished
+        np.testing.assert_array_equal(viewer.layers["polarization classes"].data, shown)
+        assert "previous map is kept" in widget.status_label.text()
+    else:  # a block finished first: its partial map replaces the old one
+        assert not widget.result.complete and "cancelled: partial map" in widget.status_label.text()
+    assert widget.export_button.isEnabled() and "cancelling" not in widget.status_label.text()
+
+
+def test_baseline_models_say_so_and_the_card_is_not_clipped(make_napari_viewer, qtbot):
+    from polarstem._napari._polarization_widget import is_baseline
+    from polarstem.models import list_models
+
+    viewer = make_napari_viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-polarstem", "Polarization map")
+    baselines = [m["name"] for m in list_models() if m.get("available") and is_baseline(m)]
+    assert "pca-knn" in baselines
+    for i in range(widget.model_combo.count()):
+        marked = "· baseline" in widget.model_combo.itemText(i)
+        assert marked == (widget.model_combo.itemData(i) in baselines)
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData("pca-knn"))
+    assert widget.card_label.text().startswith("Baseline for comparison")
+    # the accuracy on the card is the one in the picker
+    acc = widget.model_combo.currentText().split("acc. ")[1][:4]
+    assert f"held-out accuracy {acc}" in widget.card_label.text()
+    qtbot.wait(50)
+    label = widget.card_label
+    assert label.height() >= label.heightForWidth(label.width())

@@ -10,9 +10,9 @@ the widget only lays out controls and adds layers).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
 from ..classes import CLASS_NAMES, direction_colors
@@ -78,10 +78,13 @@ def gap_updates(model: str, mode: str, dataset, train_folder: str, n_train: int,
 
 
 class DomainGapWidget(QWidget):
-    """Dock widget: model, mode, simulated training folder, dataset layer -> the two Points layers."""
+    """Dock widget: model, mode, simulated reference folder, dataset layer -> the two Points layers."""
 
     def __init__(self, napari_viewer):
+        from ..analysis.domain_gap import default_reference_folder
         from ..models import list_models
+        from ._polarization_widget import is_baseline
+        from ._state import dataset_picker
 
         super().__init__()
         self.viewer = napari_viewer
@@ -90,11 +93,18 @@ class DomainGapWidget(QWidget):
         self.model = QComboBox()
         for e in list_models():
             if e["available"]:
-                self.model.addItem(e["name"])
+                self.model.addItem(e["name"] + ("  · baseline" if is_baseline(e) else ""), e["name"])
         self.mode = QComboBox()
         self.mode.addItems(["pattern", "cell"])
-        self.layer = QComboBox()
-        self.train = QLineEdit(".cache/sim/canonical")
+        self.layer = dataset_picker(napari_viewer)
+        folder, what = default_reference_folder()
+        self.train = QLineEdit(str(folder))
+        self.train.setToolTip("a folder written by `polarstem simulate` (labels.npy beside the data): the "
+                              "training set, or any simulated reference")
+        self.train_note = QLabel(f"reference: {what}")
+        self.train_note.setWordWrap(True)
+        self.train_note.setStyleSheet("font-size: 10px; color: #a0a0a0;")
+        self.train.textChanged.connect(lambda _text: self.train_note.setText("reference: the folder above"))
         self.n_points = QSpinBox()
         self.n_points.setRange(50, 20000)
         self.n_points.setValue(1000)
@@ -102,8 +112,8 @@ class DomainGapWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         form = QFormLayout()
-        for label, widget in (("Model", self.model), ("Mode", self.mode), ("Dataset", self.layer),
-                              ("Training data", self.train), ("Points each", self.n_points)):
+        for label, widget in (("Model", self.model), ("Mode", self.mode), ("Dataset", self.layer.native),
+                              ("Reference", self.train), ("", self.train_note), ("Points each", self.n_points)):
             form.addRow(label, widget)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
@@ -111,34 +121,27 @@ class DomainGapWidget(QWidget):
         lay.addWidget(self.status)
         lay.addStretch(1)
         self.run_button.clicked.connect(self.start)
-        self.viewer.layers.events.inserted.connect(self.refresh_layers)
-        self.viewer.layers.events.removed.connect(self.refresh_layers)
-        self.refresh_layers()
-
-    def refresh_layers(self, *_):
-        from ._state import dataset_layers
-
-        current = self.layer.currentText()
-        self.layer.clear()
-        self.layer.addItems([ly.name for ly in dataset_layers(self.viewer)])
-        if current:
-            self.layer.setCurrentText(current)
 
     def start(self):
         from napari.qt.threading import thread_worker
 
         from ._state import dataset_of
 
-        name = self.layer.currentText()
-        if not self.model.currentText() or not name or name not in self.viewer.layers:
+        layer = self.layer.value
+        model = self.model.currentData()
+        if not model or layer is None or layer not in self.viewer.layers:
             self.status.setText("open a dataset and pick a model with weights first")
+            return
+        folder = Path(self.train.text().strip()).expanduser()
+        if not (folder / "labels.npy").exists():
+            self.status.setText(f"{folder}: not a simulated labeled folder (no labels.npy); give a folder "
+                                "written by `polarstem simulate`, e.g. the bundled sample_data")
             return
         self.run_button.setEnabled(False)
         self.status.setText("computing embeddings ...")
         n = self.n_points.value()
         self._worker = thread_worker(gap_updates, start_thread=False)(
-            self.model.currentText(), self.mode.currentText(), dataset_of(self.viewer.layers[name]),
-            self.train.text(), n, n)
+            model, self.mode.currentText(), dataset_of(layer), str(folder), n, n)
         self._worker.yielded.connect(self._on_update)
         self._worker.finished.connect(lambda: self.run_button.setEnabled(True))
         self._worker.start()

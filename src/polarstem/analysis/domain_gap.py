@@ -51,6 +51,27 @@ class EmbeddingMap:
         Path(path).write_text("\n".join(lines) + "\n")
 
 
+#: The canonical training set, where ``polarstem simulate`` puts it in a source checkout (configs/train/).
+TRAINING_FOLDER = Path(".cache") / "sim" / "canonical"
+
+
+def default_reference_folder() -> tuple[Path, str]:
+    """The simulated folder to compare a dataset with, and what it is.
+
+    The training set when this machine has it (``.cache/sim/canonical`` under the working folder or
+    the source checkout), else the bundled sample scan: simulated and labeled by the same simulator,
+    so it shows where simulated KNN lies in the embedding even without the training set.
+    """
+    from ..sample import sample_dataset_path
+
+    checkout = Path(__file__).resolve().parents[3]
+    for root in (Path.cwd(), checkout):
+        folder = root / TRAINING_FOLDER
+        if (folder / "labels.npy").exists():
+            return folder, "training set"
+    return sample_dataset_path(), "bundled sample scan (simulated; the training set is not on this machine)"
+
+
 def _embed(model, frames, calibration, batch: int = 256):
     x, _ = model.preprocess(frames, calibration)
     emb, proba = [], []

@@ -113,7 +113,7 @@ def test_napari_writer_saves_the_maps_folder(qtbot, viewer_and_widget, tmp_path)
 
     viewer, widget = viewer_and_widget
     _run_and_wait(qtbot, widget)
-    layers = [viewer.layers[n] for n in ("polarization classes", "confidence", "anomaly")]
+    layers = [viewer.layers[n] for n in ("polarization classes", "anomaly outline", "confidence", "anomaly")]
     from napari.plugins.io import save_layers
 
     written = save_layers(str(tmp_path / "saved"), layers, plugin="napari-polarstem")

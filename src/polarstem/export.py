@@ -234,20 +234,19 @@ def read_maps(outdir: str | os.PathLike) -> dict[str, np.ndarray]:
 ANOMALY_OUTLINE = 3.0
 #: What the anomaly number means, for colour bars and legends.
 ANOMALY_MEANING = "anomaly: robust z against the same place in the unit cell (0 = typical)"
-#: "Uncertain" in a class map: the model abstains (conventions.md); "not classified" is -1.
-UNCERTAIN_CLASS = -2
-#: Colour of "uncertain" in every map; "not classified" is transparent.
+#: Colour of "uncertain" (``classes.UNCERTAIN``, the model abstains) in every map; "not classified" is
+#: transparent.
 UNCERTAIN_RGBA = (0.55, 0.55, 0.55, 1.0)
 
 
 def class_rgba(classes: np.ndarray) -> np.ndarray:
     """RGBA image of a class map: direction colours, uncertain grey, not classified transparent."""
-    from .classes import direction_colors
+    from .classes import UNCERTAIN, direction_colors
 
     rgba = np.zeros(classes.shape + (4,), np.float32)
     valid = classes >= 0
     rgba[valid] = direction_colors()[classes[valid]]
-    rgba[classes == UNCERTAIN_CLASS] = UNCERTAIN_RGBA
+    rgba[classes == UNCERTAIN] = UNCERTAIN_RGBA
     return rgba
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..classes import CLASS_DIRECTIONS, CLASS_NAMES, N_CLASSES, direction_colors
-from ..export import ANOMALY_OUTLINE, UNCERTAIN_CLASS, UNCERTAIN_RGBA
+from ..classes import CLASS_DIRECTIONS, CLASS_NAMES, N_CLASSES, UNCERTAIN, direction_colors
+from ..export import ANOMALY_OUTLINE, UNCERTAIN_RGBA
 from ._state import SOURCE_KEY
 
 CLASS_LAYER = "polarization classes"
@@ -24,7 +24,7 @@ def class_colormap():
 
     colors = direction_colors()
     color_dict = {k: colors[k] for k in range(N_CLASSES)}
-    color_dict[UNCERTAIN_CLASS] = np.asarray(UNCERTAIN_RGBA)
+    color_dict[UNCERTAIN] = np.asarray(UNCERTAIN_RGBA)
     color_dict[-1] = np.zeros(4)
     color_dict[None] = np.zeros(4)
     return DirectLabelColormap(color_dict=color_dict, background_value=-1)
@@ -34,7 +34,7 @@ def class_label(k: int) -> str:
     """What a class-map value means, in words."""
     if 0 <= k < N_CLASSES:
         return f"{k} {CLASS_NAMES[k]}"
-    return "uncertain (the model abstains)" if k == UNCERTAIN_CLASS else "not classified"
+    return "uncertain (the model abstains)" if k == UNCERTAIN else "not classified"
 
 
 def outline_colormap():

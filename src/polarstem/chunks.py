@@ -1,13 +1,24 @@
 """One way to walk a 4D dataset: blocks of whole patterns, read ahead of the computation.
 
-Virtual images, mean patterns, classification and anomaly scoring all go through
-:func:`iter_frame_blocks`, so they share the reader, the memory budget, progress reporting and
-cancellation (LiberTEM's "function of a chunk of frames plus a merge").
+Virtual images, mean patterns, classification and anomaly scoring all go through the block grid
+here, so they share the reader, the memory budget, progress reporting and cancellation (LiberTEM's
+"function of a chunk of frames plus a merge"). Two walks:
+
+- :func:`iter_frame_blocks` yields each block to the caller while one thread reads the next
+  (classification: the caller's model uses the other core);
+- :func:`map_frame_blocks` runs a function of a block on every core and yields its results
+  (virtual images: the function is the whole computation). A plain ``.npy`` file is not copied:
+  the function sees the file's pages, which are dropped from the process after each block.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
+import sys
 import threading
+import zlib
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -15,7 +26,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .errors import Cancelled, PolarstemError
-from .io import BLOCK_BYTES, Dataset4D
+from .io import BLOCK_BYTES, CHUNK_BYTES, Dataset4D
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -45,9 +56,7 @@ def read_region(dataset: Dataset4D, rows, cols) -> np.ndarray:
     except PolarstemError:
         raise
     except Exception as exc:  # noqa: BLE001 - corrupt files fail only when read, with any exception
-        msg = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise PolarstemError(f"{dataset.source or 'dataset'}: cannot read scan data at rows {_span(rows)}, cols {_span(cols)} "
-                             f"(truncated or corrupt file? {msg})") from exc
+        raise _read_error(dataset, rows, cols, exc) from exc
 
 
 def block_grid(dataset: Dataset4D, budget: int = BLOCK_BYTES) -> list[tuple[slice, slice]]:
@@ -132,6 +141,339 @@ def iter_frame_blocks(
                     progress(i + 1, total)
         finally:
             future.cancel()
+
+
+def map_frame_blocks(
+    dataset: Dataset4D,
+    fn: Callable[[FrameBlock], object],
+    mask: np.ndarray | None = None,
+    budget: int = CHUNK_BYTES,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[tuple[slice, slice, object]]:
+    """Run ``fn(block)`` on every block of the scan in ``workers`` threads; yield ``(rows, cols, result)``.
+
+    Results come in scan order, so ``progress`` counts up. ``block.frames`` is valid only during the
+    call (a view of the file's pages or a buffer the thread reuses): ``fn`` reduces it and keeps
+    nothing. Each thread reads its own blocks (:func:`block_reader`), and at most two blocks per
+    worker are in flight, so memory stays at a few ``budget``-sized blocks whatever the file size.
+    ``fn`` must release the GIL for the workers to run at once (numpy, numba ``nogil``). ``cancel``
+    is checked between blocks and raises :class:`Cancelled`; blocks yielded before stay valid.
+    ``mask`` skips blocks with no selected position, as in :func:`iter_frame_blocks`.
+    """
+    blocks = block_grid(dataset, budget)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != dataset.scan_shape:
+            raise PolarstemError(f"ROI mask shape {mask.shape} does not match the scan {dataset.scan_shape}")
+        blocks = [(r, c) for r, c in blocks if mask[r, c].any()]
+    total = len(blocks)
+    reader = block_reader(dataset)
+
+    def run(rc: tuple[slice, slice]) -> object:
+        r, c = rc
+        if cancel is not None and cancel.is_set():
+            return None  # not computed; the consumer raises Cancelled before it would use this
+        try:
+            frames = reader.read(r, c)
+        except PolarstemError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - corrupt files fail only when read, with any exception
+            raise _read_error(dataset, r, c, exc) from exc
+        try:
+            return fn(FrameBlock(r, c, frames, None if mask is None else mask[r, c]))
+        finally:
+            del frames
+            reader.release(r, c)
+
+    n = max(1, int(workers or available_cores()))
+    if progress:
+        progress(0, total)
+    if n == 1 or total <= 1:
+        for i, rc in enumerate(blocks):
+            _check(cancel)
+            yield rc[0], rc[1], run(rc)
+            if progress:
+                progress(i + 1, total)
+        return
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="polarstem-map") as pool:
+        todo = iter(blocks)
+        pending: deque = deque()
+
+        def submit() -> None:
+            rc = next(todo, None)
+            if rc is not None:
+                pending.append((rc, pool.submit(run, rc)))
+
+        for _ in range(2 * n):
+            submit()
+        try:
+            for i in range(total):
+                _check(cancel)
+                rc, future = pending.popleft()
+                result = future.result()
+                _check(cancel)
+                submit()
+                yield rc[0], rc[1], result
+                if progress:
+                    progress(i + 1, total)
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------------------------------
+# block readers: the fastest safe way to get a block of this file into a thread
+
+
+def block_reader(dataset: Dataset4D):
+    """How :func:`map_frame_blocks` reads ``dataset``: the first of these that applies.
+
+    - :class:`MappedArray`: raw C-ordered data at an offset in a file (``.npy``, contiguous
+      uncompressed HDF5): views of a memory map, no copy;
+    - :class:`HDF5Chunks`: chunked HDF5 with gzip and/or shuffle (as HyperSpy writes ``.hspy``):
+      raw chunks read beside the HDF5 library and decoded on every core;
+    - :class:`ArrayBlocks`: a zarr, h5py or numpy array the dask array wraps, sliced directly;
+    - :class:`DaskBlocks`: anything else, through dask (:func:`read_region`).
+
+    The first three apply only while ``dataset.data`` is the file's array as loaded (no slicing,
+    rechunking or arithmetic since), which :func:`array_source` checks.
+    """
+    for kind in (MappedArray, HDF5Chunks, ArrayBlocks):
+        reader = kind.for_dataset(dataset)
+        if reader is not None:
+            return reader
+    return DaskBlocks(dataset)
+
+
+def array_source(data) -> object | None:
+    """The array-like a dask array reads directly (``da.from_array(source)``, nothing applied since), else None."""
+    graph = getattr(data, "dask", None)
+    name = getattr(data, "name", None)
+    layers = getattr(graph, "layers", None)
+    if not isinstance(name, str) or layers is None or set(layers) != {name, f"original-{name}"}:
+        return None
+    try:
+        source = layers[f"original-{name}"][f"original-{name}"]
+    except (KeyError, TypeError):
+        return None
+    if tuple(getattr(source, "shape", ())) != tuple(data.shape) or np.dtype(getattr(source, "dtype", None)) != data.dtype:
+        return None
+    return source
+
+
+class DaskBlocks:
+    """Blocks computed by dask, one synchronous graph per block."""
+
+    def __init__(self, dataset: Dataset4D):
+        self.dataset = dataset
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        return read_region(self.dataset, rows, cols)
+
+    def release(self, rows: slice, cols: slice) -> None:
+        pass
+
+
+class ArrayBlocks:
+    """Blocks sliced straight from the zarr, h5py or numpy array behind the dask array (no graph per block)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    @classmethod
+    def for_dataset(cls, dataset: Dataset4D) -> "ArrayBlocks | None":
+        src = array_source(dataset.data)
+        module = type(src).__module__.split(".")[0]
+        # types whose reads are safe from several threads at once (h5py serialises its own)
+        if isinstance(src, np.ndarray) or module in ("zarr", "h5py") or type(src).__name__ == "NpyFrames":
+            return cls(src)
+        return None
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        return np.asarray(self.source[rows, cols])
+
+    def release(self, rows: slice, cols: slice) -> None:
+        pass
+
+
+class MappedArray:
+    """Zero-copy views of the blocks of raw C-ordered data at ``offset`` in a file.
+
+    The file is mapped read-only once; a block is a strided view of the mapping, and its pages are
+    dropped from the process when the block is released (they stay in the page cache), so resident
+    memory is that of the blocks in flight, not of the file.
+    """
+
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, offset: int):
+        with open(path, "rb") as fh:
+            self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.offset = int(offset)
+        self._frame = int(np.prod(self.shape[2:])) * self.dtype.itemsize
+        if len(self._map) < self.offset + self.shape[0] * self.shape[1] * self._frame:
+            raise ValueError("the file is shorter than the array")
+
+    @classmethod
+    def for_dataset(cls, dataset: Dataset4D) -> "MappedArray | None":
+        """The mapping for a whole ``.npy`` file (memory map or polarstem's reader) or a contiguous,
+        unfiltered HDF5 dataset, as loaded; else None."""
+        src = array_source(dataset.data)
+        path = offset = None
+        if isinstance(src, np.memmap) and src.flags.c_contiguous:
+            path, offset = src.filename, src.offset
+        elif type(src).__name__ == "NpyFrames":
+            path, offset = getattr(src, "path", None), getattr(src, "offset", None)
+        elif type(src).__module__.startswith("h5py") and getattr(src, "chunks", 0) is None:
+            try:  # contiguous layout without filters: the data are one run of bytes in the file
+                path, offset = src.file.filename, src.id.get_offset()
+            except Exception:  # noqa: BLE001 - external links, virtual datasets, ... read the usual way
+                return None
+        if not path or offset is None:
+            return None
+        try:
+            return cls(str(path), dataset.shape, dataset.dtype, int(offset))
+        except (OSError, ValueError):
+            return None  # unreadable or truncated: the ordinary reader reports it
+
+    def _span(self, rows: slice, cols: slice) -> tuple[int, int]:
+        sx = self.shape[1]
+        start = self.offset + (rows.start * sx + cols.start) * self._frame
+        end = self.offset + ((rows.stop - 1) * sx + cols.stop) * self._frame
+        return start, end
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        """The block (rows, cols, det_rows, det_cols) as a read-only view of the file."""
+        start, _ = self._span(rows, cols)
+        sx, ky, kx = self.shape[1:]
+        item = self.dtype.itemsize
+        shape = (rows.stop - rows.start, cols.stop - cols.start, ky, kx)
+        return np.ndarray(shape, self.dtype, buffer=self._map, offset=start,
+                          strides=(sx * self._frame, self._frame, kx * item, item))
+
+    def release(self, rows: slice, cols: slice) -> None:
+        """Drop the block's pages from the process (a later view maps them again from the page cache)."""
+        start, end = self._span(rows, cols)
+        start -= start % mmap.PAGESIZE
+        try:
+            self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+        except (AttributeError, OSError, ValueError):
+            pass  # no madvise here: the kernel evicts the pages under memory pressure instead
+
+
+_DEFLATE, _SHUFFLE = 1, 2  # HDF5 filter ids
+
+
+class HDF5Chunks:
+    """Blocks of a chunked HDF5 dataset with gzip and/or shuffle filters, decoded outside the HDF5 library.
+
+    The HDF5 library runs its filters one call at a time (h5py holds a global lock), so a threaded
+    reader gets one core of decompression. Here each raw chunk is fetched under that lock (a plain
+    file read) and inflated (``zlib``, which releases the GIL) and unshuffled in the calling thread.
+    Blocks must be made of whole chunks, each spanning whole patterns.
+    """
+
+    def __init__(self, dset, filters: list[int], shape: tuple[int, ...]):
+        self.dset = dset
+        self.filters = filters  # pipeline order, as written
+        self.shape = shape
+        self.chunk = tuple(int(c) for c in dset.chunks)
+        self.dtype = np.dtype(dset.dtype)
+        self._local = threading.local()
+
+    @classmethod
+    def for_dataset(cls, dataset: Dataset4D) -> "HDF5Chunks | None":
+        src = array_source(dataset.data)
+        if not type(src).__module__.startswith("h5py") or getattr(src, "chunks", None) is None:
+            return None
+        try:
+            plist = src.id.get_create_plist()
+            filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+        except Exception:  # noqa: BLE001
+            return None
+        chunk = tuple(int(c) for c in src.chunks)
+        if not filters or any(f not in (_DEFLATE, _SHUFFLE) for f in filters) or len(set(filters)) != len(filters):
+            return None  # unfiltered chunks are cheap for HDF5 itself; other filters are its business
+        if tuple(chunk[2:]) != tuple(dataset.detector_shape):
+            return None
+        for axis in (0, 1):  # the dask chunks (hence the blocks) must be whole storage chunks
+            edges = np.cumsum(dataset.data.chunks[axis])[:-1]
+            if np.any(edges % chunk[axis]):
+                return None
+        return cls(src, filters, dataset.shape)
+
+    def _decode(self, origin: tuple[int, int]) -> np.ndarray:
+        """One stored chunk (chunk_rows, chunk_cols, ky, kx), edges included as stored."""
+        try:
+            mask, raw = self.dset.id.read_direct_chunk((origin[0], origin[1], 0, 0))
+        except (KeyError, OSError, ValueError):  # never written: the fill value, from HDF5 itself
+            r, c = origin
+            part = self.dset[r:r + self.chunk[0], c:c + self.chunk[1]]
+            out = np.zeros(self.chunk, self.dtype)
+            out[: part.shape[0], : part.shape[1]] = part
+            return out
+        for i in reversed(range(len(self.filters))):
+            if mask & (1 << i):
+                continue  # this filter was skipped for this chunk
+            if self.filters[i] == _DEFLATE:
+                raw = zlib.decompress(raw)
+            else:
+                raw = _unshuffle(np.frombuffer(raw, np.uint8), self.dtype)
+        return np.frombuffer(raw, self.dtype).reshape(self.chunk)
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        cy, cx = self.chunk[:2]
+        if rows.start % cy == 0 and cols.start % cx == 0 and rows.stop - rows.start <= cy and cols.stop - cols.start <= cx:
+            return self._decode((rows.start, cols.start))[: rows.stop - rows.start, : cols.stop - cols.start]
+        shape = (rows.stop - rows.start, cols.stop - cols.start) + tuple(self.shape[2:])
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.shape != shape:
+            buf = self._local.buf = np.empty(shape, self.dtype)
+        for r in range(rows.start, rows.stop, cy):
+            for c in range(cols.start, cols.stop, cx):
+                part = self._decode((r, c))
+                nr, nc = min(cy, rows.stop - r), min(cx, cols.stop - c)
+                buf[r - rows.start: r - rows.start + nr, c - cols.start: c - cols.start + nc] = part[:nr, :nc]
+        return buf
+
+    def release(self, rows: slice, cols: slice) -> None:
+        pass
+
+
+def _unshuffle(raw: np.ndarray, dtype: np.dtype) -> bytes | np.ndarray:
+    """Undo HDF5's shuffle filter (byte planes back to interleaved values)."""
+    size = dtype.itemsize
+    if size == 1:
+        return raw
+    n = raw.size // size
+    out = np.empty(n * size, np.uint8)
+    try:
+        if sys.byteorder != "little":
+            raise ImportError("the compiled unshuffle puts values together little-endian")
+        from .frame_kernels import unshuffle
+
+        unshuffle(raw[: n * size], size, out)
+    except ImportError:
+        out.reshape(n, size)[:] = raw[: n * size].reshape(size, n).T
+    if raw.size > n * size:  # HDF5 leaves a tail that is not a whole value unshuffled
+        out = np.concatenate([out, raw[n * size:]])
+    return out
+
+
+def _read_error(dataset: Dataset4D, rows, cols, exc: BaseException) -> PolarstemError:
+    msg = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return PolarstemError(f"{dataset.source or 'dataset'}: cannot read scan data at rows {_span(rows)}, cols {_span(cols)} "
+                          f"(truncated or corrupt file? {msg})")
 
 
 def _check(cancel: threading.Event | None) -> None:

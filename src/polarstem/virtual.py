@@ -1,7 +1,10 @@
 """Virtual detectors (bright field, annular dark field, centre of mass) and the mean pattern.
 
-All of them walk the scan through :func:`polarstem.chunks.iter_frame_blocks`, so they stay within a
-fixed memory budget whatever the size of the file, report progress and can be cancelled.
+All of them walk the scan through :func:`polarstem.chunks.map_frame_blocks`: every core reads and
+reduces its own blocks (a ``.npy`` file without a copy, gzip HDF5 decoded on every core), each
+pattern is read once for all the detectors asked for, and the sums run in compiled loops
+(:mod:`polarstem.frame_kernels`). Memory stays at a few blocks whatever the size of the file;
+progress is reported and the walk can be cancelled between blocks.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .chunks import ProgressCallback, iter_frame_blocks, read_region
+from .chunks import FrameBlock, ProgressCallback, map_frame_blocks, read_region
 from .errors import CalibrationError, PolarstemError
 from .io import Dataset4D
 
@@ -107,23 +110,27 @@ def detector_geometry(dataset: Dataset4D, pattern: np.ndarray | None = None) -> 
 
 
 def detector_mask(det: VirtualDetector, shape: tuple[int, int], geometry: DetectorGeometry) -> np.ndarray:
-    """The (det_rows, det_cols) weights of a BF or ADF detector."""
+    """The (det_rows, det_cols) 0/1 weights of a detector: the BF disk, the ADF annulus, or the CoM region.
+
+    A ``com`` detector weighs the whole pattern, or the annulus ``inner``..``outer`` when given
+    (``outer`` at the BF disk edge gives a bright-field CoM, ``inner`` outside it a dark-field one).
+    """
     yy, xx = np.indices(shape, dtype=np.float64)
     rr = np.hypot(yy - geometry.center[0], xx - geometry.center[1])
     if det.kind == "bf":
         outer = geometry.to_px(det.outer, det.units)
         outer = geometry.disk_radius_px if outer is None else outer
         return (rr <= outer).astype(np.float32)
+    inner = geometry.to_px(det.inner, det.units)
+    outer = geometry.to_px(det.outer, det.units)
     if det.kind == "adf":
-        inner = geometry.to_px(det.inner, det.units)
-        outer = geometry.to_px(det.outer, det.units)
         inner = 1.1 * geometry.disk_radius_px if inner is None else inner
-        outer = np.inf if outer is None else outer
-        mask = (rr >= inner) & (rr <= outer)
-        if not mask.any():
-            raise PolarstemError(f"the annulus {inner:.1f}-{outer:.1f} px lies outside the {shape} detector")
-        return mask.astype(np.float32)
-    raise PolarstemError(f"'{det.kind}' is not a masked detector")
+    inner = 0.0 if inner is None else inner
+    outer = np.inf if outer is None else outer
+    mask = (rr >= inner) & (rr <= outer)
+    if not mask.any():
+        raise PolarstemError(f"the annulus {inner:.1f}-{outer:.1f} px lies outside the {shape} detector")
+    return mask.astype(np.float32)
 
 
 def virtual_image(
@@ -138,22 +145,7 @@ def virtual_image(
     Centre of mass is in mrad about the 0-mrad point when the detector is calibrated, else in px.
     """
     det = VirtualDetector(detector) if isinstance(detector, str) else detector
-    if geometry is None:
-        geometry = detector_geometry(dataset)
-    ky, kx = dataset.detector_shape
-    if det.kind == "com":
-        out = np.full((2,) + dataset.scan_shape, np.nan, dtype=np.float64)
-        yy, xx = np.indices((ky, kx), dtype=np.float64)
-        weights = np.stack([np.ones(ky * kx), (yy - geometry.center[0]).ravel(), (xx - geometry.center[1]).ravel()], 1)
-        for block in iter_frame_blocks(dataset, progress=progress, cancel=cancel):
-            f = block.frames
-            m = _frames_matrix(f) @ weights  # (n, 3): total, sum y, sum x
-            with np.errstate(invalid="ignore", divide="ignore"):
-                com = m[:, 1:] / m[:, :1]
-            scale = geometry.mrad_per_px or 1.0
-            out[:, block.rows, block.cols] = (com * scale).T.reshape(2, f.shape[0], f.shape[1])
-        return out
-    return virtual_images(dataset, [det], geometry=geometry, progress=progress, cancel=cancel)[0]
+    return virtual_image_list(dataset, [det], geometry=geometry, progress=progress, cancel=cancel)[0]
 
 
 def virtual_images(
@@ -165,19 +157,111 @@ def virtual_images(
 ) -> np.ndarray:
     """Several BF/ADF images in one pass over the scan: (len(detectors), scan_rows, scan_cols)."""
     if any(d.kind == "com" for d in detectors):
-        raise PolarstemError("virtual_images takes masked detectors (bf, adf); use virtual_image for com")
+        raise PolarstemError("virtual_images takes masked detectors (bf, adf); use virtual_image_list for com")
+    images = virtual_image_list(dataset, detectors, geometry=geometry, progress=progress, cancel=cancel)
+    return np.stack(images)
+
+
+#: Scans smaller than this are summed by numpy: importing and loading the compiled loops (~0.5 s,
+#: a few seconds the first time they compile) would cost more than they save.
+COMPILED_MIN_BYTES = 64 * 2**20
+
+#: Patterns per kernel call: a few hundred kB, so every detector's loop finds them in the L2 cache.
+_SUB_BLOCK_BYTES = 512 * 2**10
+
+
+def virtual_image_list(
+    dataset: Dataset4D,
+    detectors: list[VirtualDetector],
+    geometry: DetectorGeometry | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    engine: str = "auto",
+    workers: int | None = None,
+) -> list[np.ndarray]:
+    """Any virtual images (BF, ADF, CoM) in one pass over the scan, each as :func:`virtual_image` gives it.
+
+    The scan is walked by :func:`polarstem.chunks.map_frame_blocks` on every core; each pattern is
+    read once and reduced by compiled loops (:mod:`polarstem.frame_kernels`) for every detector.
+    ``engine`` is ``"compiled"``, ``"numpy"`` (float64 matrix products, the reference) or
+    ``"auto"`` (compiled for scans of ``COMPILED_MIN_BYTES`` and more).
+    """
+    dets = [VirtualDetector(d) if isinstance(d, str) else d for d in detectors]
+    if not dets:
+        return []
+    kernels = _compiled_kernels(dataset, engine)
     if geometry is None:
         geometry = detector_geometry(dataset)
-    ky, kx = dataset.detector_shape
-    masks = np.stack([detector_mask(d, (ky, kx), geometry).ravel() for d in detectors], 1)  # (pixels, k)
-    used = np.flatnonzero(masks.any(axis=1))  # only the detectors' pixels are read
-    weights = masks[used].astype(np.float64)
-    out = np.zeros((len(detectors),) + dataset.scan_shape, dtype=np.float64)
-    for block in iter_frame_blocks(dataset, progress=progress, cancel=cancel):
+    shape = dataset.detector_shape
+    weights = [detector_mask(d, shape, geometry) for d in dets]
+    boxes = np.array([_bounding_box(w) for w in weights], dtype=np.int64)
+    masked = [i for i, d in enumerate(dets) if d.kind != "com"]
+    com = [i for i, d in enumerate(dets) if d.kind == "com"]
+    planes = np.stack([weights[i] for i in masked]) if masked else None
+    planes_box = boxes[masked]
+    ys = np.arange(shape[0], dtype=np.float64) - geometry.center[0]
+    xs = (np.arange(shape[1], dtype=np.float64) - geometry.center[1]).astype(np.float32)
+    if kernels is None:
+        all_planes = [weights[i] for i in masked]
+        for i in com:  # three planes per CoM detector: weight, weight * y, weight * x
+            all_planes += [weights[i], weights[i] * ys[:, None], weights[i] * xs[None, :]]
+        all_planes = np.stack(all_planes).astype(np.float64)
+    n_masked, n_com = len(masked), len(com)
+
+    def reduce(block: FrameBlock) -> tuple[np.ndarray, np.ndarray]:
         f = block.frames
-        inside = _finite(f.reshape(f.shape[0] * f.shape[1], -1)[:, used]).astype(np.float64)
-        out[:, block.rows, block.cols] = (inside @ weights).T.reshape(len(detectors), f.shape[0], f.shape[1])
-    return out
+        nr, nc = f.shape[:2]
+        if kernels is None:
+            out = _plane_sums_numpy(f.reshape((nr * nc,) + shape), all_planes).reshape(nr, nc, -1)
+            return out[..., :n_masked], out[..., n_masked:].reshape(nr, nc, n_com, 3).transpose(2, 0, 1, 3)
+        sums = np.empty((nr, nc, n_masked))
+        moments = np.empty((n_com, nr, nc, 3))
+        step = max(1, _SUB_BLOCK_BYTES // max(1, f[0, 0].nbytes))
+        for r in range(nr):
+            for c0 in range(0, nc, step):
+                sub = _kernel_input(f[r, c0:c0 + step])
+                if n_masked:
+                    kernels.plane_sums(sub, planes, planes_box, sums[r, c0:c0 + step])
+                for j, i in enumerate(com):
+                    kernels.moment_sums(sub, weights[i], boxes[i], xs, ys, moments[j, r, c0:c0 + step])
+        return sums, moments
+
+    images = np.empty((n_masked,) + dataset.scan_shape)
+    first = np.empty((n_com, 3) + dataset.scan_shape)  # per CoM detector: total, sum I*y, sum I*x
+    for rows, cols, (sums, moments) in map_frame_blocks(dataset, reduce, workers=workers,
+                                                        progress=progress, cancel=cancel):
+        images[:, rows, cols] = np.moveaxis(sums, -1, 0)
+        first[:, :, rows, cols] = np.moveaxis(moments, -1, 1)
+    result: list[np.ndarray] = [np.empty(0)] * len(dets)
+    for j, i in enumerate(masked):
+        result[i] = images[j]
+    scale = geometry.mrad_per_px or 1.0
+    for j, i in enumerate(com):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            result[i] = first[j, 1:] / first[j, :1] * scale
+    return result
+
+
+def _plane_sums_numpy(frames: np.ndarray, planes: np.ndarray) -> np.ndarray:
+    """(n, k) sums of (n, ky, kx) patterns times (k, ky, kx) planes in float64, non-finite pixels as 0."""
+    f = _finite(frames.reshape(frames.shape[0], -1)).astype(np.float64)
+    return f @ planes.reshape(planes.shape[0], -1).T
+
+
+def _bounding_box(weight: np.ndarray) -> tuple[int, int, int, int]:
+    """(r0, r1, c0, c1) of the non-zero weights (an empty box for none)."""
+    rows = np.flatnonzero(weight.any(axis=1))
+    cols = np.flatnonzero(weight.any(axis=0))
+    if rows.size == 0:
+        return (0, 0, 0, 0)
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _kernel_input(frames: np.ndarray) -> np.ndarray:
+    """Patterns (n, ky, kx) as the compiled loops take them: C-ordered, native byte order, real numbers."""
+    if frames.dtype.kind not in "uif" or not frames.dtype.isnative:
+        frames = frames.astype(np.float32 if frames.dtype.kind not in "ui" else frames.dtype.newbyteorder("="))
+    return np.ascontiguousarray(frames)
 
 
 def sampled_mean_pattern(dataset: Dataset4D, n: int = 1024) -> np.ndarray:
@@ -196,28 +280,48 @@ def mean_pattern(
     mask: np.ndarray | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    engine: str = "auto",
 ) -> np.ndarray:
-    """Mean diffraction pattern over the scan (or the positions where ``mask`` is True)."""
-    total = np.zeros(dataset.detector_shape, dtype=np.float64)
-    count = 0
-    for block in iter_frame_blocks(dataset, mask=mask, progress=progress, cancel=cancel):
+    """Mean diffraction pattern over the scan (or the positions where ``mask`` is True), on every core."""
+    kernels = _compiled_kernels(dataset, engine)
+    ky, kx = dataset.detector_shape
+
+    def reduce(block: FrameBlock) -> tuple[np.ndarray, int]:
         f = block.frames
         if block.mask is not None:
-            sel = f[block.mask]
-            total += _finite(sel).sum(axis=0, dtype=np.float64)
-            count += sel.shape[0]
-        else:
-            total += _finite(f).sum(axis=(0, 1), dtype=np.float64)
-            count += f.shape[0] * f.shape[1]
+            sel = f[block.mask]  # the ROI's patterns only
+            return _finite(sel).sum(axis=0, dtype=np.float64), sel.shape[0]
+        if kernels is None:
+            return _finite(f).sum(axis=(0, 1), dtype=np.float64), f.shape[0] * f.shape[1]
+        total = np.zeros((ky, kx))
+        for r in range(f.shape[0]):
+            kernels.pattern_sum(_kernel_input(f[r]), total)
+        return total, f.shape[0] * f.shape[1]
+
+    total = np.zeros((ky, kx))
+    count = 0
+    for _, _, (part, n) in map_frame_blocks(dataset, reduce, mask=mask, progress=progress, cancel=cancel):
+        total += part
+        count += n
     if count == 0:
         raise PolarstemError("no scan positions selected")
     return total / count
 
 
-def _frames_matrix(frames: np.ndarray) -> np.ndarray:
-    """(rows, cols, ky, kx) -> (rows*cols, ky*kx) float64, non-finite values as 0."""
-    n = frames.shape[0] * frames.shape[1]
-    return _finite(frames.reshape(n, -1)).astype(np.float64, copy=False)
+def _compiled_kernels(dataset: Dataset4D, engine: str):
+    """:mod:`polarstem.frame_kernels`, or None where numpy does the sums (small scans, no numba)."""
+    if engine not in ("auto", "compiled", "numpy"):
+        raise PolarstemError(f"unknown engine '{engine}' (use auto, compiled or numpy)")
+    if engine == "auto":
+        nbytes = int(np.prod(dataset.shape)) * dataset.dtype.itemsize
+        engine = "compiled" if nbytes >= COMPILED_MIN_BYTES else "numpy"
+    if engine == "numpy":
+        return None
+    try:
+        from . import frame_kernels
+    except ImportError:  # numba missing or broken: numpy gives the same sums, slower
+        return None
+    return frame_kernels
 
 
 def _finite(a: np.ndarray) -> np.ndarray:

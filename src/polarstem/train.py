@@ -86,6 +86,8 @@ class TrainConfig:
     pca_components: int = 50
     knn_neighbors: int = 10
     knn_max_train: int = 40000
+    abstention: bool = False  # fit and calibrate the abstention (polarstem.abstain) on the first data folder
+    acquisition: dict = field(default_factory=dict)  # ranges the card states (default: ACQUISITION)
     out: str = "src/polarstem/weights"
 
     @classmethod
@@ -989,8 +991,9 @@ def make_card(cfg: TrainConfig, mode: str, weights_file: str, grid: InputGrid, t
         "weights_file": weights_file, "format": "npz" if weights_file.endswith(".npz") else "safetensors",
         "architecture": architecture, "input_grid": grid.to_dict(), "temperature": round(float(temperature), 4),
         "symmetry_generators": generators,
-        "acquisition": dict(ACQUISITION, canonical={"beam_energy_kev": CANONICAL_ENERGY_KEV,
-                                                    "convergence_mrad": CANONICAL_CONVERGENCE_MRAD}),
+        "acquisition": dict(ACQUISITION, **cfg.acquisition,
+                            canonical={"beam_energy_kev": CANONICAL_ENERGY_KEV,
+                                       "convergence_mrad": CANONICAL_CONVERGENCE_MRAD}),
         "training": {"config": cfg.to_dict(), "data": cfg.data if isinstance(cfg.data, (list, tuple)) else str(sim.folder),
                      "n_patterns_raw": len(sim),
                      "data_manifest": {k: v for k, v in sim.manifest.items() if isinstance(v, (str, int, float, list, dict))},
@@ -1132,6 +1135,9 @@ def run(cfg: TrainConfig, progress: bool = True, log=print) -> list[dict]:
         card["training"]["n_patterns_raw"] = int(sum(len(s_) for s_ in sims))
         card["training"]["n_structures"] = int(sum(len(np.unique(s_.structure)) for s_ in sims))
         card["class_mean_embeddings"] = class_mean_embeddings(model, arrays)
+        if cfg.abstention and cfg.arch and mode == "pattern":
+            del arrays  # the calibration reads raw patterns again; free the cached inputs first
+            card["abstention"] = fit_abstention(model, sim, grid, aug, seed=cfg.seed, log=log).to_dict()
         held_res = heldout_accuracy(model, held, mode, grid, aug=aug)
         card["heldout"] = heldout_summary(held_res)
         card["heldout_detail"] = held_res
@@ -1261,3 +1267,81 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+# --------------------------------------------------------------------------------------------------
+# abstention: the embedding's training distribution and conformal thresholds (polarstem.abstain)
+
+
+def fit_abstention(model, sim: SimSet, grid: InputGrid, aug: dict | None = None, seed: int = 0, fit_rows: int = 600,
+                   calibration_rows: int = 600, tta: int = 8, log=print):
+    """Fit the class-conditional Gaussians of ``model``'s embedding on training-split rows of a probe-grid
+    set and calibrate the thresholds on rows of its validation thicknesses (never trained on), both
+    with experiment-like corruptions, as a scan's cell windows pool them (``abstain.WINDOW_SIZES``).
+
+    Returns the :class:`polarstem.abstain.Abstention` (also set on ``model``)."""
+    from .abstain import WINDOW_SIZES, Abstention
+
+    g = _probe_grid(sim)
+    if not g or g % 6:
+        raise PolarstemError(f"{sim.folder}: calibrating the abstention needs a set with a 6 x 6 probe grid per cell")
+    aug = dict(DEFAULT_AUGMENT, **(aug or {}))
+    n_pos = g * g
+    rows_thick = sim.thickness[::n_pos]
+    rng = np.random.default_rng(seed)
+    val = _thickness_split(rows_thick, 4)
+    if not val.any():  # too few thicknesses: hold out a seventh of the structures instead
+        structures = sim.structure[::n_pos]
+        held = rng.choice(np.unique(structures), max(1, len(np.unique(structures)) // 7), replace=False)
+        val = np.isin(structures, held)
+    val_rows = np.nonzero(val & (sim.labels[::n_pos] >= 0))[0]
+    tr_rows = np.nonzero(~val & (sim.labels[::n_pos] >= 0))[0]
+    fit_pick = np.sort(rng.choice(tr_rows, min(fit_rows, len(tr_rows)), replace=False))
+    cal_pick = np.sort(rng.choice(val_rows, min(calibration_rows, len(val_rows)), replace=False))
+
+    def rows_out(rows, with_tta):
+        probs, embs, ys = [], [], []
+        for i in range(0, len(rows), 16):
+            r = rows[i:i + 16]
+            index = (r[:, None] * n_pos + np.arange(n_pos)[None]).reshape(-1)
+            frames = np.asarray(sim.frames[index])
+            mrad, energy, conv = sim.acquisition(index)
+            x, _ = corrupt_and_preprocess(frames, mrad, rng, aug, False, grid, group=n_pos, energy=energy,
+                                          convergence=conv)
+            out = model.predict(x, tta=tta if with_tta else False)
+            probs.append(out["proba"].reshape(len(r), n_pos, -1))
+            embs.append(out["embedding"].reshape(len(r), n_pos, -1))
+            ys.append(sim.labels[r * n_pos])
+        return np.concatenate(probs), np.concatenate(embs), np.concatenate(ys)
+
+    _, emb_fit, y_fit = rows_out(fit_pick, False)
+    abst = Abstention.fit(emb_fit.reshape(-1, emb_fit.shape[-1]), np.repeat(y_fit, n_pos))
+    proba, emb, y = rows_out(cal_pick, True)
+    dist = abst.distance(emb.reshape(-1, emb.shape[-1])).reshape(len(cal_pick), g, g)
+    logp = np.log(np.clip(proba, 1e-6, 1.0)).reshape(len(cal_pick), g, g, -1)
+    for n in WINDOW_SIZES:
+        d_w, p_w = _grid_windows(dist, logp, g, n)
+        abst.calibrate(d_w, p_w, n)
+        log(f"abstention at {n} patterns: distance <= {abst.max_distance[n]:.3f}, "
+            f"top probability >= {abst.min_confidence[n]:.3f} ({len(d_w)} windows)")
+    model.abstention = abst
+    return abst
+
+
+def _grid_windows(dist: np.ndarray, logp: np.ndarray, g: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled distance (mean) and top probability (renormalised mean log-probability) of every window of
+    ``n`` = s x s regularly spaced probe positions (stride g / s) of each row's g x g grid, as a scan with
+    s steps per cell pools them."""
+    s = int(round(np.sqrt(n)))
+    if s * s != n or g % s:
+        raise ValueError(f"a window of {n} positions is not a regular sub-grid of a {g} x {g} grid")
+    stride = g // s
+    ds, ps = [], []
+    for oy in range(stride):
+        for ox in range(stride):
+            d = dist[:, oy::stride, ox::stride].reshape(len(dist), -1).mean(axis=1)
+            m = logp[:, oy::stride, ox::stride].reshape(len(logp), n, -1).mean(axis=1)
+            p = np.exp(m - m.max(axis=1, keepdims=True))
+            ds.append(d)
+            ps.append((p / p.sum(axis=1, keepdims=True)).max(axis=1))
+    return np.concatenate(ds), np.concatenate(ps)

@@ -62,6 +62,10 @@ class BenchmarkConfig:
     scan_modes: list = field(default_factory=lambda: ["auto", "pattern"])
     domain_gap: dict = field(default_factory=lambda: {"datasets": ["sample_data"], "model": "best", "mode": "pattern",
                                                        "n_train": 1000, "n_user": 1000})
+    # trust (polarstem.analysis.trust): experiment-like labeled scans across the acquisition grid, and
+    # datasets that are not polar KNN at [001] ("noise", folders, files; "path::R,C" for a navigation shape)
+    acquisition_scans: list = field(default_factory=list)
+    out_of_scope: list = field(default_factory=list)
     speed_patterns: int = 512
     batch_size: int = 256
     threads: int | None = 1
@@ -433,7 +437,8 @@ def run_benchmark(cfg: BenchmarkConfig, out_dir, log=print) -> dict:
                      "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "threads": cfg.threads,
                                  "device": cfg.device},
                      "models": [], "accuracy": [], "speed": [], "positions": [], "thickness": [], "tilt": [],
-                     "scans": [], "scan_phases": [], "domain_gap": [], "notes": [], "datasets": {}}
+                     "scans": [], "scan_phases": [], "domain_gap": [], "notes": [], "datasets": {},
+                     "acquisitions": [], "out_of_scope": []}
     with _weights_folder(cfg.weights):
         from ..models import weights_dir
 
@@ -452,6 +457,7 @@ def run_benchmark(cfg: BenchmarkConfig, out_dir, log=print) -> dict:
             _run_testsets(cfg, models, out, results, figures, log)
             _run_scans(cfg, models, results, figures, log)
             _run_domain_gap(cfg, models, out, results, log)
+            _run_trust(cfg, models, results, log)
     results["seconds"] = round(time.time() - t_start, 1)
     write_report(results, figures, out)
     log(f"benchmark: report in {out / 'report.md'} ({results['seconds']:.0f} s)")
@@ -744,6 +750,17 @@ def _run_scans(cfg, models, results, figures, log) -> None:
                     figures.setdefault("scan_maps", []).append(ph.pop("maps"))
                     figures["scan_maps"][-1].update(model=e["name"], scan=folder.name)
                     results["scan_phases"].append(ph)
+
+
+def _run_trust(cfg, models, results, log) -> None:
+    """The acquisition and out-of-scope tables (polarstem.analysis.trust), default classification."""
+    from .trust import acquisition_rows, out_of_scope_rows
+
+    names = [e["name"] for e in models]
+    if cfg.acquisition_scans:
+        results["acquisitions"] = acquisition_rows(names, cfg.acquisition_scans, log)
+    if cfg.out_of_scope:
+        results["out_of_scope"] = out_of_scope_rows(names, cfg.out_of_scope, log)
 
 
 def best_model(results: dict, mode: str | None = None) -> tuple[str, str] | None:

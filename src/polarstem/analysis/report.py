@@ -458,6 +458,19 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
                       [[Path(d["dataset"]).name, d["model"], d["mode"], d["n_train"], d["n_user"], d["outside_fraction"]]
                        for d in results["domain_gap"]]), ""]
         md += [f"![domain gap]({d['figure']})" for d in results["domain_gap"]] + [""]
+    if results.get("acquisitions"):
+        from .trust import acquisition_table
+
+        md += ["## Across acquisitions", "",
+               "Default classification (`polarstem classify`) of experiment-like labeled scans, one per beam energy "
+               "and convergence (configs/simulate/acquisition/; 64 px detector, 2e4 electrons, descan ramp, "
+               "ellipticity, hot and dead pixels). An abstention counts as not correct.", "",
+               acquisition_table(results["acquisitions"]), ""]
+    if results.get("out_of_scope"):
+        from .trust import out_of_scope_table
+
+        md += ["## Out of scope", "", "Share of positions the default classification abstains on (class -2) when "
+               "the data are not polar KNN at [001].", "", out_of_scope_table(results["out_of_scope"]), ""]
     md += ["## Raw numbers", "", "`results.json` (everything), `accuracy.csv`, `speed.csv`, `thickness.csv`, `tilt.csv`, "
            "`scans.csv`, `domain_gap_*.csv`.", ""]
     p = out / "report.md"

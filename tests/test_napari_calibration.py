@@ -106,18 +106,16 @@ def test_export_records_the_calibration_in_use_and_a_changed_one_needs_a_new_run
     assert tuple(viewer.layers["polarization classes"].scale) == pytest.approx((0.25, 0.25))
 
 
-def test_view_opens_with_the_calibration_given(tmp_path, qtbot):
-    from polarstem._napari.app import open_viewer
+def test_view_opens_with_the_calibration_given(tmp_path, make_napari_viewer):
+    """What `polarstem view FILE --beam-energy 300 --scan-step 0.4` sets up."""
+    from polarstem._napari.app import set_up_viewer
     from tests.test_infer import disk_patterns
 
     np.save(tmp_path / "scan.npy", disk_patterns((6, 7)))
-    viewer = open_viewer(tmp_path / "scan.npy", run=False, show=False,
-                         calibration={"beam_energy_kev": 300, "scan_step_nm": 0.4})
-    try:
-        layer = viewer.layers["scan.npy"]
-        ds = dataset_of(layer)
-        assert ds.calibration.beam_energy_kev == 300 and tuple(layer.scale) == pytest.approx((0.4, 0.4))
-        pm = viewer.window.polarstem_widgets["Polarization map"]
-        assert pm.calibration.fields["beam_energy_kev"].text() == "300"
-    finally:
-        viewer.close()
+    viewer = set_up_viewer(make_napari_viewer(), tmp_path / "scan.npy",
+                           calibration={"beam_energy_kev": 300, "scan_step_nm": 0.4})
+    layer = viewer.layers["scan.npy"]
+    ds = dataset_of(layer)
+    assert ds.calibration.beam_energy_kev == 300 and tuple(layer.scale) == pytest.approx((0.4, 0.4))
+    pm = viewer.window.polarstem_widgets["Polarization map"]
+    assert pm.calibration.fields["beam_energy_kev"].text() == "300"

@@ -12,23 +12,23 @@ SCREEN_HEIGHT = 1000
 
 
 @pytest.fixture
-def view(qtbot):
+def view(qtbot, make_napari_viewer):
     """The sample opened as `polarstem view sample_data` does, on the test's 1600x1000 screen."""
     from qtpy.QtWidgets import QApplication
 
-    from polarstem._napari.app import open_viewer
+    from polarstem._napari.app import set_up_viewer
     from polarstem.sample import sample_dataset_path
 
     screen = QApplication.primaryScreen().availableGeometry()
     if screen.height() > SCREEN_HEIGHT + 50:
         pytest.skip("run under xvfb-run -s '-screen 0 1600x1000x24' to check the layout on a small screen")
-    viewer = open_viewer(sample_dataset_path(), run=False, show=True)
+    viewer = make_napari_viewer(show=True)
     viewer.window.resize(1600, SCREEN_HEIGHT)
+    set_up_viewer(viewer, sample_dataset_path())
     widgets = viewer.window.polarstem_widgets
     qtbot.waitUntil(lambda: not widgets["Virtual detector"].is_busy(), timeout=30000)
     qtbot.wait(300)
-    yield viewer, widgets
-    viewer.close()
+    return viewer, widgets
 
 
 def _on_screen(widget) -> bool:

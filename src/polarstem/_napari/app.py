@@ -19,29 +19,31 @@ def open_viewer(path=None, navigation_shape=None, run: bool = True, show: bool =
     import napari
 
     from ..errors import PolarstemError
-    from ..io import apply_calibration
-    from ._reader import open_dataset
 
     viewer = napari.Viewer(show=show, title="napari-polarstem")
-    if path is not None:
-        try:
-            if navigation_shape is not None:
-                from ..io import load
+    try:
+        set_up_viewer(viewer, path, navigation_shape, calibration)
+    except PolarstemError:
+        viewer.close()
+        raise
+    if run:
+        napari.run()
+    return viewer
 
-                ds = load(path, navigation_shape=navigation_shape)
-            else:
-                ds = open_dataset(Path(path))
-            if calibration:
-                apply_calibration(ds, calibration)
-        except PolarstemError:
-            viewer.close()
-            raise
+
+def set_up_viewer(viewer, path=None, navigation_shape=None, calibration: dict | None = None):
+    """Open ``path`` in ``viewer`` and dock both polarstem widgets (``viewer.window.polarstem_widgets``)."""
+    from ..io import apply_calibration, load
+    from ._reader import open_dataset
+
+    if path is not None:
+        ds = load(path, navigation_shape=navigation_shape) if navigation_shape is not None else open_dataset(Path(path))
+        if calibration:
+            apply_calibration(ds, calibration)
         add_dataset_layer(viewer, ds)
     widgets = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name)[1] for name in WIDGETS}
     viewer.window.polarstem_widgets = widgets
     viewer.reset_view()  # the docks took room from the canvas: fit the image again
-    if run:
-        napari.run()
     return viewer
 
 

@@ -40,15 +40,19 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=info)
 
-    p = sub.add_parser("virtual", help="virtual bright-field, annular dark-field or centre-of-mass image")
+    p = sub.add_parser("virtual", help="virtual bright-field, annular dark-field or centre-of-mass image",
+                       description="A virtual image. --kind com-vector writes the centre-of-mass (DPC) vector "
+                                   "map as RGB (hue = direction, brightness = magnitude, descan plane removed): "
+                                   "OUT per position, OUT_cell averaged over each unit cell when the scan "
+                                   "resolves the lattice, and OUT_vectors.tif with the components.")
     p.add_argument("file")
     add_navigation_shape(p)
     add_calibration_options(p)
-    p.add_argument("--kind", choices=["bf", "adf", "com"], default="bf")
-    p.add_argument("--inner", type=float, help="inner angle (ADF)")
-    p.add_argument("--outer", type=float, help="outer angle (BF radius or ADF outer)")
+    p.add_argument("--kind", choices=["bf", "adf", "com", "com-vector"], default="bf")
+    p.add_argument("--inner", type=float, help="inner angle (ADF; CoM over an annulus)")
+    p.add_argument("--outer", type=float, help="outer angle (BF radius, ADF outer; CoM over a disk or annulus)")
     p.add_argument("--units", choices=["mrad", "px"], default="mrad", help="units of --inner/--outer")
-    p.add_argument("-o", "--output", required=True, help="output .tif (or .npy)")
+    p.add_argument("-o", "--output", required=True, help="output .tif (or .npy; .png for com-vector)")
     p.set_defaults(func=virtual)
 
 
@@ -93,17 +97,77 @@ def virtual(args) -> int:
     from ..io import load
     from ..virtual import VirtualDetector, virtual_image
 
+    out = Path(args.output)
+    allowed = (".tif", ".tiff", ".npy", ".png") if args.kind == "com-vector" else (".tif", ".tiff", ".npy")
+    if out.suffix.lower() not in allowed:
+        raise PolarstemError(f"{args.output}: output must end in {', '.join(allowed)}")
     ds = load(args.file, navigation_shape=_navigation_shape(args), calibration=calibration_given(args))
-    det = VirtualDetector(args.kind, inner=args.inner, outer=args.outer, units=args.units)
+    kind = "com" if args.kind == "com-vector" else args.kind
+    det = VirtualDetector(kind, inner=args.inner, outer=args.outer, units=args.units)
     progress = _tqdm_progress(f"virtual {args.kind}")
+    provenance = {"source": str(Path(ds.source).resolve()), "detector": det.__dict__,
+                  "calibration": ds.calibration.to_dict(), "calibration_given": ds.calibration_given}
+    if args.kind == "com-vector":
+        return _com_vector(ds, det, out, progress, provenance)
     image = virtual_image(ds, det, progress=progress)
-    if not args.output.lower().endswith((".tif", ".tiff", ".npy")):
-        raise PolarstemError(f"{args.output}: output must end in .tif, .tiff or .npy")
-    write_map(args.output, image.astype("float32"), ds.calibration,
-              provenance={"source": str(Path(ds.source).resolve()), "detector": det.__dict__,
-                          "calibration": ds.calibration.to_dict(), "calibration_given": ds.calibration_given})
-    print(f"wrote {args.output}  shape {image.shape}", file=sys.stderr)
+    write_map(out, image.astype("float32"), ds.calibration, provenance=provenance)
+    print(f"wrote {out}  shape {image.shape}", file=sys.stderr)
     return 0
+
+
+def _com_vector(ds, det, out: Path, progress, provenance: dict) -> int:
+    """``virtual --kind com-vector``: RGB maps per position and per cell, and the vector components."""
+    import numpy as np
+
+    from ..com_vectors import com_vector_map
+    from ..export import write_map
+
+    vm = com_vector_map(ds, det, progress=progress)
+    provenance = dict(provenance, com_vector={
+        "units": vm.units, "components": ["y (rows)", "x (cols)", "cell y", "cell x"],
+        "descan_plane": {"y": vm.descan[0].tolist(), "x": vm.descan[1].tolist(), "terms": ["1", "row", "col"]},
+        "lattice": None if vm.lattice is None else {"period_px": list(vm.lattice.period), "source": vm.lattice.source},
+        "colour": "hue = direction (as the class colours: 45 deg * k from +x towards +y is class k), "
+                  "brightness = magnitude / its 99th percentile"})
+    written = [out]
+    _write_rgb(out, vm.rgb(), ds.calibration, provenance)
+    if vm.cell_vectors is not None:
+        cell_out = out.with_name(f"{out.stem}_cell{out.suffix}")
+        _write_rgb(cell_out, vm.rgb(cell=True), ds.calibration, provenance)
+        written.append(cell_out)
+    cell = vm.cell_vectors if vm.cell_vectors is not None else np.full_like(vm.vectors, np.nan)
+    vec_out = out.with_name(f"{out.stem}_vectors{'.npy' if out.suffix.lower() == '.npy' else '.tif'}")
+    write_map(vec_out, np.concatenate([vm.vectors, cell]).astype("float32"), ds.calibration, provenance=provenance)
+    written.append(vec_out)
+    note = "" if vm.cell_vectors is not None else " (no resolved lattice: no cell average)"
+    print(f"wrote {', '.join(str(p) for p in written)}{note}", file=sys.stderr)
+    return 0
+
+
+def _write_rgb(path: Path, rgb, calibration, provenance: dict) -> None:
+    """An RGB map: TIFF (with calibration) or .npy as data, one pixel per position; PNG for viewing,
+    enlarged to at least 512 px with the colour wheel beside it."""
+    import numpy as np
+
+    from ..com_vectors import colour_wheel
+    from ..export import atomic_path, write_map
+
+    def to8(a):
+        return np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)
+
+    if path.suffix.lower() != ".png":
+        write_map(path, to8(rgb), calibration, provenance=provenance)
+        return
+    from PIL import Image
+
+    zoom = max(1, int(np.ceil(512 / max(rgb.shape[:2]))))
+    big = np.repeat(np.repeat(to8(rgb), zoom, axis=0), zoom, axis=1)
+    side = max(32, big.shape[0] // 4)
+    canvas = np.zeros((big.shape[0], big.shape[1] + side + 16, 3), np.uint8)
+    canvas[:, : big.shape[1]] = big
+    canvas[:side, big.shape[1] + 8: big.shape[1] + 8 + side] = to8(colour_wheel(side))
+    with atomic_path(path) as tmp:
+        Image.fromarray(canvas).save(tmp, format="PNG")
 
 
 def _tqdm_progress(desc: str):

@@ -262,7 +262,11 @@ def test_hdf5_blocks_of_several_chunks_and_contiguous_datasets(tmp_path):
     with h5py.File(tmp_path / "scan.h5", "w") as f:
         f.create_dataset("chunked", data=arr, chunks=(1, 4, 40, 44), compression="gzip", shuffle=True)
         f.create_dataset("contiguous", data=arr)
+        f.create_dataset("plain", data=arr, chunks=(2, 8, 40, 44))
     f = h5py.File(tmp_path / "scan.h5", "r")
+    plain = Dataset4D(data=da.from_array(f["plain"], chunks=(2, 8, 40, 44)))
+    assert isinstance(block_reader(plain), HDF5Chunks) and not block_reader(plain).filters
+    np.testing.assert_array_equal(block_reader(plain).read(slice(4, 6), slice(0, 8)), arr[4:6])
     chunked = Dataset4D(data=da.from_array(f["chunked"], chunks=(2, 8, 40, 44)), source=str(tmp_path / "scan.h5"))
     reader = block_reader(chunked)
     assert isinstance(reader, HDF5Chunks)
@@ -336,3 +340,35 @@ def test_mean_pattern_compiled_equals_numpy():
     np.testing.assert_allclose(mean_pattern(ds, engine="compiled"), mean_pattern(ds, engine="numpy"), rtol=1e-12)
     np.testing.assert_allclose(mean_pattern(ds, engine="compiled"),
                                np.where(np.isfinite(arr), arr, 0).mean(axis=(0, 1)), rtol=1e-6)
+
+
+def test_uncompressed_zarr_chunk_files_are_mapped(tmp_path):
+    import dask.array as da
+    import zarr
+
+    from polarstem.chunks import ArrayBlocks, ZarrChunkFiles, block_reader
+
+    arr = counts_scan((6, 8))
+    z = zarr.open(str(tmp_path / "raw.zarr"), mode="w", shape=arr.shape, chunks=(1, 4, 40, 44), dtype=arr.dtype,
+                  compressor=None, fill_value=0)
+    z[:] = arr
+    (tmp_path / "raw.zarr" / "5.1.0.0").unlink()  # a chunk never written: the fill value
+    expect = arr.copy()
+    expect[5, 4:8] = 0
+    ds = Dataset4D(data=da.from_zarr(z, chunks=(2, 8, 40, 44)), source=str(tmp_path / "raw.zarr"))
+    reader = block_reader(ds)
+    assert isinstance(reader, ZarrChunkFiles)
+    np.testing.assert_array_equal(reader.read(slice(0, 2), slice(0, 8)), expect[0:2])  # four chunks
+    np.testing.assert_array_equal(reader.read(slice(4, 6), slice(0, 8)), expect[4:6])
+    one = Dataset4D(data=da.from_zarr(z), source=str(tmp_path / "raw.zarr"))  # blocks of one chunk: views
+    view = block_reader(one).read(slice(2, 3), slice(4, 8))
+    assert not view.flags.owndata and not view.flags.writeable
+    np.testing.assert_array_equal(view, expect[2:3, 4:8])
+    geom = detector_geometry(make_ds(arr))
+    for a, b in zip(virtual_image_list(ds, ALL_KINDS, geometry=geom, engine="compiled"),
+                    virtual_image_list(make_ds(expect), ALL_KINDS, geometry=geom, engine="numpy")):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-6)
+    compressed = zarr.open(str(tmp_path / "blosc.zarr"), mode="w", shape=arr.shape, chunks=(1, 4, 40, 44),
+                           dtype=arr.dtype)
+    compressed[:] = arr
+    assert isinstance(block_reader(Dataset4D(data=da.from_zarr(compressed))), ArrayBlocks)

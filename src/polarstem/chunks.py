@@ -240,15 +240,17 @@ def block_reader(dataset: Dataset4D):
 
     - :class:`MappedArray`: raw C-ordered data at an offset in a file (``.npy``, contiguous
       uncompressed HDF5): views of a memory map, no copy;
-    - :class:`HDF5Chunks`: chunked HDF5 with gzip and/or shuffle (as HyperSpy writes ``.hspy``):
-      raw chunks read beside the HDF5 library and decoded on every core;
-    - :class:`ArrayBlocks`: a zarr, h5py or numpy array the dask array wraps, sliced directly;
+    - :class:`HDF5Chunks`: chunked HDF5, unfiltered or with gzip and/or shuffle (as HyperSpy writes
+      ``.hspy``): raw chunks read beside the HDF5 library and decoded on every core;
+    - :class:`ZarrChunkFiles`: uncompressed zarr in a directory: chunk files mapped, no copy;
+    - :class:`ArrayBlocks`: a zarr, h5py or numpy array the dask array wraps, sliced directly
+      (compressed zarr: the codecs release the GIL, so every core decodes);
     - :class:`DaskBlocks`: anything else, through dask (:func:`read_region`).
 
     The first three apply only while ``dataset.data`` is the file's array as loaded (no slicing,
     rechunking or arithmetic since), which :func:`array_source` checks.
     """
-    for kind in (MappedArray, HDF5Chunks, ArrayBlocks):
+    for kind in (MappedArray, HDF5Chunks, ZarrChunkFiles, ArrayBlocks):
         reader = kind.for_dataset(dataset)
         if reader is not None:
             return reader
@@ -374,22 +376,73 @@ class MappedArray:
 _DEFLATE, _SHUFFLE = 1, 2  # HDF5 filter ids
 
 
-class HDF5Chunks:
-    """Blocks of a chunked HDF5 dataset with gzip and/or shuffle filters, decoded outside the HDF5 library.
+class _StoredChunks:
+    """Blocks assembled from the file's own chunks, each read by :meth:`_chunk` in the calling thread.
+
+    A block that is one chunk is returned as that chunk (no copy); larger blocks are copied into a
+    buffer the thread reuses. The dask chunks (hence the blocks) must be whole storage chunks, each
+    spanning whole patterns.
+    """
+
+    def __init__(self, source, shape: tuple[int, ...]):
+        self.source = source
+        self.shape = tuple(int(s) for s in shape)
+        self.chunk = tuple(int(c) for c in source.chunks)
+        self.dtype = np.dtype(source.dtype)
+        self._local = threading.local()
+
+    @staticmethod
+    def _aligned(dataset: Dataset4D, chunk: tuple[int, ...]) -> bool:
+        if tuple(chunk[2:]) != tuple(dataset.detector_shape):
+            return False
+        for axis in (0, 1):
+            edges = np.cumsum(dataset.data.chunks[axis])[:-1]
+            if np.any(edges % chunk[axis]):
+                return False
+        return True
+
+    def _chunk(self, origin: tuple[int, int]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _stored_fill(self, origin: tuple[int, int]) -> np.ndarray:
+        """A chunk through the library itself (never written: its fill value)."""
+        r, c = origin
+        part = np.asarray(self.source[r:r + self.chunk[0], c:c + self.chunk[1]])
+        out = np.zeros(self.chunk, self.dtype)
+        out[: part.shape[0], : part.shape[1]] = part
+        return out
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        cy, cx = self.chunk[:2]
+        if rows.start % cy == 0 and cols.start % cx == 0 and rows.stop - rows.start <= cy and cols.stop - cols.start <= cx:
+            return self._chunk((rows.start, cols.start))[: rows.stop - rows.start, : cols.stop - cols.start]
+        shape = (rows.stop - rows.start, cols.stop - cols.start) + self.shape[2:]
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.shape != shape:
+            buf = self._local.buf = np.empty(shape, self.dtype)
+        for r in range(rows.start, rows.stop, cy):
+            for c in range(cols.start, cols.stop, cx):
+                part = self._chunk((r, c))
+                nr, nc = min(cy, rows.stop - r), min(cx, cols.stop - c)
+                buf[r - rows.start: r - rows.start + nr, c - cols.start: c - cols.start + nc] = part[:nr, :nc]
+        return buf
+
+    def release(self, rows: slice, cols: slice) -> None:
+        pass  # chunk views unmap themselves when the block's arrays go
+
+
+class HDF5Chunks(_StoredChunks):
+    """Blocks of a chunked HDF5 dataset (unfiltered, gzip and/or shuffle), decoded outside the HDF5 library.
 
     The HDF5 library runs its filters one call at a time (h5py holds a global lock), so a threaded
-    reader gets one core of decompression. Here each raw chunk is fetched under that lock (a plain
-    file read) and inflated (``zlib``, which releases the GIL) and unshuffled in the calling thread.
-    Blocks must be made of whole chunks, each spanning whole patterns.
+    reader gets one core of decompression, and its shuffle filter is slow. Here each raw chunk is
+    fetched under that lock (a plain file read) and inflated (``zlib``, which releases the GIL) and
+    unshuffled (compiled) in the calling thread, on every core.
     """
 
     def __init__(self, dset, filters: list[int], shape: tuple[int, ...]):
-        self.dset = dset
+        super().__init__(dset, shape)
         self.filters = filters  # pipeline order, as written
-        self.shape = shape
-        self.chunk = tuple(int(c) for c in dset.chunks)
-        self.dtype = np.dtype(dset.dtype)
-        self._local = threading.local()
 
     @classmethod
     def for_dataset(cls, dataset: Dataset4D) -> "HDF5Chunks | None":
@@ -401,27 +454,18 @@ class HDF5Chunks:
             filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
         except Exception:  # noqa: BLE001
             return None
-        chunk = tuple(int(c) for c in src.chunks)
-        if not filters or any(f not in (_DEFLATE, _SHUFFLE) for f in filters) or len(set(filters)) != len(filters):
-            return None  # unfiltered chunks are cheap for HDF5 itself; other filters are its business
-        if tuple(chunk[2:]) != tuple(dataset.detector_shape):
+        if any(f not in (_DEFLATE, _SHUFFLE) for f in filters) or len(set(filters)) != len(filters):
+            return None  # other filters (lzf, plugins, checksums) are HDF5's business
+        if not cls._aligned(dataset, tuple(src.chunks)):
             return None
-        for axis in (0, 1):  # the dask chunks (hence the blocks) must be whole storage chunks
-            edges = np.cumsum(dataset.data.chunks[axis])[:-1]
-            if np.any(edges % chunk[axis]):
-                return None
         return cls(src, filters, dataset.shape)
 
-    def _decode(self, origin: tuple[int, int]) -> np.ndarray:
+    def _chunk(self, origin: tuple[int, int]) -> np.ndarray:
         """One stored chunk (chunk_rows, chunk_cols, ky, kx), edges included as stored."""
         try:
-            mask, raw = self.dset.id.read_direct_chunk((origin[0], origin[1], 0, 0))
-        except (KeyError, OSError, ValueError):  # never written: the fill value, from HDF5 itself
-            r, c = origin
-            part = self.dset[r:r + self.chunk[0], c:c + self.chunk[1]]
-            out = np.zeros(self.chunk, self.dtype)
-            out[: part.shape[0], : part.shape[1]] = part
-            return out
+            mask, raw = self.source.id.read_direct_chunk((origin[0], origin[1], 0, 0))
+        except (KeyError, OSError, RuntimeError, ValueError):
+            return self._stored_fill(origin)
         for i in reversed(range(len(self.filters))):
             if mask & (1 << i):
                 continue  # this filter was skipped for this chunk
@@ -431,23 +475,35 @@ class HDF5Chunks:
                 raw = _unshuffle(np.frombuffer(raw, np.uint8), self.dtype)
         return np.frombuffer(raw, self.dtype).reshape(self.chunk)
 
-    def read(self, rows: slice, cols: slice) -> np.ndarray:
-        cy, cx = self.chunk[:2]
-        if rows.start % cy == 0 and cols.start % cx == 0 and rows.stop - rows.start <= cy and cols.stop - cols.start <= cx:
-            return self._decode((rows.start, cols.start))[: rows.stop - rows.start, : cols.stop - cols.start]
-        shape = (rows.stop - rows.start, cols.stop - cols.start) + tuple(self.shape[2:])
-        buf = getattr(self._local, "buf", None)
-        if buf is None or buf.shape != shape:
-            buf = self._local.buf = np.empty(shape, self.dtype)
-        for r in range(rows.start, rows.stop, cy):
-            for c in range(cols.start, cols.stop, cx):
-                part = self._decode((r, c))
-                nr, nc = min(cy, rows.stop - r), min(cx, cols.stop - c)
-                buf[r - rows.start: r - rows.start + nr, c - cols.start: c - cols.start + nc] = part[:nr, :nc]
-        return buf
 
-    def release(self, rows: slice, cols: slice) -> None:
-        pass
+class ZarrChunkFiles(_StoredChunks):
+    """Blocks of an uncompressed zarr array in a directory store: each chunk file is memory-mapped (no copy)."""
+
+    @classmethod
+    def for_dataset(cls, dataset: Dataset4D) -> "ZarrChunkFiles | None":
+        src = array_source(dataset.data)
+        if type(src).__module__.split(".")[0] != "zarr":
+            return None
+        store_path = getattr(getattr(src, "store", None), "path", None)
+        if (getattr(src, "compressor", 1) is not None or getattr(src, "filters", 1) or getattr(src, "order", "") != "C"
+                or not isinstance(store_path, str) or not hasattr(src, "_chunk_key")):
+            return None
+        if not cls._aligned(dataset, tuple(src.chunks)):
+            return None
+        return cls(src, dataset.shape)
+
+    def _chunk(self, origin: tuple[int, int]) -> np.ndarray:
+        key = self.source._chunk_key((origin[0] // self.chunk[0], origin[1] // self.chunk[1], 0, 0))
+        path = os.path.join(self.source.store.path, *key.split("/"))
+        nbytes = int(np.prod(self.chunk)) * self.dtype.itemsize
+        try:
+            with open(path, "rb") as fh:
+                if os.fstat(fh.fileno()).st_size != nbytes:
+                    raise PolarstemError(f"{path}: chunk of {os.fstat(fh.fileno()).st_size} bytes, expected {nbytes}")
+                mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            return self._stored_fill(origin)
+        return np.ndarray(self.chunk, self.dtype, buffer=mapped)
 
 
 def _unshuffle(raw: np.ndarray, dtype: np.dtype) -> bytes | np.ndarray:

@@ -26,7 +26,8 @@ after one warm-up round that also fills the page cache and compiles the loops):
 Kinds: ``adf`` (annulus from 1.1 disk radii to the edge: most of the detector), ``bf`` (the disk),
 ``com`` (whole-pattern centre of mass: three planes), ``multi`` (BF + ADF + CoM in one pass).
 Every method's images are checked against polarstem's; ``ratio`` is the method's speed over the
-fastest dask expression in the same round (median over rounds). ``peak +RSS`` is the largest rise
+fastest dask expression in the same round (median over rounds); ``cores`` is the process's CPU time
+over the wall time (2 = both cores computing the whole time). ``peak +RSS`` is the largest rise
 of this process's resident memory during the method (sampled every 10 ms; pages of a memory map
 count). ``--cli`` also times ``polarstem virtual`` end to end in a fresh process (imports,
 geometry, compiled-loop loading) and reports that process's peak resident memory.
@@ -250,9 +251,9 @@ def methods_for(fmt: str, path: Path, dets, geometry, shape):
             return da.from_zarr(raw)
         return da.from_array(raw, chunks=raw.chunks)
 
-    def dask_expr(expr):
+    def dask_expr(expr, array=None):
         def run():
-            a = dask_array()
+            a = dask_array() if array is None else array()
             if expr == "tensordot":
                 lazy = da.moveaxis(da.tensordot(a, planes, axes=((2, 3), (1, 2))), -1, 0)
             elif expr == "einsum":
@@ -284,6 +285,8 @@ def methods_for(fmt: str, path: Path, dets, geometry, shape):
 
     methods = {"polarstem": ours, "numpy chunked matmul (1 thread)": numpy_matmul,
                "dask tensordot": dask_expr("tensordot"), "dask einsum": dask_expr("einsum")}
+    if fmt == "npy":  # the file as polarstem.io.load opens it for dask (plain reads instead of a memory map)
+        methods["dask einsum (io.load array)"] = dask_expr("einsum", lambda: load(path).data)
     if len(planes) == 1:
         methods["dask (a*m).sum"] = dask_expr("mul")
         methods["hyperspy (s*m).sum"] = hyperspy
@@ -315,6 +318,7 @@ def bench(fmt: str, path: Path, kinds: list[str], rounds: int) -> list[dict]:
         dets = detectors_for(kind)
         methods = methods_for(fmt, path, dets, geometry, shape)
         times = {m: [] for m in methods}
+        busy = {m: [] for m in methods}
         rss = {m: 0.0 for m in methods}
         ratios = {m: [] for m in methods}
         reference = None
@@ -323,15 +327,16 @@ def bench(fmt: str, path: Path, kinds: list[str], rounds: int) -> list[dict]:
             this = {}
             for name, fn in methods.items():
                 with PeakRSS() as mem:
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     images = fn()
-                    dt = time.perf_counter() - t0
+                    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
                 if name == "polarstem" and reference is None:
                     reference = images
                 if images is not None and reference is not None and name not in errors:
                     errors[name] = compare(images, reference)
                 if rnd:
                     times[name].append(dt)
+                    busy[name].append(cpu / dt)
                     rss[name] = max(rss[name], mem.added)
                     this[name] = dt
             if rnd:
@@ -343,6 +348,7 @@ def bench(fmt: str, path: Path, kinds: list[str], rounds: int) -> list[dict]:
             rows.append({"format": fmt, "kind": kind, "method": m, "shape": list(shape), "gb": nbytes / 1e9,
                          "seconds": med, "gb_per_s": nbytes / 1e9 / med,
                          "ratio_to_best_dask": statistics.median(ratios[m]),
+                         "cores_busy": statistics.median(busy[m]),
                          "peak_added_rss_mib": rss[m], "max_rel_diff": errors.get(m, float("nan")),
                          "rounds": rounds})
         print_rows([r for r in rows if r["kind"] == kind])
@@ -352,16 +358,18 @@ def bench(fmt: str, path: Path, kinds: list[str], rounds: int) -> list[dict]:
 def print_rows(rows: list[dict]) -> None:
     r0 = rows[0]
     print(f"\n{r0['format']} {r0['kind']}: {tuple(r0['shape'])} uint16, {r0['gb']:.2f} GB, median of {r0['rounds']} rounds")
-    print(f"  {'method':34s} {'time':>8s} {'GB/s':>7s} {'ratio':>7s} {'peak +RSS':>10s} {'max rel diff':>13s}")
+    print(f"  {'method':34s} {'time':>8s} {'GB/s':>7s} {'ratio':>7s} {'cores':>6s} {'peak +RSS':>10s} {'max rel diff':>13s}")
     for r in rows:
         print(f"  {r['method']:34s} {r['seconds']:7.2f}s {r['gb_per_s']:7.2f} {r['ratio_to_best_dask']:6.2f}x "
-              f"{r['peak_added_rss_mib']:7.0f} MiB {r['max_rel_diff']:13.1e}", flush=True)
+              f"{r['cores_busy']:6.2f} {r['peak_added_rss_mib']:7.0f} MiB {r['max_rel_diff']:13.1e}", flush=True)
 
 
 def run_cli(path: Path, kind: str, out: Path) -> tuple[float, float]:
     """Wall time and peak resident memory (MiB) of ``polarstem virtual`` in a fresh process."""
-    code = ("import resource, sys; from polarstem.cli import main; rc = main(sys.argv[1:]); "
-            "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+    # VmHWM, not ru_maxrss: the latter also counts the parent's pages the forked child shared before exec
+    code = ("import sys; from polarstem.cli import main; rc = main(sys.argv[1:]); "
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
+            "print('MAXRSS', hwm, file=sys.stderr); sys.exit(rc)")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, "virtual", str(path), "--kind", kind, "-o", str(out)],
                           capture_output=True, text=True)

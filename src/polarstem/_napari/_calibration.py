@@ -8,9 +8,9 @@ angles, classification, export provenance) through :func:`._state.set_calibratio
 
 from __future__ import annotations
 
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtGui import QDoubleValidator
-from qtpy.QtWidgets import QGridLayout, QLabel, QLineEdit, QToolButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QGridLayout, QLabel, QLineEdit, QScrollArea, QToolButton, QVBoxLayout, QWidget
 
 from ..errors import PolarstemError
 from ..io import CALIBRATION_ENTRIES, Dataset4D
@@ -92,6 +92,15 @@ class CalibrationForm(QWidget):
     def _fold(self, open_: bool) -> None:
         self.body.setVisible(open_)
         self._update_title()
+        if open_:  # in a scrolling dock, bring the fields into view
+            QTimer.singleShot(0, self._scroll_into_view)
+
+    def _scroll_into_view(self) -> None:
+        parent = self.parentWidget()
+        while parent is not None and not isinstance(parent, QScrollArea):
+            parent = parent.parentWidget()
+        if parent is not None:
+            parent.ensureWidgetVisible(self)
 
     def _update_title(self) -> None:
         arrow = "▾" if self.toggle.isChecked() else "▸"

@@ -9,6 +9,7 @@ beside the Virtual detector dock (Run, Cancel and Export sit near the top).
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from ._classify_worker import ClassifyDone, ClassifyPartial, classify_updates
 from ._layout import scrolling_body
 from ._layers import OUTLINE_RGBA, class_label, shapes_to_mask, show_result
 from ._state import dataset_of, dataset_picker, follow_layer_list, set_calibration, state_events
-from ._widget import pattern_image
+from ._widget import dataset_status, pattern_image
 from ._workers import JobFailed, Progress
 
 #: Card entries shown in the dock (the whole card is in the tooltip).
@@ -163,6 +164,7 @@ class PolarizationMapWidget(QWidget):
         self._result_calibration = None  # the calibration the shown result was made with
         self._run_dataset = None
         self._run_calibration = None
+        self._started = 0.0  # time.monotonic() when the run started, for the time left
         self._worker = None
         self._settled = True
         self._cancel = threading.Event()
@@ -229,7 +231,6 @@ class PolarizationMapWidget(QWidget):
         top = QFormLayout()
         top.setVerticalSpacing(3)
         top.addRow("dataset", self.dataset_picker.native)
-        top.addRow(self.calibration)
         top.addRow("model", self.model_combo)
         options = QFormLayout()
         options.setVerticalSpacing(3)
@@ -279,6 +280,7 @@ class PolarizationMapWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status_label)
+        layout.addWidget(self.calibration)  # below Run: unfolded, it never pushes the buttons away
         layout.addLayout(legend)
         layout.addWidget(self.anomaly_note)
         layout.addLayout(clicked)
@@ -340,8 +342,7 @@ class PolarizationMapWidget(QWidget):
         if ds is None:
             self.status_label.setText("open a 4D-STEM file or the sample data (File ▸ Open Sample ▸ napari-polarstem)")
             return
-        (rows, cols), (ky, kx) = ds.scan_shape, ds.detector_shape
-        text = f"{ds.name}: {rows}x{cols} scan, {ky}x{kx} px patterns"
+        text = dataset_status(ds)
         if self.result is not None and self.result_dataset is ds:
             if self._result_is_stale():
                 text += " · the calibration changed since the map shown: Run again to export"
@@ -445,6 +446,7 @@ class PolarizationMapWidget(QWidget):
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self._settled = False
+        self._started = time.monotonic()
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.export_button.setEnabled(False)  # until this run has a result (or settles without one)
@@ -472,6 +474,11 @@ class PolarizationMapWidget(QWidget):
         if isinstance(update, Progress):
             self.progress_bar.setMaximum(max(update.total, 1))
             self.progress_bar.setValue(update.done)
+            if 0 < update.done < update.total and not self._cancel.is_set():
+                elapsed = time.monotonic() - self._started
+                left = elapsed * (update.total - update.done) / update.done
+                self.status_label.setText(f"classifying {self._run_dataset.name}: {update.done}/{update.total} "
+                                          f"({100 * update.done / update.total:.0f} %), about {left:.0f} s left")
             if self._progress is not None:
                 self._progress.total = update.total
                 self._progress.n = update.done

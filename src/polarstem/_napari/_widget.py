@@ -65,6 +65,12 @@ LAYER_SUFFIX = {"bf": "BF", "adf": "ADF", "com": "CoM"}
 KIND_KEY = "polarstem_virtual_kind"
 
 
+def dataset_status(dataset, note: str = "") -> str:
+    """A status line naming the open dataset: "scan.mib: 2x4 scan, 256x256 px patterns · <note>"."""
+    (rows, cols), (ky, kx) = dataset.scan_shape, dataset.detector_shape
+    return f"{dataset.name}: {rows}x{cols} scan, {ky}x{kx} px patterns" + (f" · {note}" if note else "")
+
+
 def annulus_edge_warning(detector: VirtualDetector, geometry: DetectorGeometry,
                          det_shape: tuple[int, int]) -> str | None:
     """A sentence when a BF disk or ADF annulus reaches beyond the detector edge, else None.
@@ -246,7 +252,6 @@ class VirtualDetectorWidget(QWidget):
 
         top = QFormLayout()
         top.addRow("dataset", self.dataset_picker.native)
-        top.addRow(self.calibration)
         form = QFormLayout()
         form.setVerticalSpacing(3)
         form.addRow("detector", self.kind_combo)
@@ -276,6 +281,7 @@ class VirtualDetectorWidget(QWidget):
         layout.addWidget(self.geometry_label)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status_label)
+        layout.addWidget(self.calibration)  # below the controls: unfolded, it never pushes Apply away
         layout.addStretch(1)
 
         self._debounce = QTimer(self)
@@ -373,8 +379,7 @@ class VirtualDetectorWidget(QWidget):
         self._show_detector_in_controls(state.detector, state.geometry)
         self._draw()
         if self._worker is None:
-            (rows, cols), (ky, kx) = ds.scan_shape, ds.detector_shape
-            self.status_label.setText(f"{ds.name}: {rows}x{cols} scan, {ky}x{kx} px patterns")
+            self.status_label.setText(dataset_status(ds))
         if state.mean_pattern is None and self._worker is None and not state.busy:
             self._start(layer, None)
 
@@ -640,7 +645,7 @@ class VirtualDetectorWidget(QWidget):
             state.mean_pattern = update.pattern
             if state.geometry is None:
                 state.geometry, state.geometry_found = update.geometry, update.disk_found
-            self.status_label.setText("mean pattern ready")
+            self.status_label.setText(dataset_status(dataset_of(layer), "mean pattern ready"))
             state_events.changed.emit(state)  # redraws here (if shown) and in any other widget
         elif isinstance(update, ImageReady):
             state.detector = update.detector

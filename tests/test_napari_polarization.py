@@ -191,7 +191,14 @@ def test_uncertain_is_grey_not_classified_transparent_and_the_legend_says_so(mak
     np.testing.assert_allclose(rgba[0], UNCERTAIN_RGBA)
     assert rgba[1][3] == 0 and rgba[2][3] == 1
     outline = viewer.layers[OUTLINE_LAYER]
-    assert outline.contour == 1 and outline.data.sum() == 9 and tuple(outline.scale) == pytest.approx((0.2, 0.2))
+    (ring,) = outline.data  # one closed outline along the edges of the 3x3 block at rows 5-7, cols 7-9
+    assert ring.min(axis=0) == pytest.approx((4.5, 6.5)) and ring.max(axis=0) == pytest.approx((7.5, 9.5))
+    assert tuple(outline.scale) == pytest.approx((0.2, 0.2))
+    show_result(viewer, _result(classes, np.zeros((10, 12), np.float32)), Calibration(scan_step_nm=(0.2, 0.2)))
+    assert len(outline.data) == 0 and viewer.layers[OUTLINE_LAYER] is outline
+    show_result(viewer, _result(classes, anomaly), Calibration(scan_step_nm=(0.2, 0.2)))
+    assert len(outline.data) == 1 and np.allclose(outline.edge_color[0], (1, 1, 1, 1))
+    assert widget.roi_picker.value is None  # the outline is no ROI to pick
     # the in-dock legend: a swatch for every value the map can hold, and the outline
     from qtpy.QtWidgets import QLabel
 

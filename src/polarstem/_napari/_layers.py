@@ -14,7 +14,7 @@ CONFIDENCE_LAYER = "confidence"
 ANOMALY_LAYER = "anomaly"
 OUTLINE_LAYER = "anomaly outline"
 RESULT_LAYERS = (CLASS_LAYER, ARROW_LAYER, CONFIDENCE_LAYER, ANOMALY_LAYER, OUTLINE_LAYER)
-#: Colour of the anomaly outline (napari draws only the contour of the region).
+#: Colour of the anomaly outlines (a Shapes layer of polygons along the regions' pixel edges): white.
 OUTLINE_RGBA = (1.0, 1.0, 1.0, 1.0)
 
 
@@ -37,11 +37,12 @@ def class_label(k: int) -> str:
     return "uncertain (the model abstains)" if k == UNCERTAIN else "not classified"
 
 
-def outline_colormap():
-    from napari.utils.colormaps import DirectLabelColormap
+def anomaly_outlines(anomaly: np.ndarray, level: float = ANOMALY_OUTLINE) -> list[np.ndarray]:
+    """Closed outlines (row, col in scan px, along the pixel edges) of the regions scoring ``level`` or more."""
+    from skimage.measure import find_contours
 
-    return DirectLabelColormap(color_dict={0: np.zeros(4), 1: np.asarray(OUTLINE_RGBA), None: np.zeros(4)},
-                               background_value=0)
+    mask = np.pad(np.nan_to_num(anomaly, nan=0.0) >= level, 1).astype(np.float32)
+    return [c - 1 for c in find_contours(mask, 0.5) if len(c) >= 3]
 
 
 def arrow_vectors(classes: np.ndarray, confidence: np.ndarray, step: int | None = None):
@@ -76,7 +77,7 @@ def result_layer_data(result, calibration, dataset=None) -> list[tuple]:
     anomaly = result.anomaly if result.anomaly is not None else np.full(result.classes.shape, np.nan, np.float32)
     finite = anomaly[np.isfinite(anomaly)]
     hi = float(np.percentile(finite, 99.5)) if finite.size else 1.0
-    outline = (np.nan_to_num(anomaly, nan=0.0) >= ANOMALY_OUTLINE).astype(np.uint8)
+    outlines = anomaly_outlines(anomaly)
     return [
         (result.confidence, {**common, "name": CONFIDENCE_LAYER, "colormap": "viridis",
                              "contrast_limits": (0.0, 1.0), "visible": False}, "image"),
@@ -86,7 +87,8 @@ def result_layer_data(result, calibration, dataset=None) -> list[tuple]:
                           "metadata": {**common["metadata"], "class_names": CLASS_NAMES,
                                        "polarstem_result_object": result}},
          "labels"),
-        (outline, {**common, "name": OUTLINE_LAYER, "colormap": outline_colormap(), "opacity": 1.0}, "labels"),
+        (outlines, {**common, "name": OUTLINE_LAYER, "shape_type": "polygon", "edge_width": 0.15,
+                    "edge_color": "white", "face_color": "transparent"}, "shapes"),
         # an empty colour array cannot be added (napari takes its minimum): a plain colour then
         (vectors, {**common, "name": ARROW_LAYER, "edge_color": colors if len(vectors) else "white",
                    "edge_width": 0.15, "vector_style": "arrow"}, "vectors"),
@@ -100,7 +102,12 @@ def show_result(viewer, result, calibration, dataset=None) -> list:
         name = kwargs["name"]
         existing = viewer.layers[name] if name in viewer.layers else None
         if existing is not None and existing.metadata.get("polarstem_result"):
-            existing.data = data
+            if kind == "shapes":  # new outlines, styled as the first ones
+                existing.data = []
+                if data:
+                    existing.add(data, **{k: kwargs[k] for k in ("shape_type", "edge_width", "edge_color", "face_color")})
+            else:
+                existing.data = data
             existing.scale = kwargs["scale"]
             existing.units = kwargs["units"]
             existing.metadata.update(kwargs["metadata"])
@@ -114,8 +121,6 @@ def show_result(viewer, result, calibration, dataset=None) -> list:
             add = getattr(viewer, f"add_{kind}")
             kw = {k: v for k, v in kwargs.items() if not (kind == "vectors" and k == "vector_style")}
             layer = add(data, **kw)
-            if name == OUTLINE_LAYER:
-                layer.contour = 1  # only the region's edge
             if kind == "vectors":
                 try:
                     layer.vector_style = "arrow"

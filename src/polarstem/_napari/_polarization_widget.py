@@ -175,7 +175,8 @@ class PolarizationMapWidget(QWidget):
 
         self.dataset_picker = dataset_picker(napari_viewer)
         self.roi_picker = create_widget(annotation=napari.layers.Shapes, options={
-            "choices": lambda _w: [(ly.name, ly) for ly in napari_viewer.layers if isinstance(ly, napari.layers.Shapes)]})
+            "choices": lambda _w: [(ly.name, ly) for ly in napari_viewer.layers if isinstance(ly, napari.layers.Shapes)
+                                   and not ly.metadata.get("polarstem_result")]})  # not the anomaly outline
         follow_layer_list(napari_viewer, self.roi_picker)
         self.calibration = CalibrationForm()
         self.model_combo = QComboBox()

@@ -645,7 +645,7 @@ class VirtualDetectorWidget(QWidget):
             state.mean_pattern = update.pattern
             if state.geometry is None:
                 state.geometry, state.geometry_found = update.geometry, update.disk_found
-            self.status_label.setText(dataset_status(dataset_of(layer), "mean pattern ready"))
+            self.status_label.setText(dataset_status(dataset_of(layer)))
             state_events.changed.emit(state)  # redraws here (if shown) and in any other widget
         elif isinstance(update, ImageReady):
             state.detector = update.detector

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._layers import ANOMALY_LAYER, CLASS_LAYER, CONFIDENCE_LAYER, OUTLINE_LAYER
+from ._layers import ANOMALY_LAYER, CLASS_LAYER, CONFIDENCE_LAYER
 from ._state import SOURCE_KEY  # not the reader's key: a result layer is not a dataset view
 
 RESULT_KEY = "polarstem_result_object"
@@ -23,7 +23,7 @@ def write_polarization_maps(path: str, layer_data: list[tuple]) -> list[str]:
     from ..io import Calibration
 
     by_name = {meta.get("name"): (data, meta, kind) for data, meta, kind in layer_data}
-    labels = [(d, m) for d, m, k in layer_data if k == "labels" and m.get("name") != OUTLINE_LAYER]
+    labels = [(d, m) for d, m, k in layer_data if k == "labels"]
     if not labels:
         raise PolarstemError("select the 'polarization classes' layer (and its confidence/anomaly) to save maps")
     data, meta = by_name.get(CLASS_LAYER, (None, None, None))[:2] if CLASS_LAYER in by_name else labels[0]

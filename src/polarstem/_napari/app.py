@@ -90,6 +90,9 @@ def demo_screenshot(sample: Path, out_png: Path, model: str) -> Path:
         viewer.window.resize(1500, 950)
         for _ in range(10):
             app.processEvents()
+        viewer.reset_view()  # fit the image to the canvas of the resized window
+        for _ in range(10):
+            app.processEvents()
         out_png = Path(out_png)
         out_png.parent.mkdir(parents=True, exist_ok=True)
         viewer.screenshot(str(out_png), canvas_only=False)

@@ -251,6 +251,8 @@ def test_two_datasets_each_keep_their_detector(make_napari_viewer, qtbot, realda
     assert [c for c in widget.dataset_picker.choices] == [first, second]  # the ADF layer is no dataset
     viewer.layers.remove(second)
     assert list(widget.dataset_picker.choices) == [first]
+    first.name = "renamed scan"  # the picker shows layer names as they are now
+    assert widget.dataset_picker.native.currentText() == "renamed scan"
     wait_idle(qtbot, widget)
 
 

@@ -109,18 +109,25 @@ def dataset_picker(viewer, label: str = "dataset"):
 
 def follow_layer_list(viewer, picker) -> None:
     """Refresh ``picker``'s choices when layers are added, removed, moved or renamed."""
+    alive = [True]
 
     def refresh(*_):
+        if not alive[0]:
+            return
         try:
             picker.reset_choices()
         except RuntimeError:  # its Qt side is gone (dock closed): stop following
-            for emitter in emitters:
-                emitter.disconnect(refresh)
+            alive[0] = False
 
-    emitters = [viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved]
-    for emitter in emitters:
+    def follow_name(event) -> None:
+        if alive[0]:
+            event.value.events.name.connect(refresh)
+
+    for emitter in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
         emitter.connect(refresh)
-    viewer.layers.events.inserted.connect(lambda event: event.value.events.name.connect(refresh))
+    viewer.layers.events.inserted.connect(follow_name)
+    for layer in viewer.layers:
+        layer.events.name.connect(refresh)
     picker.reset_choices()
 
 

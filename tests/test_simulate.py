@@ -324,3 +324,58 @@ def test_potential_choices_are_optional_validated_and_change_the_physics_a_littl
         assert main(["simulate", str(_write_cfg(tmp_path, bad)), "-o", str(tmp_path / "o"), "--quiet"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"numerics.{key}" in err[0]
+
+
+#: Two structures, each seen at two acquisitions (energy stratified over 80-300 kV), stored in 1/Å.
+ACQ = {
+    "kind": "training", "seed": 4,
+    "optics": {"energy_kev": [80, 300], "convergence_mrad": [15, 30]},
+    "numerics": {"gpts_per_cell": 24},
+    "detector": {"max_mrad": 40, "max_g": 6.0},
+    "structure": {"classes": [1, 6], "cells": 3, "a_angstrom": 3.97},
+    "phonons": {"configs": 0},
+    "training": {"structures": 2, "acquisitions": 2, "probes": {"grid": 2, "offset": "random"},
+                 "thickness_nm": [2.0, 4.0], "thicknesses": 2},
+}
+
+
+def test_training_sets_across_acquisitions_store_reciprocal_units_and_per_row_optics(tmp_path):
+    """Rows = structure x acquisition x thickness; each row's energy and convergence are stored, the
+    detector axis is 1/Å, and the bright-field disk measures alpha / lambda in those units (the
+    physics the models' lattice-unit input relies on)."""
+    from polarstem.io import electron_wavelength_angstrom
+    from polarstem.ruler import measure_ruler
+
+    cfg = tmp_path / "acq.yaml"
+    cfg.write_text(yaml.safe_dump(ACQ))
+    out = tmp_path / "acq"
+    assert main(["simulate", str(cfg), "-o", str(out), "--quiet"]) == 0
+    ds = load(out)
+    energy = np.load(out / "energy_kev.npy")[:, 0]
+    alpha = np.load(out / "convergence_mrad.npy")[:, 0]
+    assert ds.scan_shape == (2 * 2 * 2, 4) and ds.calibration.detector_units == "1/Å"
+    assert ds.calibration.mrad_per_px is None  # the angle scale differs per row
+    k = json.loads((out / "manifest.json").read_text())["calibration"]["inv_angstrom_per_px"]
+    assert k == pytest.approx(1 / (3 * 3.97))
+    for s in range(2):  # one energy in each half of the range per structure, thicknesses inside
+        e = energy[4 * s:4 * s + 4]
+        assert e[0] == e[1] and e[2] == e[3] and 80 <= e[0] < 190 <= e[2] <= 300
+    data = np.asarray(ds.data)
+    for row in range(0, len(energy), 2):  # one acquisition: both thicknesses, 8 patterns
+        expected_px = alpha[row] * 1e-3 / electron_wavelength_angstrom(energy[row]) / k
+        ruler = measure_ruler(data[row:row + 2].reshape((-1,) + data.shape[2:]))
+        assert ruler.disk_radius_px == pytest.approx(expected_px, rel=0.08)  # coarse grid: a few % low
+
+
+def test_out_of_scope_crystals_are_built_and_need_a_scan_without_domains(tmp_path, capsys):
+    from polarstem.simulate.structures import knn_supercell, silicon_supercell, uniform_cells
+
+    si = silicon_supercell(2, 5.431, 2)
+    assert len(si) == 8 * 2 * 2 * 2 and set(si.get_chemical_symbols()) == {"Si"}
+    sto = knn_supercell(uniform_cells(None, 2, 2, 0.0), 3.905, 2, np.random.default_rng(0), k_fraction=1.0,
+                        material="srtio3")
+    assert sorted(set(sto.get_chemical_symbols())) == ["O", "Sr", "Ti"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"kind": "training", "structure": {"material": "srtio3"}}))
+    assert main(["simulate", str(bad), "-o", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "material" in capsys.readouterr().err

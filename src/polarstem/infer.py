@@ -317,14 +317,18 @@ def calibrate_from_patterns(dataset: Dataset4D):
 def abstain(result: ClassificationResult, abstention) -> None:
     """Mark the positions where the model abstains: -2 in the class map, ``uncertain`` True.
 
-    Broken inputs (non-finite, empty, no bright-field disk) always abstain; with the model's
+    Positions without an informative pattern (broken: non-finite, empty, no bright-field disk; or,
+    in a cell window, no pattern whose disk stands out from its surroundings: noise, a blank
+    detector) always abstain; with the model's
     calibrated thresholds (``polarstem.abstain``) so do positions whose patterns lie far from the
     training data or where no direction clearly wins. Runs after the wall bands and the anomaly
     score, which read the model's leading class everywhere."""
     from .abstain import scan_verdict
 
     done = result.done
-    unc = done & ~(result.usable if result.usable is not None else result.informative)
+    unc = done & ~result.informative
+    if result.usable is not None:
+        unc |= done & ~result.usable
     if abstention is not None and abstention.calibrated and result.distance is not None:
         votes = np.where(np.isfinite(result.votes), result.votes, 1.0) if result.votes is not None else 1.0
         unc |= done & abstention.uncertain(result.distance, result.confidence, votes)

@@ -267,13 +267,27 @@ def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: 
     return x, info
 
 
+def disk_stands_out(frames: np.ndarray, max_ratio: float = 0.5) -> np.ndarray:
+    """(N,) True where the detector's edge is darker than half the brightest tenth of the pattern.
+
+    A convergent-beam pattern has its bright-field disk inside the detector, with dark field around
+    it; shot noise, a blank or saturated frame, or a disk larger than the detector light the edge as
+    much as the centre, and no disk (so no centre, no scale) can be found in them."""
+    n = len(frames)
+    edge = np.concatenate([frames[:, 0, :], frames[:, -1, :], frames[:, 1:-1, 0], frames[:, 1:-1, -1]], axis=1)
+    flat = frames.reshape(n, -1)
+    bright = np.partition(flat, int(0.9 * flat.shape[1]), axis=1)[:, int(0.9 * flat.shape[1]):].mean(axis=1)
+    return edge.mean(axis=1) < max_ratio * np.maximum(bright, 1e-12)
+
+
 def informative_mask(frames: np.ndarray, resampled: np.ndarray, finite: np.ndarray, totals: np.ndarray,
                      radius_mrad: np.ndarray, grid_mrad_per_px: float, integer_like: bool = False, calibration=None,
                      min_counts: float = 500.0, return_usable: bool = False):
     """True where a pattern carries enough information to classify.
 
     False for: any NaN/inf; no intensity; fewer than ``min_counts`` electrons (counting data only);
-    no bright-field disk of plausible size (radius 0.5-1.5x the convergence angle); featureless
+    no bright-field disk of plausible size (radius 0.5-1.5x the convergence angle) inside a darker
+    detector edge (:func:`disk_stands_out`); featureless
     (the disk is less than 1.3x brighter than a ring just outside it on the canonical grid).
 
     With ``return_usable`` also the mask without the featureless test: :func:`preprocess` zeroes
@@ -289,6 +303,7 @@ def informative_mask(frames: np.ndarray, resampled: np.ndarray, finite: np.ndarr
         ok &= totals >= min_counts
     conv = float(getattr(calibration, "convergence_mrad", None) or CANONICAL_CONVERGENCE_MRAD)
     ok &= (radius_mrad > 0.5 * conv) & (radius_mrad < 1.5 * conv)
+    ok &= disk_stands_out(frames)
     # featureless: the bright-field disk must stand out from its surroundings on the canonical grid
     size = resampled.shape[-1]
     r_px = radius_mrad / grid_mrad_per_px

@@ -1,0 +1,73 @@
+"""Abstention: class-conditional Gaussians of the embedding, conformal thresholds, -2 in the class map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from polarstem.abstain import Abstention, scan_verdict
+
+
+def _clusters(rng, n_per_class=400, dim=16, spread=1.0):
+    means = rng.normal(0, 6, (8, dim))
+    y = np.repeat(np.arange(8), n_per_class)
+    z = means[y] + spread * rng.normal(size=(len(y), dim))
+    return z.astype(np.float32), y
+
+
+def test_distance_is_about_one_in_scope_and_large_far_away():
+    rng = np.random.default_rng(0)
+    z, y = _clusters(rng)
+    ab = Abstention.fit(z, y)
+    fresh, _ = _clusters(np.random.default_rng(0), n_per_class=50)  # same means, new draws
+    d_in = ab.distance(fresh + 0 * rng.normal(size=fresh.shape))
+    d_far = ab.distance(rng.normal(0, 6, (200, 16)).astype(np.float32) * 3)
+    assert 0.7 < np.median(d_in) < 1.3
+    assert np.median(d_far) > 3 * np.median(d_in)
+
+
+def test_conformal_thresholds_let_the_chosen_fraction_of_in_scope_windows_abstain():
+    rng = np.random.default_rng(1)
+    z, y = _clusters(rng)
+    ab = Abstention.fit(z, y)
+    cal_d = ab.distance(_clusters(np.random.default_rng(1), 200)[0] + rng.normal(size=(1600, 16)).astype(np.float32))
+    cal_p = rng.uniform(0.3, 1.0, len(cal_d))
+    ab.calibrate(cal_d, cal_p, 1, alpha=0.05)
+    ab.calibrate(cal_d * 0.8, cal_p, 9, alpha=0.05)
+    test_d = ab.distance(_clusters(np.random.default_rng(1), 200)[0] + rng.normal(size=(1600, 16)).astype(np.float32))
+    frac = ab.uncertain(test_d, rng.uniform(0.3, 1.0, len(test_d)), np.ones(len(test_d))).mean()
+    assert 0.04 < frac < 0.16  # two tests at 5 % each
+    d1, c1 = ab.thresholds(np.array([1.0, 3.0, 9.0, 30.0]))
+    assert d1[0] == pytest.approx(ab.max_distance[1]) and d1[2] == pytest.approx(ab.max_distance[9])
+    assert d1[0] > d1[1] > d1[2] == d1[3]  # interpolated in log n, clipped beyond the calibrated sizes
+    assert ab.uncertain(np.array([np.nan]), np.array([0.9]), np.array([1.0]))[0]  # nothing to judge by
+
+
+def test_round_trip_through_the_card():
+    rng = np.random.default_rng(2)
+    z, y = _clusters(rng, dim=8)
+    ab = Abstention.fit(z, y)
+    ab.calibrate(ab.distance(z), rng.uniform(0.5, 1, len(z)), 4)
+    back = Abstention.from_dict(ab.to_dict())
+    np.testing.assert_allclose(back.distance(z[:50]), ab.distance(z[:50]), rtol=1e-4)
+    assert back.max_distance == pytest.approx(ab.max_distance, rel=1e-4) and back.calibrated
+
+
+def test_a_scan_that_mostly_abstains_gets_one_sentence():
+    done = np.ones((4, 4), bool)
+    unc = np.zeros((4, 4), bool)
+    assert scan_verdict(unc, done) is None
+    unc[:3] = True
+    assert "does not look like polar KNN" in scan_verdict(unc, done)
+
+
+def test_noise_abstains_everywhere_and_says_so():
+    """A scan of shot noise has no bright-field disk: every position is uncertain (-2), with one sentence."""
+    from polarstem.analysis.trust import NoiseScan
+    from polarstem.infer import classify_scan
+
+    ds = NoiseScan(shape=(6, 6, 48, 48)).dataset()
+    res = classify_scan(ds, "cnn", mode="pattern", anomaly=False)
+    assert (res.classes[res.done] == -2).all() and res.uncertain[res.done].all()
+    assert res.verdict and "does not look like polar KNN" in res.verdict
+    assert res.maps()["class"].min() == -2

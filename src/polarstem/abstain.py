@@ -14,7 +14,8 @@ small fraction of in-scope positions abstains and everything less typical than t
    partners, so the vote spreads over them.
 
 A window of n patterns averages n scores, so its spread shrinks with n: the thresholds are
-calibrated per window size (1, 4, 9, 16, 36 patterns) and interpolated in log n.
+calibrated per window size (1, 4, 9 and 36 patterns: one pattern, and the regular 2 x 2, 3 x 3
+and 6 x 6 samplings of a cell) and interpolated in log n.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: Window sizes (patterns) the thresholds are calibrated at: one pattern, 2x2, 3x3, 4x4, 6x6.
-WINDOW_SIZES = (1, 4, 9, 16, 36)
+#: Window sizes (patterns) the thresholds are calibrated at: one pattern, 2x2, 3x3, 6x6.
+WINDOW_SIZES = (1, 4, 9, 36)
 #: Fraction of in-scope windows allowed past each threshold at calibration (two tests: <= 2 % together).
 ALPHA = 0.01
 #: A scan whose classified positions are mostly uncertain is not polar KNN at [001], as far as the model can tell.

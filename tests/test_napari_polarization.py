@@ -284,3 +284,22 @@ def test_baseline_models_say_so_and_the_card_is_not_clipped(make_napari_viewer, 
     qtbot.wait(50)
     label = widget.card_label
     assert label.height() >= label.heightForWidth(label.width())
+
+
+def test_noise_is_shown_uncertain_with_one_sentence(qtbot, make_napari_viewer, tmp_path):
+    """A scan of shot noise: every position grey (-2) and the dock says the scan is not polar KNN."""
+    from polarstem.analysis.trust import NoiseScan
+
+    np.save(tmp_path / "noise.npy", np.asarray(NoiseScan(shape=(8, 8, 48, 48)).dataset().data))
+    (tmp_path / "noise.json").write_text(json.dumps({"scan_step_nm": 0.13, "mrad_per_px": 1.0,
+                                                      "beam_energy_kev": 200, "convergence_mrad": 20}))
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "noise.npy"), plugin="napari-polarstem")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-polarstem", "Polarization map")
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData(SHIPPED[0]))
+    widget.mode_combo.setCurrentText("pattern")
+    _run_and_wait(qtbot, widget)
+    assert (viewer.layers["polarization classes"].data == -2).all()
+    assert "does not look like polar KNN" in widget.status_label.text()
+    out = widget.export(tmp_path / "export")
+    assert "does not look like polar KNN" in json.loads((out / "provenance.json").read_text())["verdict"]

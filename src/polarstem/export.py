@@ -153,6 +153,9 @@ def provenance(result, dataset, extra: dict | None = None, input_sha256: str | N
             "source": result.lattice.source},  # "fft+calibration" (seen in the ADF image) or "calibration"
         "complete": bool(result.complete),
         "classified_positions": int(result.done.sum()),
+        "uncertain_positions": int(result.uncertain.sum()) if getattr(result, "uncertain", None) is not None else None,
+        "verdict": getattr(result, "verdict", None),  # one sentence when most of the scan is uncertain
+        "calibration_notes": list(getattr(result, "notes", []) or []),  # what the bright-field disk ruler found
         "seconds": round(float(result.seconds), 3),
     }
     if extra:

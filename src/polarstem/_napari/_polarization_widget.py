@@ -500,8 +500,14 @@ class PolarizationMapWidget(QWidget):
             show_result(self.viewer, r, self._run_calibration, self._run_dataset)
             rate = r.n_patterns / r.seconds if r.seconds else 0.0
             state = "done" if r.complete else "cancelled: partial map"
-            self.status_label.setText(f"{state}: {r.n_patterns} positions, {r.mode_label}, {r.device}, "
-                                      f"{r.seconds:.1f} s ({rate:.0f}/s)")
+            uncertain = int(r.uncertain.sum()) if r.uncertain is not None else 0
+            text = (f"{state}: {r.n_patterns} positions ({uncertain} uncertain), {r.mode_label}, {r.device}, "
+                    f"{r.seconds:.1f} s ({rate:.0f}/s)")
+            for line in list(r.notes) + ([r.verdict] if r.verdict else []):
+                text += f"\n{line}"
+            self.status_label.setText(text)
+            if r.verdict:
+                self._notify(r.verdict)
         elif isinstance(update, JobFailed):
             self._settled = True
             self.status_label.setText(update.message)

@@ -140,10 +140,16 @@ def classify(args) -> int:
                                     args.batch_size, _navigation_shape(args), args.scheduler, args.resume,
                                     cell_method=args.cell_method, tta=args.tta,
                                     wall_bands=not args.keep_wall_bands, calibration=calibration_given(args))
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if result.verdict:
+        print(f"warning: {result.verdict}", file=sys.stderr)
     status = "complete" if result.complete else "interrupted (partial maps written; --resume continues)"
     rate = result.n_patterns / result.seconds if result.seconds else 0.0
+    uncertain = int(result.uncertain.sum()) if result.uncertain is not None else 0
     print(f"{status}: {result.n_patterns} positions in {result.seconds:.1f} s ({rate:.0f}/s), "
-          f"{result.mode_label}, device {result.device}; maps in {args.output}", file=sys.stderr)
+          f"{result.mode_label}, device {result.device}, {uncertain} uncertain; maps in {args.output}",
+          file=sys.stderr)
     return 0 if result.complete else 130
 
 

@@ -6,32 +6,11 @@ not polar, not computed); ``-2`` means "uncertain": the model abstains.
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 
 N_CLASSES = 8
 NO_CLASS = -1
 UNCERTAIN = -2
-
-
-class PolarizationClass(enum.IntEnum):
-    P100 = 0
-    P110 = 1
-    P010 = 2
-    P_110 = 3
-    P_100 = 4
-    P_1_10 = 5
-    P0_10 = 6
-    P1_10 = 7
-
-    @property
-    def label(self) -> str:
-        return CLASS_NAMES[int(self)]
-
-    @property
-    def direction(self) -> tuple[float, float]:
-        return tuple(CLASS_DIRECTIONS[int(self)])
 
 
 CLASS_NAMES = ["[100]", "[110]", "[010]", "[-110]", "[-100]", "[-1-10]", "[0-10]", "[1-10]"]

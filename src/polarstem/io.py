@@ -335,7 +335,7 @@ def _load_npy(p: Path, chunk_bytes: int = CHUNK_BYTES) -> Dataset4D:
         arr = np.load(p, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
         raise PolarstemError(f"{p}: not a plain numeric .npy array ({_one_line(exc)})") from None
-    _check_4d(arr.shape, p, signal_dims=None)
+    _check_4d(arr.shape, p)
     source = NpyFrames(p, arr) if arr.flags.c_contiguous else arr
     data = da.from_array(source, chunks=frame_chunks(arr.shape, arr.dtype.itemsize, chunk_bytes), name=f"npy-{p}-{chunk_bytes}",
                          asarray=False, fancy=False)
@@ -393,7 +393,7 @@ def _load_zarr(p: Path) -> Dataset4D:
         if not arrays:
             raise PolarstemError(f"{p}: a zarr group with no arrays")
         node = arrays[0]
-    _check_4d(tuple(node.shape), p, signal_dims=None)
+    _check_4d(tuple(node.shape), p)
     data = da.from_zarr(node)
     cal = _sidecar_calibration(p)
     attrs = dict(getattr(node, "attrs", {}) or {})
@@ -487,7 +487,7 @@ def _rsciio_plugin_for(p: Path) -> dict:
     return {"candidates": matches}
 
 
-def _read_with_rsciio(p: Path, navigation_shape) -> list[dict]:
+def _read_with_rsciio(p: Path) -> list[dict]:
     plugins = _rsciio_plugin_for(p)["candidates"]
     errors = []
     for plugin in plugins:
@@ -532,7 +532,7 @@ def _load_rsciio(p: Path, navigation_shape) -> Dataset4D:
     if p.suffix.lower() == ".blo":
         _check_blockfile_header(p)
 
-    results = _read_with_rsciio(p, navigation_shape)
+    results = _read_with_rsciio(p)
     if not results:
         raise PolarstemError(f"{p}: the file holds no data")
     # a file may hold several signals (e.g. EMD); take the first 4D one, else describe the first
@@ -682,7 +682,7 @@ def _positive_or_none(v) -> float | None:
     return f if math.isfinite(f) and f > 0 else None
 
 
-def _check_4d(shape: tuple[int, ...], p: Path, signal_dims) -> None:
+def _check_4d(shape: tuple[int, ...], p: Path) -> None:
     if len(shape) != 4:
         what = {1: "a 1D array", 2: "a single 2D image", 3: "a 3D stack"}.get(len(shape), f"a {len(shape)}D array")
         raise NotFourDError(f"{p}: {what} of shape {tuple(shape)}, not 4D-STEM (scan_rows, scan_cols, det_rows, det_cols)")

@@ -110,8 +110,7 @@ def pattern_image(pattern: np.ndarray) -> QImage:
     return QImage(data.data, data.shape[1], data.shape[0], data.strides[0], QImage.Format_Grayscale8).copy()
 
 
-def detector_radii_px(detector: VirtualDetector, geometry: DetectorGeometry,
-                      det_shape: tuple[int, int]) -> tuple[float, float | None]:
+def detector_radii_px(detector: VirtualDetector, geometry: DetectorGeometry) -> tuple[float, float | None]:
     """(inner, outer) radius in px of what ``detector`` integrates, with the same defaults as the core."""
     inner = geometry.to_px(detector.inner, detector.units)
     outer = geometry.to_px(detector.outer, detector.units)
@@ -134,7 +133,7 @@ def detector_pixmap(pattern: np.ndarray, geometry: DetectorGeometry | None, dete
     p.setRenderHint(QPainter.Antialiasing)
     c = QPointF((geometry.center[1] + 0.5) * s, (geometry.center[0] + 0.5) * s)
     try:
-        inner, outer = detector_radii_px(detector, geometry, (ky, kx))
+        inner, outer = detector_radii_px(detector, geometry)
     except PolarstemError:
         inner, outer = 0.0, None
     if detector.kind == "bf":
@@ -578,7 +577,7 @@ class VirtualDetectorWidget(QWidget):
             det = self.detector()
             state = state_for(dataset_of(layer))
             if state.geometry is not None:
-                detector_radii_px(det, state.geometry, dataset_of(layer).detector_shape)  # mrad without calibration
+                detector_radii_px(det, state.geometry)  # raises for mrad without calibration
         except PolarstemError as exc:
             self._fail(str(exc))
             return

@@ -456,7 +456,7 @@ def run_benchmark(cfg: BenchmarkConfig, out_dir, log=print) -> dict:
         if models:
             _run_testsets(cfg, models, out, results, figures, log)
             _run_scans(cfg, models, results, figures, log)
-            _run_domain_gap(cfg, models, out, results, log)
+            _run_domain_gap(cfg, out, results, log)
             _run_trust(cfg, models, results, log)
     results["seconds"] = round(time.time() - t_start, 1)
     write_report(results, figures, out)
@@ -536,7 +536,7 @@ def _run_testsets(cfg, models, out, results, figures, log) -> None:
                 _run_one_set(cfg, models, src, set_name, window, primary, data_root, results,
                              per_pattern if fi == 0 else None, log)
         _run_source_set(cfg, models, data_root, results, log)
-        _per_pattern_analyses(cfg, per_pattern, results, figures)
+        _per_pattern_analyses(cfg, per_pattern, results)
     finally:
         if not cfg.keep_datasets:
             shutil.rmtree(data_root, ignore_errors=True)
@@ -675,7 +675,7 @@ def _finite_source_frames(raw_rows, select, sigma_a: float, g: int, per_input: i
     return rows if per_input == 1 else rows.mean(axis=1)
 
 
-def _per_pattern_analyses(cfg, per_pattern, results, figures) -> None:
+def _per_pattern_analyses(cfg, per_pattern, results) -> None:
     """Accuracy vs thickness and tilt (all ideal sets pooled) and vs probe position (pattern mode)."""
     for (name, mode), parts in per_pattern.items():
         y = np.concatenate([p[0] for p in parts]).astype(np.int64)
@@ -777,7 +777,7 @@ def best_model(results: dict, mode: str | None = None) -> tuple[str, str] | None
     return None
 
 
-def _run_domain_gap(cfg, models, out, results, log) -> None:
+def _run_domain_gap(cfg, out, results, log) -> None:
     from .domain_gap import embedding_map, plot_embedding_map
 
     dg = dict(cfg.domain_gap or {})

@@ -51,15 +51,6 @@ class BaseModel:
     def predict(self, x, batch_size: int = 256, tta: bool = False) -> dict:
         raise NotImplementedError
 
-    def classify(self, frames, calibration=None, **kw) -> dict:
-        """Preprocess and predict in one call; adds ``class`` (-1 where not informative) and ``informative``."""
-        x, ok = self.preprocess(frames, calibration)
-        out = self.predict(x, **kw)
-        cls = out["proba"].argmax(axis=1).astype(np.int8)
-        cls[~ok] = -1
-        out.update({"class": cls, "informative": ok})
-        return out
-
 
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)

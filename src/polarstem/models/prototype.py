@@ -84,11 +84,3 @@ def init_prototypes(net, embeddings: np.ndarray, labels: np.ndarray, seed: int =
             protos.append(c / max(np.linalg.norm(c), 1e-12))
     with torch.no_grad():
         head.prototypes.copy_(torch.as_tensor(np.stack(protos), dtype=head.prototypes.dtype))
-
-
-def prototype_distance(embedding: np.ndarray, prototypes: np.ndarray, per_class: int, classes: np.ndarray) -> np.ndarray:
-    """1 - max cos between each embedding and the prototypes of its (predicted) class."""
-    z = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
-    p = prototypes / np.maximum(np.linalg.norm(prototypes, axis=1, keepdims=True), 1e-12)
-    sims = (z @ p.T).reshape(len(z), -1, per_class).max(axis=2)
-    return 1.0 - sims[np.arange(len(z)), classes]

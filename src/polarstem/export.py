@@ -1,69 +1,23 @@
 """Write maps (virtual images, class/confidence/anomaly maps) as calibrated files, atomically.
 
-A crash never leaves a half-written file under the final name: everything is written to a
-temporary name in the same folder and renamed. The files get the permissions of any file the user
-writes (``0666`` less the umask), not the private ones of a temporary file.
+Every file goes through :func:`polarstem.fileio.atomic_path`: a crash never leaves a half-written
+file under the final name, and the files get the permissions of any file the user writes.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from .errors import PolarstemError
+from .fileio import atomic_path, json_default, save_npy, sha256_path, write_json
 from .io import Calibration
-
 
 #: TIFF ImageDescription of our maps: this prefix, then JSON (calibration and provenance).
 DESCRIPTION_PREFIX = "polarstem-map "
-
-
-_UMASK_LOCK = threading.Lock()
-
-
-def current_umask() -> int:
-    """The process umask: from /proc where it says, else by setting and restoring it."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    with _UMASK_LOCK:
-        mask = os.umask(0o022)
-        os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
-
-    The temporary file is private (``mkstemp``); before the rename it gets the mode an ordinary new
-    file would have.
-    """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=final.suffix + ".partial", dir=final.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: str | os.PathLike, obj) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
 
 
 def write_map(path: str | os.PathLike, image: np.ndarray, calibration: Calibration,
@@ -82,15 +36,12 @@ def write_map(path: str | os.PathLike, image: np.ndarray, calibration: Calibrati
             kwargs["resolutionunit"] = "NONE"
         desc = DESCRIPTION_PREFIX + json.dumps(
             {"unit": "nm" if step_x else "px", "scale": [step_y or 1.0, step_x or 1.0],
-             "calibration": calibration.to_dict(), "provenance": provenance or {}}, default=_json_default)
+             "calibration": calibration.to_dict(), "provenance": provenance or {}}, default=json_default)
         with atomic_path(p) as tmp:
             tifffile.imwrite(tmp, image, metadata=None, description=desc, **kwargs)
         return p
     if ext == ".npy":
-        with atomic_path(p) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, image, allow_pickle=False)
-        return p
+        return save_npy(p, image)
     raise PolarstemError(f"{p}: unsupported map format '{ext}' (use .tif or .npy)")
 
 
@@ -109,16 +60,6 @@ def read_map(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     return data, meta
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
 # --------------------------------------------------------------------------------------------------
 # classification results: the folder `polarstem classify` and the napari "Export maps" button write
 
@@ -131,7 +72,6 @@ def provenance(result, dataset, extra: dict | None = None, input_sha256: str | N
     import platform
 
     from . import __version__
-    from .infer import file_sha256
 
     src = Path(dataset.source).resolve() if dataset.source else None  # the data file read, absolute
     prov = {
@@ -141,7 +81,7 @@ def provenance(result, dataset, extra: dict | None = None, input_sha256: str | N
         "python": platform.python_version(),
         "input": {
             "file": str(src) if src else None,
-            "sha256": input_sha256 or (file_sha256(src) if src and src.exists() else None),
+            "sha256": input_sha256 or (sha256_path(src) if src and src.exists() else None),
             "shape": list(dataset.shape),
             "calibration": dataset.calibration.to_dict(),  # the values in use
             "calibration_given": dict(getattr(dataset, "calibration_given", {}) or {}),  # by the user: in use, file
@@ -207,7 +147,7 @@ def write_maps_hspy(path: str | os.PathLike, result, calibration: Calibration, p
     ]
     md = {"General": {"title": "polarization maps"},
           "Signal": {"quantity": "map"},
-          "polarstem": {"map_names": names, "provenance_json": json.dumps(prov, default=_json_default)}}
+          "polarstem": {"map_names": names, "provenance_json": json.dumps(prov, default=json_default)}}
     sig = hs.signals.Signal2D(stack, axes=axes, metadata=md)
     p = Path(path)
     with atomic_path(p) as tmp:
@@ -380,7 +320,7 @@ def save_checkpoint(outdir: str | os.PathLike, result, key: dict) -> Path:
     """Plain arrays (npz, no pickle) of the maps so far, and a key saying what they belong to."""
     p = Path(outdir) / CHECKPOINT
     arrays = {k: np.asarray(getattr(result, k)) for k in _CHECKPOINT_MAPS}
-    arrays["key"] = np.frombuffer(json.dumps(key, sort_keys=True, default=_json_default).encode(), dtype=np.uint8)
+    arrays["key"] = np.frombuffer(json.dumps(key, sort_keys=True, default=json_default).encode(), dtype=np.uint8)
     arrays["mode"] = np.frombuffer(result.mode.encode(), dtype=np.uint8)
     if getattr(result, "fingerprint", None) is not None:
         arrays["fingerprint"] = np.asarray(result.fingerprint)
@@ -400,7 +340,7 @@ def load_checkpoint(outdir: str | os.PathLike, key: dict, scan_shape) -> object 
     try:
         with np.load(p, allow_pickle=False) as z:
             saved = json.loads(bytes(z["key"]).decode())
-            if saved != json.loads(json.dumps(key, sort_keys=True, default=_json_default)):
+            if saved != json.loads(json.dumps(key, sort_keys=True, default=json_default)):
                 return None
             res = ClassificationResult.empty(tuple(scan_shape), mode=bytes(z["mode"]).decode(),
                                              model=key.get("model", ""), model_sha256=key.get("model_sha256", ""))

@@ -19,7 +19,8 @@ def write_polarization_maps(path: str, layer_data: list[tuple]) -> list[str]:
     probabilities, provenance) is exported; otherwise the maps on screen are written as calibrated TIFFs.
     """
     from ..errors import PolarstemError
-    from ..export import MAP_FILES, export_result, write_json, write_map
+    from ..export import MAP_FILES, export_result, write_map
+    from ..fileio import write_json
     from ..io import Calibration
 
     by_name = {meta.get("name"): (data, meta, kind) for data, meta, kind in layer_data}

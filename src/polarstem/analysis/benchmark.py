@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelFileError, PolarstemError
+from .report import best_model, write_report
 
 DEFAULT_CORRUPTIONS = {
     "dose": [1.0e5, 3.0e4, 1.0e4],  # electrons per pattern
@@ -427,8 +428,6 @@ def scan_phase_analysis(scan, model: str, cfg: BenchmarkConfig, mode: str = "pat
 
 def run_benchmark(cfg: BenchmarkConfig, out_dir, log=print) -> dict:
     """Run everything the config asks for, write REPORT_DIR (report.md, results.json, CSVs, PNGs)."""
-    from .report import write_report
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _set_threads(cfg.threads)
@@ -763,20 +762,6 @@ def _run_trust(cfg, models, results, log) -> None:
         results["out_of_scope"] = out_of_scope_rows(names, cfg.out_of_scope, log)
 
 
-def best_model(results: dict, mode: str | None = None) -> tuple[str, str] | None:
-    """(model, mode) with the highest ideal in-range accuracy (or the first benchmarked model)."""
-    primary = results.get("primary_set")
-    rows = [r for r in results["accuracy"] if r["condition"] == "ideal" and r["set"] in (primary, "in_range", "all")
-            and (mode is None or r["mode"] == mode) and r.get("accuracy") is not None]
-    if rows:
-        r = max(rows, key=lambda r: r["accuracy"])
-        return r["model"], r["mode"]
-    for e in results["models"]:
-        if mode is None or mode in e["modes"]:
-            return e["name"], mode or e["modes"][0]
-    return None
-
-
 def _run_domain_gap(cfg, out, results, log) -> None:
     from .domain_gap import embedding_map, plot_embedding_map
 
@@ -813,32 +798,6 @@ def _run_domain_gap(cfg, out, results, log) -> None:
         emap.to_csv(out / f"{stem}.csv")
         results["domain_gap"].append(emap.summary() | {"figure": f"{stem}.png", "csv": f"{stem}.csv"})
         log(f"  domain gap {Path(d).name}: {name}/{mode}, outside training {emap.outside_fraction}")
-
-
-def save_json(obj, path) -> None:
-    def default(o):
-        if isinstance(o, (np.integer,)):
-            return int(o)
-        if isinstance(o, (np.floating,)):
-            return None if not np.isfinite(o) else float(o)
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, Path):
-            return str(o)
-        return str(o)
-
-    def clean(o):
-        if isinstance(o, float) and not np.isfinite(o):
-            return None if np.isnan(o) else ("inf" if o > 0 else "-inf")
-        if isinstance(o, dict):
-            return {str(k): clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        return o
-
-    tmp = Path(path).with_name(Path(path).name + ".partial")
-    tmp.write_text(json.dumps(clean(obj), indent=1, default=default))
-    os.replace(tmp, path)
 
 
 __all__ = ["BenchmarkConfig", "run_benchmark", "select_models", "evaluate_folder", "best_model"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..classes import CLASS_NAMES, N_CLASSES
+from ..fileio import finite_json, write_json
 
 
 def _fmt(v, digits=3) -> str:
@@ -258,9 +259,21 @@ def fig_scan(maps: dict, path) -> Path:
 # the report
 
 
-def write_report(results: dict, figures: dict, out: Path) -> Path:
-    from .benchmark import best_model, save_json
+def best_model(results: dict, mode: str | None = None) -> tuple[str, str] | None:
+    """(model, mode) with the highest ideal in-range accuracy (or the first benchmarked model)."""
+    primary = results.get("primary_set")
+    rows = [r for r in results["accuracy"] if r["condition"] == "ideal" and r["set"] in (primary, "in_range", "all")
+            and (mode is None or r["mode"] == mode) and r.get("accuracy") is not None]
+    if rows:
+        r = max(rows, key=lambda r: r["accuracy"])
+        return r["model"], r["mode"]
+    for e in results["models"]:
+        if mode is None or mode in e["modes"]:
+            return e["name"], mode or e["modes"][0]
+    return None
 
+
+def write_report(results: dict, figures: dict, out: Path) -> Path:
     out = Path(out)
     figs = {}
     for name, fn in (("sets", fig_sets), ("corruptions", fig_corruptions), ("positions", fig_positions),
@@ -284,7 +297,7 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
     for maps in figures.get("scan_maps", []):
         scan_figs.append(fig_scan(maps, out / f"scan_{maps['scan']}_{maps['model']}_{maps.get('mode', '')}.png").name)
 
-    save_json(results, out / "results.json")
+    write_json(out / "results.json", finite_json(results), indent=1)
     acc_fields = ["model", "mode", "set", "condition", "strength", "accuracy", "n", "unclassified",
                   "informative_fraction", "accuracy_informative", "patterns_per_s", "per_class"]
     _write_csv(out / "accuracy.csv", results["accuracy"], acc_fields)

@@ -16,13 +16,13 @@ each as a labeled folder in the conventions' format (``data.npy`` + calibration 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import PolarstemError
+from ..fileio import save_npy, write_json
 from ..io import Calibration, Dataset4D, load
 
 
@@ -201,23 +201,17 @@ def write_testset(folder, frames: np.ndarray, labels: np.ndarray, calibration: C
     m = frames.shape[1] if frames.ndim == 4 else 1
     data = np.ascontiguousarray(np.asarray(frames, np.float32).reshape((n, m) + frames.shape[-2:]))
 
-    def save(name, arr):
-        tmp = folder / f"{name}.{os.getpid()}.partial"
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-        os.replace(tmp, folder / name)
-
-    save("data.npy", data)
+    save_npy(folder / "data.npy", data)
     cal = calibration.to_dict()
     cal["scan_step_nm"] = [None, None]  # independent patterns, not a scan
-    (folder / "data.json").write_text(json.dumps(cal))
-    save("labels.npy", np.repeat(np.asarray(labels, np.int8).reshape(n, 1), m, axis=1))
+    write_json(folder / "data.json", cal, indent=None)
+    save_npy(folder / "labels.npy", np.repeat(np.asarray(labels, np.int8).reshape(n, 1), m, axis=1))
     for name, arr in (per_pattern or {}).items():
         if arr is not None:
             a = np.asarray(arr)
-            save(f"{name}.npy", np.repeat(a.reshape((n, 1) + a.shape[1:]), m, axis=1))
+            save_npy(folder / f"{name}.npy", np.repeat(a.reshape((n, 1) + a.shape[1:]), m, axis=1))
     layout = "rows = independent inputs, 1 col" if m == 1 else f"rows = independent cells, {m} probe positions each"
     manifest = {"format": "polarstem-testset", "data_file": "data.npy", "layout": layout,
                 "n": n, **(info or {})}
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+    write_json(folder / "manifest.json", manifest, indent=1)
     return folder

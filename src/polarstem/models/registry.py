@@ -9,13 +9,13 @@ models (the CLI, the napari model picker) stays instant.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
 from pathlib import Path
 
 from ..errors import ModelFileError, PolarstemError
+from ..fileio import sha256_file, write_json
 
 MODES = ("pattern", "cell")
 
@@ -43,14 +43,6 @@ def weights_dir() -> Path:
     """The folder of the shipped weights (inside the package), or ``$POLARSTEM_WEIGHTS`` when set."""
     env = os.environ.get("POLARSTEM_WEIGHTS")
     return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_index(folder: Path | None = None) -> dict:
@@ -81,9 +73,7 @@ def write_index(folder: Path | None = None) -> dict:
             "sha256": sha256_file(wfile), "bytes": wfile.stat().st_size,
         }
     index = {"format": 1, "files": files}
-    tmp = folder / f"index.json.{os.getpid()}.partial"
-    tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(tmp, folder / "index.json")  # two trainings may finish at once: never a half-written index
+    write_json(folder / "index.json", index, indent=1)  # two trainings may finish at once: never a half index
     return index
 
 

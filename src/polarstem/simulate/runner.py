@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PolarstemError
+from ..fileio import save_npy, write_json
 from .config import DEFAULTS
 from .multislice import Optics, detector_geometry, reciprocal_detector
 from .structures import O_SITES, domain_cells, variant_for_class
@@ -327,24 +327,6 @@ def run_task(task: dict) -> np.ndarray:
 # output folder
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    def w(tmp):
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-
-    _atomic_write(path, w)
-
-
-def _save_json(path: Path, obj) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
-
-
 def _create_data_file(path: Path, shape, chunk_rows: int, calibration, title: str):
     """An empty calibrated .zspy of the full shape (chunks of whole task blocks, fill value 0)."""
     import zarr
@@ -449,17 +431,17 @@ def simulate(cfg: dict, out: str | Path, workers: int = 1, scheduler: str | None
         if tuple(data.shape) != tuple(p["shape"]):  # more or fewer training structures than before
             data.resize(tuple(p["shape"]))
             _set_axis_sizes(out / DATA_FILE, p["shape"][:2])
-        _save_json(progress_path, {"config_hash": h, "resume_hash": rh, "done": sorted(done)})
+        write_json(progress_path, {"config_hash": h, "resume_hash": rh, "done": sorted(done)}, indent=1)
     else:
         out.mkdir(parents=True, exist_ok=True)
         data = _create_data_file(out / DATA_FILE, p["shape"], p["chunk_rows"], cal,
                                  title=f"KNN simulation ({cfg['kind']})")
-        _save_json(progress_path, {"config_hash": h, "resume_hash": rh, "done": []})
+        write_json(progress_path, {"config_hash": h, "resume_hash": rh, "done": []}, indent=1)
     arrays = p["arrays"]
     full_labels = arrays["labels"]
     for name, arr in arrays.items():
         if name != "labels":
-            _save_npy(out / f"{name}.npy", arr)
+            save_npy(out / f"{name}.npy", arr)
     row_done = np.zeros(p["shape"][0], bool)
     for t in p["tasks"]:
         if t["index"] in done:
@@ -467,7 +449,7 @@ def simulate(cfg: dict, out: str | Path, workers: int = 1, scheduler: str | None
 
     def write_labels():
         lab = np.where(row_done[:, None], full_labels, np.int8(-1)).astype(np.int8)
-        _save_npy(out / "labels.npy", lab)
+        save_npy(out / "labels.npy", lab)
 
     manifest = {
         "format": "polarstem-simulation", "format_version": FORMAT_VERSION, "data_file": DATA_FILE,
@@ -481,10 +463,9 @@ def simulate(cfg: dict, out: str | Path, workers: int = 1, scheduler: str | None
     }
     if cfg["kind"] == "training":
         manifest["structures"] = "structures.json"
-        _save_json(out / "structures.json", [{k: t[k] for k in ("index", "class", "variant", "a", "nb_shift",
-                                                                  "exit_cells", "optics", "structure_seed",
-                                                                  "acquisitions") if k in t}
-                                             | {"phonon_seed": t["phonons"]["seed"]} for t in p["tasks"]])
+        keys = ("index", "class", "variant", "a", "nb_shift", "exit_cells", "optics", "structure_seed", "acquisitions")
+        structures = [{k: t[k] for k in keys if k in t} | {"phonon_seed": t["phonons"]["seed"]} for t in p["tasks"]]
+        write_json(out / "structures.json", structures, indent=1)
     else:
         manifest["cell_labels"] = p["cell_labels"]
         manifest["thickness_nm"] = p["thickness_nm"]
@@ -493,7 +474,7 @@ def simulate(cfg: dict, out: str | Path, workers: int = 1, scheduler: str | None
         manifest["status"] = status
         manifest["tasks_done"] = len(done)
         manifest["patterns_done"] = int(row_done.sum()) * p["shape"][1]
-        _save_json(out / "manifest.json", manifest)
+        write_json(out / "manifest.json", manifest, indent=1)
 
     write_labels()
     write_manifest("running" if len(done) < len(p["tasks"]) else "complete")
@@ -514,7 +495,7 @@ def simulate(cfg: dict, out: str | Path, workers: int = 1, scheduler: str | None
         data[r0:r1] = np.asarray(block, np.float32)
         done.add(task["index"])
         row_done[r0:r1] = True
-        _save_json(progress_path, {"config_hash": h, "resume_hash": rh, "done": sorted(done)})
+        write_json(progress_path, {"config_hash": h, "resume_hash": rh, "done": sorted(done)}, indent=1)
         write_labels()
         n_new += 1
         if n_new % 10 == 0:
@@ -533,7 +514,7 @@ def simulate(cfg: dict, out: str | Path, workers: int = 1, scheduler: str | None
     elapsed = time.perf_counter() - t0
     manifest["last_run"] = {"seconds": elapsed, "tasks": n_new, "workers": workers, "scheduler": scheduler,
                             "patterns_per_s": n_new * p["chunk_rows"] * p["shape"][1] / elapsed if elapsed else None}
-    _save_json(out / "manifest.json", manifest)
+    write_json(out / "manifest.json", manifest, indent=1)
     return manifest
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PolarstemError
+from ..fileio import write_text
 
 
 @dataclass
@@ -48,7 +49,7 @@ class EmbeddingMap:
             lines.append(f"train,{x:.5g},{y:.5g},{int(k)},,,")
         for (x, y), k, c, (r, q) in zip(self.user_xy, self.user_class, self.user_confidence, self.user_positions):
             lines.append(f"user,{x:.5g},{y:.5g},{int(k)},{c:.4f},{int(r)},{int(q)}")
-        Path(path).write_text("\n".join(lines) + "\n")
+        write_text(path, "\n".join(lines) + "\n")
 
 
 #: The canonical training set, where ``polarstem simulate`` puts it in a source checkout (configs/train/).

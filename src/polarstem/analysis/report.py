@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..classes import CLASS_NAMES, N_CLASSES
-from ..fileio import finite_json, write_json
+from ..fileio import atomic_path, finite_json, write_json, write_text
 
 
 def _fmt(v, digits=3) -> str:
@@ -33,7 +33,7 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
-    with open(path, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for r in rows:
@@ -486,6 +486,4 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
                "the data are not polar KNN at [001].", "", out_of_scope_table(results["out_of_scope"]), ""]
     md += ["## Raw numbers", "", "`results.json` (everything), `accuracy.csv`, `speed.csv`, `thickness.csv`, `tilt.csv`, "
            "`scans.csv`, `domain_gap_*.csv`.", ""]
-    p = out / "report.md"
-    p.write_text("\n".join(md))
-    return p
+    return write_text(out / "report.md", "\n".join(md))

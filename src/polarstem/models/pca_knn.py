@@ -12,6 +12,7 @@ import numpy as np
 
 from ..classes import N_CLASSES
 from ..errors import ModelFileError
+from ..fileio import atomic_path
 from .base import BaseModel, _softmax
 
 
@@ -59,7 +60,7 @@ def save_npz(pipe, path, extra: dict | None = None) -> None:
     arrays = pipeline_arrays(pipe)
     for k, v in (extra or {}).items():
         arrays[k] = np.asarray(v)
-    with open(path, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PolarstemError
+from ..fileio import save_npy, write_json
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,12 @@ def experiment_like(src, out, recording: Recording = Recording()) -> Path:
          title=f"experiment-like {src.name}")
     for name in ("labels.npy", "defects.npy"):
         if (src / name).exists():
-            np.save(out / name, np.load(src / name, allow_pickle=False), allow_pickle=False)
+            save_npy(out / name, np.load(src / name, allow_pickle=False))
     manifest = {"format": "polarstem-experiment-like", "data_file": "data.hspy", "source": str(src.resolve()),
                 "recording": asdict(r), "detector_mrad_per_px": det_mrad}
     if (src / "manifest.json").exists():
         manifest["source_manifest"] = json.loads((src / "manifest.json").read_text())
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    write_json(out / "manifest.json", manifest, indent=1)
     return out
 
 

@@ -12,6 +12,9 @@ APT_PACKAGES := xvfb xauth libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb
 # run under a virtual display when there is no real one
 XRUN := $(if $(DISPLAY),,xvfb-run -a -s "-screen 0 1600x1000x24")
 DEMO_OUT ?= demo_output
+TORCH_VERSION := 2.13.0
+# PyTorch's own index of CPU-only wheels (PyPI's Linux torch is the multi-GB CUDA build)
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
 
 .PHONY: venv system-deps test demo clean lint
@@ -21,11 +24,14 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	@# CPU build of PyTorch unless a GPU is present (a bare `torch` pulls a multi-GB CUDA build)
+	@# CPU build of PyTorch unless a GPU is present: from PyTorch's CPU index when it answers within
+	@# seconds, else from the default index (which may serve a CPU build itself, as a local mirror does)
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
 		$(PIP) install -q "torch>=2.3"; \
 	else \
-		$(PIP) install -q "torch==2.13.0"; \
+		$(PIP) install -q --index-url $(TORCH_CPU_INDEX) --timeout 5 --retries 0 "torch==$(TORCH_VERSION)" \
+		|| { echo "PyTorch CPU index not reachable: torch $(TORCH_VERSION) from the default index"; \
+		     $(PIP) install -q "torch==$(TORCH_VERSION)"; }; \
 	fi
 	$(PIP) install -q -e ".[testing]"
 	@# Qt binding: PyQt6 (napari deprecates PyQt5, and qtpy would still prefer a PyQt5 left by an older install)
@@ -47,6 +53,9 @@ test: venv system-deps
 demo: venv system-deps
 	$(XRUN) $(VENV)/bin/polarstem demo -o $(DEMO_OUT)
 	@echo "demo outputs in $(DEMO_OUT)/"
+
+lint: venv
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache build dist src/*.egg-info

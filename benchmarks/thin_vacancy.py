@@ -134,7 +134,8 @@ def main(argv=None) -> int:
     if a.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print("| scan | phonon configs | feature | clean spread | vacancy offset | offset / spread | AUC per position | AUC per cell (vac / clean cells) |")
+    print("| scan | phonon configs | feature | clean spread | vacancy offset | offset / spread | AUC per position "
+          "| AUC per cell (vac / clean cells) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         for name in ("pattern", "pattern/4", "embedding"):

@@ -16,7 +16,7 @@ import pytest
 
 from polarstem.cli import main
 from polarstem.export import read_map
-from polarstem.io import load, save, Calibration
+from polarstem.io import Calibration, load, save
 
 POLARSTEM = [sys.executable, "-m", "polarstem.cli"]
 CAL_FLAGS = ["--beam-energy", "300", "--convergence", "21.5", "--mrad-per-px", "0.9", "--scan-step", "0.35"]

@@ -1,11 +1,20 @@
 """The corruptions do what they say: totals, shifts, conservation, determinism."""
 
 import numpy as np
-import pytest
 
 from polarstem.simulate.corruptions import (
-    Compose, DescanShift, DetectorBlur, EllipticalDistortion, HotDeadPixels, InelasticBackground,
-    PixelGain, PoissonDose, PsfTails, ReadoutNoise, Resample, random_experimental,
+    Compose,
+    DescanShift,
+    DetectorBlur,
+    EllipticalDistortion,
+    HotDeadPixels,
+    InelasticBackground,
+    PixelGain,
+    PoissonDose,
+    PsfTails,
+    ReadoutNoise,
+    Resample,
+    random_experimental,
 )
 
 

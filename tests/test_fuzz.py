@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -17,7 +16,6 @@ from polarstem.cli import main
 from polarstem.errors import PolarstemError
 from polarstem.io import load
 from polarstem.virtual import virtual_image
-
 from tests.conftest import _realdata_root
 
 RS = _realdata_root() / "rosettasciio"

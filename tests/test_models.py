@@ -169,7 +169,7 @@ def test_friedel_channel_is_the_antisymmetric_part():
         seen = {}
         first = next(m for m in net.backbone if isinstance(m, torch.nn.Conv2d))
         assert first.in_channels == 2
-        first.register_forward_hook(lambda m, inp, out: seen.update(x=inp[0]))
+        first.register_forward_hook(lambda m, inp, out, seen=seen: seen.update(x=inp[0]))
         x = torch.rand(2, 1, 48, 48)
         sym = x + torch.flip(x, dims=(-2, -1))  # centrosymmetric about the grid centre
         net(sym)

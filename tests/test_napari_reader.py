@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
-from polarstem.io import load
 from polarstem._napari import _reader
 from polarstem._napari._state import DATASET_KEY, dataset_of, state_for
+from polarstem.io import load
 
 PLUGIN = "napari-polarstem"
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from qtpy.QtCore import QTimer
 
-from polarstem.io import Dataset4D, load
 from polarstem._napari import _workers
 from polarstem._napari._reader import virtual_image_layer
 from polarstem._napari._state import dataset_of, state_for
 from polarstem._napari._widget import VirtualDetectorWidget
+from polarstem.io import Dataset4D, load
 
 PLUGIN = "napari-polarstem"
 TIMEOUT = 20000

@@ -317,7 +317,7 @@ def test_map_frame_blocks_order_progress_cancel_and_errors(tmp_path):
     ev = threading.Event()
     seen = []
     with pytest.raises(Cancelled):
-        for r, c, _ in map_frame_blocks(ds, lambda b: 0, workers=2, cancel=ev):
+        for r, _c, _ in map_frame_blocks(ds, lambda b: 0, workers=2, cancel=ev):
             seen.append(r)
             ev.set()
     assert len(seen) == 1

@@ -19,9 +19,9 @@ import sys
 import threading
 import zlib
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -293,7 +293,7 @@ class ArrayBlocks:
         self.source = source
 
     @classmethod
-    def for_dataset(cls, dataset: Dataset4D) -> "ArrayBlocks | None":
+    def for_dataset(cls, dataset: Dataset4D) -> ArrayBlocks | None:
         src = array_source(dataset.data)
         module = type(src).__module__.split(".")[0]
         # types whose reads are safe from several threads at once (h5py serialises its own)
@@ -327,7 +327,7 @@ class MappedArray:
             raise ValueError("the file is shorter than the array")
 
     @classmethod
-    def for_dataset(cls, dataset: Dataset4D) -> "MappedArray | None":
+    def for_dataset(cls, dataset: Dataset4D) -> MappedArray | None:
         """The mapping for a whole ``.npy`` file (memory map or polarstem's reader) or a contiguous,
         unfiltered HDF5 dataset, as loaded; else None."""
         src = array_source(dataset.data)
@@ -445,7 +445,7 @@ class HDF5Chunks(_StoredChunks):
         self.filters = filters  # pipeline order, as written
 
     @classmethod
-    def for_dataset(cls, dataset: Dataset4D) -> "HDF5Chunks | None":
+    def for_dataset(cls, dataset: Dataset4D) -> HDF5Chunks | None:
         src = array_source(dataset.data)
         if not type(src).__module__.startswith("h5py") or getattr(src, "chunks", None) is None:
             return None
@@ -480,7 +480,7 @@ class ZarrChunkFiles(_StoredChunks):
     """Blocks of an uncompressed zarr array in a directory store: each chunk file is memory-mapped (no copy)."""
 
     @classmethod
-    def for_dataset(cls, dataset: Dataset4D) -> "ZarrChunkFiles | None":
+    def for_dataset(cls, dataset: Dataset4D) -> ZarrChunkFiles | None:
         src = array_source(dataset.data)
         if type(src).__module__.split(".")[0] != "zarr":
             return None

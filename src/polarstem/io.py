@@ -65,7 +65,7 @@ class Calibration:
         """(row, col) step for napari's ``scale``: nm when known, else 1 (pixels)."""
         return tuple(1.0 if s is None else float(s) for s in self.scan_step_nm)  # type: ignore[return-value]
 
-    def with_(self, **changes: Any) -> "Calibration":
+    def with_(self, **changes: Any) -> Calibration:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -129,7 +129,7 @@ class Dataset4D:
             "nbytes": int(np.prod(self.shape)) * self.dtype.itemsize,
         }
 
-    def subset(self, rows: slice, cols: slice) -> "Dataset4D":
+    def subset(self, rows: slice, cols: slice) -> Dataset4D:
         """A lazy view of part of the scan with the same calibrations."""
         return replace(self, data=self.data[rows, cols])
 

@@ -33,8 +33,8 @@ from ..classes import CLASS_NAMES, N_CLASSES, direction_colors
 from ..export import ANOMALY_MEANING, ANOMALY_OUTLINE, UNCERTAIN_RGBA
 from ._calibration import CalibrationForm
 from ._classify_worker import ClassifyDone, ClassifyPartial, classify_updates
-from ._layout import scrolling_body
 from ._layers import OUTLINE_RGBA, class_label, shapes_to_mask, show_result
+from ._layout import scrolling_body
 from ._state import dataset_of, dataset_picker, follow_layer_list, set_calibration, state_events
 from ._widget import dataset_status, pattern_image
 from ._workers import JobFailed, Progress
@@ -203,9 +203,10 @@ class PolarizationMapWidget(QWidget):
                                   "slower, more accurate")
         self.walls_check = QCheckBox("wall bands to domains")
         self.walls_check.setChecked(True)
-        self.walls_check.setToolTip("cell mode: give wall bands to their domains. A probe on a domain wall sees both domains and reads as their sum's "
-                                    "direction: thin bands of it between domains (or along the scan edge) "
-                                    "go to the adjacent domain; untick to see the model's raw map")
+        self.walls_check.setToolTip("cell mode: give wall bands to their domains. A probe on a domain wall sees "
+                                    "both domains and reads as their sum's direction: thin bands of it between "
+                                    "domains (or along the scan edge) go to the adjacent domain; untick to see the "
+                                    "model's raw map")
         self.roi_check = QCheckBox("ROIs:")
         self.roi_check.setToolTip("classify only the positions inside the shapes of this Shapes layer")
         self.run_button = QPushButton("Run")

@@ -33,7 +33,7 @@ class DatasetState:
     It holds its dataset weakly: the registry must not keep a closed file's data alive.
     """
 
-    dataset_ref: "weakref.ref[Dataset4D]"
+    dataset_ref: weakref.ref[Dataset4D]
     geometry: DetectorGeometry | None = None
     geometry_found: bool = True  # False: no bright-field disk found, geometry is the detector centre
     mean_pattern: np.ndarray | None = None  # full-scan mean, (det_rows, det_cols)

@@ -75,7 +75,7 @@ class BenchmarkConfig:
     keep_datasets: bool = False
 
     @classmethod
-    def from_yaml(cls, path) -> "BenchmarkConfig":
+    def from_yaml(cls, path) -> BenchmarkConfig:
         import yaml
 
         p = Path(path)
@@ -682,7 +682,7 @@ def _per_pattern_analyses(cfg, per_pattern, results) -> None:
         correct = (pred == y)[y >= 0]
         keep = y >= 0
 
-        def cat(key):
+        def cat(key, parts=parts, keep=keep):
             vals = [p[1].get(key) for p in parts]
             return None if any(v is None for v in vals) else np.concatenate(vals)[keep]
 

@@ -312,7 +312,7 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
     tilt_rows = [{"model": t["model"], "mode": t["mode"], **b} for t in results["tilt"] for b in t["bins"]]
     _write_csv(out / "tilt.csv", tilt_rows, ["model", "mode", "lo", "hi", "n", "accuracy"])
 
-    md = [f"# polarstem benchmark", "",
+    md = ["# polarstem benchmark", "",
           f"Generated {results['started']} in {results.get('seconds', 0):.0f} s on {results['machine']['cpus']} CPUs "
           f"({results['machine']['threads']} torch thread(s), device {results['machine']['device']}).",
           f"Weights: `{results.get('weights')}`; test data: `{', '.join(results.get('test_folders') or [str(results['config'].get('test'))])}`; "
@@ -455,7 +455,8 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
                    "periodic errors show as bins of low accuracy; the anomaly score should stay low there "
                    "(it compares each position with the others at the same place in the cell).", ""]
             for ph in results["scan_phases"]:
-                md += [f"**{ph['model']}** ({ph.get('mode_requested')}→{ph.get('mode')}) on `{Path(ph['scan']).name}` (lattice period {ph['lattice_period']} px; "
+                md += [f"**{ph['model']}** ({ph.get('mode_requested')}→{ph.get('mode')}) on `{Path(ph['scan']).name}` "
+                       f"(lattice period {ph['lattice_period']} px; "
                        f"median anomaly away from defects {_fmt(ph['anomaly_median_away'])}, at defects "
                        f"{_fmt(ph['anomaly_median_defects'])})", ""]
                 md += [_table(["bin", "n", "accuracy", "informative", "confidence", "anomaly"],

@@ -158,8 +158,16 @@ def corruption(kind: str, strength: float, patterns_per_input: int = 1):
     point-spread tails (0.2 s of the signal in a Lorentzian of 3 px), an uncorrected flat field (gain
     spread 0.05 s) and read noise of 2 s counts; a test of robustness beyond the augmentation.
     """
-    from ..simulate.corruptions import (Compose, DescanShift, DetectorBlur, InelasticBackground, PixelGain,
-                                        PoissonDose, PsfTails, ReadoutNoise)
+    from ..simulate.corruptions import (
+        Compose,
+        DescanShift,
+        DetectorBlur,
+        InelasticBackground,
+        PixelGain,
+        PoissonDose,
+        PsfTails,
+        ReadoutNoise,
+    )
 
     s = float(strength)
     if kind == "ideal":

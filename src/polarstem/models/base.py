@@ -74,7 +74,7 @@ class NetModel(BaseModel):
         return create_model(arch["arch"], prototype=arch.get("prototype"), **arch.get("kwargs", {}))
 
     @classmethod
-    def from_file(cls, path, card: dict) -> "NetModel":
+    def from_file(cls, path, card: dict) -> NetModel:
         """Load safetensors weights on CPU into the architecture the card names (strict shapes)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file

@@ -8,8 +8,8 @@ and the anomaly score use) and ``forward(x) -> (N, 8)`` logits. Build them by na
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..classes import N_CLASSES
 

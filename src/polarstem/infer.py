@@ -208,7 +208,7 @@ def classify_scan(
     calibration, notes = calibrate_from_patterns(dataset)
     background = None
     if lattice is None:  # cell windows need it, and the anomaly score's phase model in every mode
-        lattice, background = scan_lattice(dataset, cancel=cancel)
+        lattice, background = scan_lattice(dataset, progress=progress, cancel=cancel)
     mode = choose_mode(mode, dataset, lattice)
     if cell_method not in CELL_METHODS:
         raise PolarstemError(f"unknown cell method '{cell_method}' (use one of {', '.join(CELL_METHODS)})")
@@ -273,10 +273,15 @@ def classify_scan(
             _classify_on_cluster(result, dataset, name, weights_mode, roi, window, halo, chunk_bytes, bs, scheduler,
                                  prototypes, progress, cancel, on_block, vote, tta, calibration)
         else:
+            total = int(roi.sum()) if roi is not None else int(np.prod(dataset.scan_shape))
+            report = PositionProgress(progress, total)
             for block in iter_frame_blocks(
-                dataset, mask=roi, budget=chunk_bytes, progress=progress, cancel=cancel, halo=halo, transform=prepare,
+                dataset, mask=roi, budget=chunk_bytes, cancel=cancel, halo=halo, transform=prepare,
             ):
-                out = predict_block(model, block.prepared, bs, window, cancel, tta)
+                base, n_sel = report.done, int(block.prepared[0].sum())
+                out = predict_block(model, block.prepared, bs, window, cancel, tta,
+                                    on_batch=lambda k, n: report(base + n_sel * k // max(n, 1)))
+                report(base + n_sel, force=True)
                 if out.proba is None:
                     continue
                 _store(result, block.rows, block.cols, out, prototypes)
@@ -409,11 +414,28 @@ class BlockPrediction:
     votes: np.ndarray | None = None  # patterns pooled per position
 
 
-def predict_block(model, prepared, batch_size, window, cancel=None, tta=False) -> BlockPrediction:
+class PositionProgress:
+    """``progress(done, total)`` in scan positions, at most every ``interval`` seconds (and at the end)."""
+
+    def __init__(self, progress, total: int, interval: float = 0.25):
+        self.progress, self.total, self.interval = progress, int(total), interval
+        self.done, self._last = 0, 0.0
+        if progress:
+            progress(0, self.total)
+
+    def __call__(self, done: int, force: bool = False) -> None:
+        self.done = min(self.total, int(done))
+        now = time.monotonic()
+        if self.progress and (force or now - self._last >= self.interval):
+            self._last = now
+            self.progress(self.done, self.total)
+
+
+def predict_block(model, prepared, batch_size, window, cancel=None, tta=False, on_batch=None) -> BlockPrediction:
     """Predictions of one prepared block; a vote pools its window first (the fingerprint stays each
-    position's own)."""
+    position's own). ``on_batch(done, total)`` follows the block's forward passes."""
     sel, x, informative, usable, ctx, fp = prepared
-    proba, emb = predict_batches(model, x, batch_size, cancel, tta)
+    proba, emb = predict_batches(model, x, batch_size, cancel, tta, on_batch)
     abstention = getattr(model, "abstention", None)
     dist = abstention.distance(emb) if (abstention is not None and emb is not None) else None
     if proba is None or ctx is None:
@@ -522,17 +544,24 @@ def _pooled_proba(logp_sum, n):
     return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def predict_batches(model, x, batch_size, cancel=None, tta=False):
+def predict_batches(model, x, batch_size, cancel=None, tta=False, on_batch=None):
     """Probabilities and embeddings of preprocessed inputs, batch by batch (cancel between batches).
 
-    ``tta`` averages each input's log-probabilities over that many square-symmetry images (as much cost)."""
+    ``tta`` averages each input's log-probabilities over that many square-symmetry images (as much
+    cost); a batch holds ``batch_size`` images in all, so it takes about as long whatever ``tta`` is
+    (progress and cancel stay responsive). ``on_batch(done, total)`` follows the inputs done."""
+    from .models.symmetry import tta_elements
+
+    step = max(1, batch_size // len(tta_elements(tta)))
     probs, embs = [], []
-    for start in range(0, len(x), batch_size):
+    for start in range(0, len(x), step):
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled by the user")
-        out = model.predict(x[start : start + batch_size], tta=tta)
+        out = model.predict(x[start : start + step], batch_size=batch_size, tta=tta)
         probs.append(out["proba"])
         embs.append(out["embedding"])
+        if on_batch is not None:
+            on_batch(min(len(x), start + step), len(x))
     if not probs:
         return None, None
     return np.concatenate(probs).astype(np.float32), np.concatenate(embs).astype(np.float32)

@@ -116,7 +116,7 @@ def run_classification(file, output, model=None, mode="auto", roi=None, device="
         except Exception:  # noqa: BLE001 - an unknown model is reported by classify_scan below
             pass
     result = classify_scan(ds, model=model, mode=mode if previous is None else previous.mode, roi=roi_mask,
-                           device=device, batch_size=batch_size, progress=_tqdm_progress(f"classify ({model})"),
+                           device=device, batch_size=batch_size, progress=_tqdm_progress(f"classify ({model})", unit="pos"),
                            scheduler=scheduler, resume_from=previous, on_block=on_block, cell_method=cell_method,
                            tta=tta, wall_bands=wall_bands)
     if result.complete:

@@ -170,16 +170,20 @@ def _write_rgb(path: Path, rgb, calibration, provenance: dict) -> None:
         Image.fromarray(canvas).save(tmp, format="PNG")
 
 
-def _tqdm_progress(desc: str):
-    """A ``progress(done, total)`` callback drawing a tqdm bar on stderr."""
+def _tqdm_progress(desc: str, unit: str = "chunk"):
+    """A ``progress(done, total)`` callback drawing a tqdm bar on stderr (with rate and time left)."""
     from tqdm import tqdm
 
     state = {}
 
     def progress(done: int, total: int) -> None:
         bar = state.get("bar")
+        if bar is not None and bar.total != total:  # a new stage (a lattice pass, then the positions)
+            bar.close()
+            bar = None
         if bar is None:
-            bar = state["bar"] = tqdm(total=total, desc=desc, unit="chunk", file=sys.stderr, leave=False)
+            bar = state["bar"] = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False,
+                                      mininterval=0.5)
         bar.n = done
         bar.refresh()
         if done >= total:

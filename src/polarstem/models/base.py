@@ -114,17 +114,23 @@ class NetModel(BaseModel):
         """``proba`` (N, 8) temperature-scaled, ``embedding`` (N, D) float32, ``logits`` (N, 8).
 
         ``tta`` averages the log-probabilities over symmetry images of each pattern: True or 8 all
-        of them (8x slower), 2 the pattern and its 180° rotation, 4 the rotations (``tta_elements``).
+        of them (8x the work), 2 the pattern and its 180° rotation, 4 the rotations (``tta_elements``).
+        The images of a pattern go through the network in one stacked batch. The embedding is the
+        untransformed pattern's.
         """
-        logits, emb = self.logits_and_embedding(x, batch_size)
+        x = np.asarray(x, np.float32)
         elements = tta_elements(tta)
-        if len(elements) > 1 and len(x):
-            acc = np.zeros_like(logits)
-            for element in elements:
+        if len(elements) == 1 or not len(x):
+            logits, emb = self.logits_and_embedding(x, batch_size)
+        else:
+            stacked = np.concatenate([x if e == (0, False) else transform(x, e) for e in elements])
+            all_logits, all_emb = self.logits_and_embedding(stacked, batch_size)
+            n = len(x)
+            emb = all_emb[:n]
+            acc = np.zeros((n, all_logits.shape[1]), np.float64)
+            for i, element in enumerate(elements):
                 perm = class_permutation(element, self.generators)
-                lg = logits if element == (0, False) else \
-                    self.logits_and_embedding(transform(np.asarray(x, np.float32), element), batch_size)[0]
-                logp = np.log(_softmax(lg / self.temperature) + 1e-12)
+                logp = np.log(_softmax(all_logits[i * n:(i + 1) * n] / self.temperature) + 1e-12)
                 acc += logp[:, perm]  # column perm[k] of the transformed image = class k of the original
             logits = acc / len(elements) * self.temperature
         proba = _softmax(logits / self.temperature).astype(np.float32)

@@ -372,3 +372,16 @@ def test_uncompressed_zarr_chunk_files_are_mapped(tmp_path):
                            dtype=arr.dtype)
     compressed[:] = arr
     assert isinstance(block_reader(Dataset4D(data=da.from_zarr(compressed))), ArrayBlocks)
+
+
+def test_inflate_with_libdeflate_or_zlib(monkeypatch):
+    import sys
+    import zlib
+
+    from polarstem.chunks import _inflate
+
+    data = np.random.default_rng(0).poisson(3, 5000).astype(np.uint16).tobytes()
+    out = np.empty(len(data), np.uint8)
+    assert bytes(_inflate(zlib.compress(data, 4), out)) == data
+    monkeypatch.setitem(sys.modules, "imagecodecs", None)  # not installed: zlib
+    assert bytes(_inflate(zlib.compress(data, 4), out)) == data

@@ -248,15 +248,15 @@ def test_edge_preserving_vote_picks_the_most_consistent_window(scan, model):
     np.testing.assert_allclose(part.proba[roi], vote.proba[roi], atol=2e-5)
 
 
-def test_featureless_patterns_vote_but_broken_ones_do_not(tmp_path, model):
-    """A low-contrast ("featureless") pattern keeps its data and votes in its cell window (it is
-    classified 0.81 right on held-out data); a broken one (no counts) does not. The filter map flags
-    both; a window holding only featureless patterns is flagged uninformative but still voted."""
+def test_patterns_without_a_disk_do_not_vote_and_their_windows_abstain(tmp_path, model):
+    """A pattern whose detector edge is as bright as its disk (a faint disk on a uniform background:
+    there is no disk to centre or scale) and an empty one are broken: the filter map flags them, they
+    do not vote, and a cell window holding only such patterns is uncertain (-2)."""
     from polarstem.lattice import Lattice
 
     frames = disk_patterns(shape=(9, 9)).astype(np.float32)
     yy, xx = np.indices(frames.shape[2:])
-    faint = 20.0 * (np.hypot(yy - 32, xx - 32) < 64 / 6) + 130.0  # a disk only 1.15x brighter than around it
+    faint = 20.0 * (np.hypot(yy - 32, xx - 32) < 64 / 6) + 130.0  # a disk only 1.15x brighter than everywhere else
     frames[0:3, 0:3] = np.random.default_rng(1).poisson(faint, (3, 3) + faint.shape)
     frames[6, 6] = 0.0  # broken: empty
     np.save(tmp_path / "scan.npy", frames.astype(np.uint16))
@@ -264,14 +264,17 @@ def test_featureless_patterns_vote_but_broken_ones_do_not(tmp_path, model):
                                                    "convergence_mrad": 20}))
     lat = Lattice(period=(3.0, 3.0))
     pat = classify_scan(load(tmp_path / "scan.npy"), model=model, mode="pattern", device="cpu", lattice=lat)
-    assert not pat.informative[0:3, 0:3].any() and pat.usable[0:3, 0:3].all()
-    assert not pat.informative[6, 6] and not pat.usable[6, 6]
-    assert pat.informative.sum() == pat.usable.sum() - 9 == 81 - 10
+    broken = np.zeros((9, 9), bool)
+    broken[0:3, 0:3] = broken[6, 6] = True
+    np.testing.assert_array_equal(pat.usable, ~broken)
+    np.testing.assert_array_equal(pat.informative, ~broken)
+    assert (pat.classes[broken] == -2).all() and (pat.classes[~broken] >= 0).all()
     cell = classify_scan(load(tmp_path / "scan.npy"), model=model, mode="cell", device="cpu", lattice=lat,
                          cell_method="vote-centred", wall_bands=False)
-    np.testing.assert_allclose(cell.proba, _manual_vote(pat, lat.window), atol=2e-5)
-    assert not cell.informative[1, 1] and cell.informative[2, 2]  # (2, 2)'s window reaches informative ones
-    assert np.isfinite(cell.proba[1, 1]).all() and cell.done.all()
+    np.testing.assert_allclose(cell.proba[~broken], _manual_vote(pat, lat.window)[~broken], atol=2e-5)
+    assert not cell.usable[1, 1] and cell.classes[1, 1] == -2  # its window holds only broken patterns
+    assert cell.usable[2, 2] and cell.classes[2, 2] >= 0  # (2, 2)'s window reaches usable ones
+    assert cell.done.all()
 
 
 def test_edge_preserving_vote_keeps_a_domain_wall_sharp():

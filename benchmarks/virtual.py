@@ -3,6 +3,11 @@
     .venv/bin/python benchmarks/virtual.py [--gb 2] [--formats npy h5 zarr] [--kinds adf bf com multi]
     .venv/bin/python benchmarks/virtual.py --scaling 1 4 16      # time and peak memory against file size
 
+``--scaling`` writes a ``.npy`` of each size (ADF detector), times ``polarstem virtual`` in a fresh
+process (median of ``--rounds``, after a warm-up run; its peak resident memory, imports included)
+and, in this process, :func:`polarstem.virtual.virtual_image_list` against ``dask einsum`` with
+the largest rise of resident memory during each; ``ratio`` is the median of the per-round ratios.
+
 Writes a (rows, 128, 256, 256) uint16 scan of Poisson patterns (a bright-field disk that moves a
 little from pattern to pattern, on a background) of the given size in each format:
 
@@ -408,7 +413,7 @@ def scaling(sizes: list[float], tmp: Path, rounds: int) -> None:
 
     bank = frame_bank()
     print(f"{'file':>8s} {'shape':>22s} {'cli time':>9s} {'cli GB/s':>9s} {'cli peak RSS':>13s} "
-          f"{'in-process':>11s} {'dask einsum':>12s} {'ratio':>6s}")
+          f"{'in-process':>11s} {'+RSS':>8s} {'cores':>6s} {'dask einsum':>12s} {'+RSS':>8s} {'ratio':>6s}")
     for gb in sizes:
         npy = tmp / f"scan_{gb:g}gb.npy"
         write_npy(npy, scan_rows_for(gb), bank)
@@ -418,21 +423,29 @@ def scaling(sizes: list[float], tmp: Path, rounds: int) -> None:
         ds = load(npy)
         geometry = detector_geometry(ds)
         mask = planes_for([VirtualDetector("adf")], ds.detector_shape, geometry)[0]
-        ours, dask_t = [], []
+        ours, busy, ours_rss, dask_t, dask_rss, ratios = [], [], 0.0, [], 0.0, []
         for _ in range(rounds):
-            t0 = time.perf_counter()
-            virtual_image_list(ds, [VirtualDetector("adf")], geometry=geometry)
-            ours.append(time.perf_counter() - t0)
+            release_memory()
+            with PeakRSS() as mem:
+                t0, c0 = time.perf_counter(), time.process_time()
+                virtual_image_list(ds, [VirtualDetector("adf")], geometry=geometry)
+                ours.append(time.perf_counter() - t0)
+                busy.append((time.process_time() - c0) / ours[-1])
+            ours_rss = max(ours_rss, mem.added)
             a = load(npy).data  # plain reads: through np.load's memory map dask would hold the file in memory
-            t0 = time.perf_counter()
-            with threadpool_limits(1):
+            release_memory()
+            with PeakRSS() as mem, threadpool_limits(1):
+                t0 = time.perf_counter()
                 da.einsum("ijkl,kl->ij", a, mask).compute(scheduler="threads", num_workers=available_cores())
-            dask_t.append(time.perf_counter() - t0)
+                dask_t.append(time.perf_counter() - t0)
+            dask_rss = max(dask_rss, mem.added)
+            ratios.append(dask_t[-1] / ours[-1])
         t_cli = statistics.median(t for t, _ in cli)
         peak = max(p for _, p in cli)
         t_ours, t_dask = statistics.median(ours), statistics.median(dask_t)
         print(f"{nbytes / 1e9:7.2f}G {str(ds.shape):>22s} {t_cli:8.1f}s {nbytes / 1e9 / t_cli:9.2f} {peak:9.0f} MiB "
-              f"{nbytes / 1e9 / t_ours:8.2f}/s {nbytes / 1e9 / t_dask:9.2f}/s {t_dask / t_ours:5.2f}x", flush=True)
+              f"{nbytes / 1e9 / t_ours:8.2f}/s {ours_rss:5.0f} MiB {statistics.median(busy):6.2f} "
+              f"{nbytes / 1e9 / t_dask:9.2f}/s {dask_rss:5.0f} MiB {statistics.median(ratios):5.2f}x", flush=True)
         npy.unlink()
 
 

@@ -42,8 +42,8 @@ def test_remove_descan_takes_out_a_plane_and_keeps_the_rest():
     com = field + plane
     com[0, 3, 4] = np.nan  # a pattern with no counts
     corrected, coeffs = remove_descan(com)
-    np.testing.assert_allclose(corrected[1], field[1] - remove_descan(field)[0][1] * 0 - _plane_of(field[1]),
-                               atol=1e-12)
+    # what is left of the field is the field less its own best plane: the fit cannot tell the two apart
+    np.testing.assert_allclose(corrected[1], field[1] - _plane_of(field[1]), atol=1e-12)
     assert np.isnan(corrected[0, 3, 4])
     assert coeffs.shape == (2, 3)
     np.testing.assert_allclose(coeffs[1], [-1.0, 0.0, 0.03] + _coeffs_of(field[1]), atol=1e-12)

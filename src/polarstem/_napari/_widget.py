@@ -56,11 +56,12 @@ from ._workers import (
 )
 
 KIND_LABELS = {"bf": "bright field (BF)", "adf": "annular dark field (ADF)", "com": "centre of mass (CoM)"}
-COM_COMPONENTS = ("magnitude", "x", "y")
+#: "vectors": the DPC view, descan plane removed, hue = direction, brightness = length (polarstem.com_vectors)
+COM_COMPONENTS = ("magnitude", "x", "y", "vectors")
 #: Side of the pattern view (px): beside the detector controls, so the dock stays short.
 PATTERN_SIZE = 170
 #: Suffix of each virtual-image layer's name, after the opened layer's ("scan.mib · ADF").
-LAYER_SUFFIX = {"bf": "BF", "adf": "ADF", "com": "CoM"}
+LAYER_SUFFIX = {"bf": "BF", "adf": "ADF", "com": "CoM", "com-vectors": "CoM vectors"}
 #: ``layer.metadata`` key of the kind of virtual image a layer holds.
 KIND_KEY = "polarstem_virtual_kind"
 
@@ -498,7 +499,8 @@ class VirtualDetectorWidget(QWidget):
         if layer is None:
             return
         state = state_for(dataset_of(layer))
-        if state.com is not None and self.virtual_layer(layer, "com") is not None:
+        shown = [self.virtual_layer(layer, kind) for kind in ("com", "com-vectors")]
+        if state.com is not None and any(ly is not None for ly in shown):
             self._put_image(layer, VirtualDetector("com"), state.com)
 
     def _draw(self) -> None:
@@ -652,7 +654,9 @@ class VirtualDetectorWidget(QWidget):
                 state.com = update.image
             if layer in self.viewer.layers:
                 self._put_image(layer, update.detector, update.image)
-            text = f"{layer.name}: {self._shown_label(update.detector)} in layer '{self._layer_name(layer, update.detector.kind)}'"
+            kind = update.detector.kind
+            kind = "com-vectors" if kind == "com" and self.component_combo.currentText() == "vectors" else kind
+            text = f"{layer.name}: {self._shown_label(update.detector)} in layer '{self._layer_name(layer, kind)}'"
             if self.edge_warning and update.detector.kind != "com":
                 text += f"\n⚠ {self.edge_warning}"
             self.status_label.setText(text)
@@ -680,6 +684,9 @@ class VirtualDetectorWidget(QWidget):
     def _put_image(self, base, det: VirtualDetector, image: np.ndarray) -> None:
         """Show the image in its kind's layer beside ``base`` (made on first use, then updated in place)."""
         component = self.component_combo.currentText()
+        if det.kind == "com" and component == "vectors":
+            self._put_vectors(base, det, image)
+            return
         if det.kind == "com":
             image = com_component(image, component)
         image = np.asarray(image, dtype=np.float32)
@@ -700,6 +707,20 @@ class VirtualDetectorWidget(QWidget):
         if limits:
             layer.contrast_limits = limits
         layer.colormap = colormap
+
+    def _put_vectors(self, base, det: VirtualDetector, com: np.ndarray) -> None:
+        """The CoM as RGB vectors (descan plane removed) in its own RGB layer beside ``base``."""
+        from ..com_vectors import remove_descan, vector_rgb
+
+        rgb = vector_rgb(*remove_descan(com)[0])
+        layer = self.virtual_layer(base, "com-vectors")
+        if layer is not None:
+            layer.data = rgb
+            return
+        self.viewer.add_image(rgb, rgb=True, name=self._layer_name(base, "com-vectors"), scale=tuple(base.scale)[-2:],
+                              units=tuple(base.units)[-2:],
+                              metadata={SOURCE_KEY: dataset_of(base), KIND_KEY: "com-vectors",
+                                        DETECTOR_KEY: self._shown_label(det)})
 
     def _on_finished(self) -> None:
         done_layer = self._worker_layer

@@ -69,7 +69,8 @@ def main() -> None:
             cell, mapping = best_agreement(pred, labels)
             shuffled = np.median([best_agreement(pred, rng.permutation(labels.ravel()).reshape(labels.shape))[0]
                                   for _ in range(20)])
-            lat = "none" if vm.lattice is None else f"{vm.lattice.period[0]:.2f} x {vm.lattice.period[1]:.2f} px ({vm.lattice.source})"
+            lat = vm.lattice
+            lat = "none" if lat is None else f"{lat.period[0]:.2f} x {lat.period[1]:.2f} px ({lat.source})"
             cell_txt = f"{cell:.2f} ({mapping})" if vm.cell_vectors is not None else "-"
             print(f"{scan.name:38s} {name:12s} {per:14.2f} {cell_txt:>14s} {shuffled:9.2f}  {lat}", flush=True)
 

@@ -379,8 +379,10 @@ def bench(fmt: str, path: Path, kinds: list[str], rounds: int) -> list[dict]:
 
 def print_rows(rows: list[dict]) -> None:
     r0 = rows[0]
-    print(f"\n{r0['format']} {r0['kind']}: {tuple(r0['shape'])} uint16, {r0['gb']:.2f} GB, median of {r0['rounds']} rounds")
-    print(f"  {'method':34s} {'time':>8s} {'GB/s':>7s} {'ratio':>7s} {'cores':>6s} {'peak +RSS':>10s} {'max rel diff':>13s}")
+    print(f"\n{r0['format']} {r0['kind']}: {tuple(r0['shape'])} uint16, {r0['gb']:.2f} GB, "
+          f"median of {r0['rounds']} rounds")
+    print(f"  {'method':34s} {'time':>8s} {'GB/s':>7s} {'ratio':>7s} {'cores':>6s} {'peak +RSS':>10s} "
+          f"{'max rel diff':>13s}")
     for r in rows:
         print(f"  {r['method']:34s} {r['seconds']:7.2f}s {r['gb_per_s']:7.2f} {r['ratio_to_best_dask']:6.2f}x "
               f"{r['cores_busy']:6.2f} {r['peak_added_rss_mib']:7.0f} MiB {r['max_rel_diff']:13.1e}", flush=True)

@@ -324,7 +324,8 @@ def test_map_frame_blocks_order_progress_cancel_and_errors(tmp_path):
     # a corrupt chunk: a one-line error from the worker, not a traceback from a thread
     import zarr
 
-    z = zarr.open(str(tmp_path / "scan.zarr"), mode="w", shape=arr.shape, chunks=(1, 4) + arr.shape[2:], dtype=arr.dtype)
+    z = zarr.open(str(tmp_path / "scan.zarr"), mode="w", shape=arr.shape, chunks=(1, 4) + arr.shape[2:],
+                  dtype=arr.dtype)
     z[:] = arr
     chunk = bytearray((tmp_path / "scan.zarr" / "5.0.0.0").read_bytes())
     chunk[32:] = bytes(len(chunk) - 32)  # header intact (the store looks whole), payload zeroed

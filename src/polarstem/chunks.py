@@ -268,7 +268,8 @@ def array_source(data) -> object | None:
         source = layers[f"original-{name}"][f"original-{name}"]
     except (KeyError, TypeError):
         return None
-    if tuple(getattr(source, "shape", ())) != tuple(data.shape) or np.dtype(getattr(source, "dtype", None)) != data.dtype:
+    shape, dtype = getattr(source, "shape", None), getattr(source, "dtype", None)
+    if shape is None or dtype is None or tuple(shape) != tuple(data.shape) or np.dtype(dtype) != data.dtype:
         return None
     return source
 
@@ -414,7 +415,8 @@ class _StoredChunks:
 
     def read(self, rows: slice, cols: slice) -> np.ndarray:
         cy, cx = self.chunk[:2]
-        if rows.start % cy == 0 and cols.start % cx == 0 and rows.stop - rows.start <= cy and cols.stop - cols.start <= cx:
+        one_chunk = rows.stop - rows.start <= cy and cols.stop - cols.start <= cx
+        if one_chunk and rows.start % cy == 0 and cols.start % cx == 0:
             return self._chunk((rows.start, cols.start))[: rows.stop - rows.start, : cols.stop - cols.start]
         shape = (rows.stop - rows.start, cols.stop - cols.start) + self.shape[2:]
         buf = getattr(self._local, "buf", None)
@@ -548,8 +550,8 @@ def _unshuffle(raw: np.ndarray, dtype: np.dtype, out: np.ndarray | None = None) 
 
 def _read_error(dataset: Dataset4D, rows, cols, exc: BaseException) -> PolarstemError:
     msg = " ".join(str(exc).split())[:200] or type(exc).__name__
-    return PolarstemError(f"{dataset.source or 'dataset'}: cannot read scan data at rows {_span(rows)}, cols {_span(cols)} "
-                          f"(truncated or corrupt file? {msg})")
+    return PolarstemError(f"{dataset.source or 'dataset'}: cannot read scan data at rows {_span(rows)}, "
+                          f"cols {_span(cols)} (truncated or corrupt file? {msg})")
 
 
 def _check(cancel: threading.Event | None) -> None:

@@ -224,3 +224,41 @@ def test_evaluate_pattern_mode_averages_8_images_at_any_size(tmp_path, capsys, m
     assert json.loads(capsys.readouterr().out)["tta"] == 2
     assert main(["evaluate", str(sample), "--model", "cnn", "--mode", "cell", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["tta"] == 2  # cell mode: as classify
+
+
+def test_ctrl_c_keeps_the_finished_work_and_resume_completes_it(tmp_path):
+    """The first Ctrl-C stops after the current batch (also inside the first block): the partial maps
+    and a checkpoint are written, exit status 130; --resume classifies only the rest. Progress is
+    reported in positions, with a rate."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_infer import disk_patterns
+
+    np.save(tmp_path / "scan.npy", disk_patterns((40, 40)))  # one block: the stop lands inside it
+    (tmp_path / "scan.json").write_text(json.dumps({"scan_step_nm": 0.1, "mrad_per_px": 1.2,
+                                                     "beam_energy_kev": 200, "convergence_mrad": 20}))
+    out = tmp_path / "maps"
+    cmd = [sys.executable, "-m", "polarstem.cli", "classify", str(tmp_path / "scan.npy"), "--model", "cnn",
+           "--mode", "pattern", "--batch-size", "64", "-o", str(out)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1, env={**os.environ, "COLUMNS": "120"})
+    seen = ""
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:  # wait until the bar counts positions, then Ctrl-C
+        seen += proc.stderr.read(1)
+        if re.search(r"\b[1-9]\d*/1600 \[", seen[-80:]):
+            break
+    assert re.search(r"\d+/1600 \[.*pos/s", seen), seen  # positions with a rate
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=240)[1]
+    assert proc.returncode == 130, seen + rest
+    assert "interrupted (partial maps written; --resume continues)" in rest
+    done = read_maps(out)["class"] >= 0
+    assert 0 < done.sum() < 1600
+    assert main(["classify", str(tmp_path / "scan.npy"), "--model", "cnn", "--mode", "pattern", "--batch-size", "64",
+                 "--resume", "-o", str(out)]) == 0
+    assert (read_maps(out)["class"] != -1).all()

@@ -208,7 +208,11 @@ def classify_scan(
     calibration, notes = calibrate_from_patterns(dataset)
     background = None
     if lattice is None:  # cell windows need it, and the anomaly score's phase model in every mode
-        lattice, background = scan_lattice(dataset, progress=progress, cancel=cancel)
+        try:
+            lattice, background = scan_lattice(dataset, progress=progress, cancel=cancel)
+        except (Cancelled, KeyboardInterrupt):  # stopped before any position was classified
+            return ClassificationResult.empty(dataset.scan_shape, mode="pattern" if mode == "auto" else mode,
+                                              complete=False, notes=list(notes))
     mode = choose_mode(mode, dataset, lattice)
     if cell_method not in CELL_METHODS:
         raise PolarstemError(f"unknown cell method '{cell_method}' (use one of {', '.join(CELL_METHODS)})")
@@ -279,8 +283,14 @@ def classify_scan(
                 dataset, mask=roi, budget=chunk_bytes, cancel=cancel, halo=halo, transform=prepare,
             ):
                 base, n_sel = report.done, int(block.prepared[0].sum())
-                out = predict_block(model, block.prepared, bs, window, cancel, tta,
-                                    on_batch=lambda k, n: report(base + n_sel * k // max(n, 1)))
+                try:
+                    out = predict_block(model, block.prepared, bs, window, cancel, tta,
+                                        on_batch=lambda k, n, b=base, m=n_sel: report(b + m * k // max(n, 1)))
+                except Cancelled as exc:  # keep what the block finished
+                    if getattr(exc, "block", None) is not None and len(exc.block.proba):
+                        _store(result, block.rows, block.cols, exc.block, prototypes)
+                        result.n_patterns += len(exc.block.proba)
+                    raise
                 report(base + n_sel, force=True)
                 if out.proba is None:
                     continue
@@ -414,6 +424,12 @@ class BlockPrediction:
     votes: np.ndarray | None = None  # patterns pooled per position
 
 
+def _distance(model, emb):
+    """Per-pattern distance of the embedding to the training data (None without calibrated abstention)."""
+    abstention = getattr(model, "abstention", None)
+    return abstention.distance(emb) if (abstention is not None and emb is not None) else None
+
+
 class PositionProgress:
     """``progress(done, total)`` in scan positions, at most every ``interval`` seconds (and at the end)."""
 
@@ -435,9 +451,19 @@ def predict_block(model, prepared, batch_size, window, cancel=None, tta=False, o
     """Predictions of one prepared block; a vote pools its window first (the fingerprint stays each
     position's own). ``on_batch(done, total)`` follows the block's forward passes."""
     sel, x, informative, usable, ctx, fp = prepared
-    proba, emb = predict_batches(model, x, batch_size, cancel, tta, on_batch)
-    abstention = getattr(model, "abstention", None)
-    dist = abstention.distance(emb) if (abstention is not None and emb is not None) else None
+    try:
+        proba, emb = predict_batches(model, x, batch_size, cancel, tta, on_batch)
+    except Cancelled as exc:  # without a vote, the positions done so far are kept
+        if ctx is None and getattr(exc, "partial", None) is not None:
+            proba, emb = exc.partial
+            k = len(proba)
+            keep = np.zeros(sel.size, bool)
+            keep[np.flatnonzero(sel.ravel())[:k]] = True
+            exc.block = BlockPrediction(keep.reshape(sel.shape), proba, emb, informative[:k], usable[:k],
+                                        None if fp is None else fp[:k], _distance(model, emb),
+                                        np.ones(k, np.float32))
+        raise
+    dist = _distance(model, emb)
     if proba is None or ctx is None:
         return BlockPrediction(sel, proba, emb, informative, usable, fp, dist,
                                None if proba is None else np.ones(len(proba), np.float32))
@@ -556,7 +582,9 @@ def predict_batches(model, x, batch_size, cancel=None, tta=False, on_batch=None)
     probs, embs = [], []
     for start in range(0, len(x), step):
         if cancel is not None and cancel.is_set():
-            raise Cancelled("cancelled by the user")
+            exc = Cancelled("cancelled by the user")
+            exc.partial = (np.concatenate(probs), np.concatenate(embs)) if probs else None  # the inputs done
+            raise exc
         out = model.predict(x[start : start + step], batch_size=batch_size, tta=tta)
         probs.append(out["proba"])
         embs.append(out["embedding"])

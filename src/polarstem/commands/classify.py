@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -115,16 +116,43 @@ def run_classification(file, output, model=None, mode="auto", roi=None, device="
             previous.model_sha256 = read_card(model, weights_mode_for(previous.mode, cell_method)).get("sha256", "")
         except Exception:  # noqa: BLE001 - an unknown model is reported by classify_scan below
             pass
-    result = classify_scan(ds, model=model, mode=mode if previous is None else previous.mode, roi=roi_mask,
-                           device=device, batch_size=batch_size, progress=_tqdm_progress(f"classify ({model})", unit="pos"),
-                           scheduler=scheduler, resume_from=previous, on_block=on_block, cell_method=cell_method,
-                           tta=tta, wall_bands=wall_bands)
+    with stop_on_ctrl_c() as cancel:
+        result = classify_scan(ds, model=model, mode=mode if previous is None else previous.mode, roi=roi_mask,
+                               device=device, batch_size=batch_size,
+                               progress=_tqdm_progress(f"classify ({model})", unit="pos"), scheduler=scheduler,
+                               resume_from=previous, on_block=on_block, cell_method=cell_method, tta=tta,
+                               wall_bands=wall_bands, cancel=cancel)
     if result.complete:
         remove_checkpoint(out)
     else:
         save_checkpoint(out, result, key)
     export_result(out, result, ds, background=result.background, input_sha256=key["input_sha256"])
     return ds, result
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c():
+    """A cancel event that the first Ctrl-C sets (the run stops after the current batch and keeps what
+    it finished, written as a checkpoint); a second Ctrl-C interrupts at once."""
+    import signal
+    import threading
+
+    cancel = threading.Event()
+
+    def handler(signum, frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        print("\nstopping after the current batch (Ctrl-C again to quit at once)", file=sys.stderr)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield cancel
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield cancel
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def warn_acquisition(ds, model_name: str) -> None:

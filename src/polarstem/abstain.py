@@ -28,6 +28,8 @@ import numpy as np
 WINDOW_SIZES = (1, 4, 9, 36)
 #: Fraction of in-scope windows allowed past each threshold at calibration (two tests: <= 2 % together).
 ALPHA = 0.01
+#: The calibration curve kept in the card: thresholds at these fractions of in-scope windows abstaining.
+CURVE_ALPHAS = (0.005, 0.01, 0.02, 0.05, 0.1)
 #: A scan whose classified positions are mostly uncertain is not polar KNN at [001], as far as the model can tell.
 SCAN_UNCERTAIN_FRACTION = 0.5
 
@@ -40,6 +42,7 @@ class Abstention:
     cholesky: np.ndarray  # (D, D) lower-triangular L with precision = L L^T
     max_distance: dict = field(default_factory=dict)  # window size -> threshold on the mean distance
     min_confidence: dict = field(default_factory=dict)  # window size -> threshold on the pooled top probability
+    curve: dict = field(default_factory=dict)  # window size -> {alpha: (max distance, min confidence)}
 
     @classmethod
     def fit(cls, embeddings: np.ndarray, labels: np.ndarray, shrinkage: float | None = None) -> "Abstention":
@@ -69,9 +72,13 @@ class Abstention:
         """Thresholds at ``window`` patterns from in-scope windows' pooled distance and top probability
         (split conformal: the (1 - alpha) quantile with the finite-sample correction)."""
         n = len(distance)
-        q = min(1.0, np.ceil((n + 1) * (1 - alpha)) / n)
-        self.max_distance[int(window)] = float(np.quantile(distance, q))
-        self.min_confidence[int(window)] = float(np.quantile(top_probability, 1 - q))
+
+        def at(a):
+            q = min(1.0, np.ceil((n + 1) * (1 - a)) / n)
+            return float(np.quantile(distance, q)), float(np.quantile(top_probability, 1 - q))
+
+        self.max_distance[int(window)], self.min_confidence[int(window)] = at(alpha)
+        self.curve[int(window)] = {a: at(a) for a in CURVE_ALPHAS}
 
     def thresholds(self, n_patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(max distance, min confidence) for windows of ``n_patterns`` voters, interpolated in log n."""
@@ -99,7 +106,9 @@ class Abstention:
                 "means": np.round(self.means, 5).tolist(), "cholesky": _tril_list(self.cholesky),
                 "max_distance": {str(k): round(v, 5) for k, v in sorted(self.max_distance.items())},
                 "min_confidence": {str(k): round(v, 5) for k, v in sorted(self.min_confidence.items())},
-                "alpha": ALPHA}
+                "alpha": ALPHA,
+                "curve": {str(n): {str(a): [round(d, 5), round(c, 5)] for a, (d, c) in sorted(v.items())}
+                          for n, v in sorted(self.curve.items())}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Abstention":
@@ -107,8 +116,9 @@ class Abstention:
         dim = means.shape[1]
         chol = np.zeros((dim, dim), np.float32)
         chol[np.tril_indices(dim)] = np.asarray(d["cholesky"], np.float32)
+        curve = {int(n): {float(a): tuple(v) for a, v in c.items()} for n, c in d.get("curve", {}).items()}
         return cls(means, chol, {int(k): float(v) for k, v in d.get("max_distance", {}).items()},
-                   {int(k): float(v) for k, v in d.get("min_confidence", {}).items()})
+                   {int(k): float(v) for k, v in d.get("min_confidence", {}).items()}, curve)
 
 
 def _tril_list(m: np.ndarray) -> list:

@@ -1,0 +1,45 @@
+"""Fit and calibrate a model's abstention (polarstem.abstain) and write it into its card.
+
+    .venv/bin/python scripts/calibrate_abstention.py resnet-proto [--weights src/polarstem/weights]
+        [--data .cache/sim/acquisitions] [--rows 600] [--seed 0]
+
+The class-conditional Gaussians are fitted on rows of the training thicknesses of DATA (a training-layout
+set with a 6 x 6 probe grid), the thresholds on rows of its validation thicknesses, with the training
+augmentation's experiment-like corruptions (train.fit_abstention, the step `polarstem train` runs with
+`abstention: true`). Only the card changes (the weights file and its hash do not).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from polarstem import train
+from polarstem.fileio import write_json
+from polarstem.models import load_model
+from polarstem.models.registry import clear_cache, read_index, weights_dir
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("--weights", default=None, help="weights folder (default: the package's)")
+    ap.add_argument("--data", default=".cache/sim/acquisitions")
+    ap.add_argument("--rows", type=int, default=600, help="rows to fit on, and rows to calibrate on")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    folder = Path(args.weights) if args.weights else weights_dir()
+    model = load_model(args.model, mode="pattern", folder=folder)
+    card_path = folder / read_index(folder)["files"][f"{args.model}-pattern"]["card"]
+    card = json.loads(card_path.read_text())
+    aug = dict(train.DEFAULT_AUGMENT, **(card.get("training", {}).get("config", {}).get("augment") or {}))
+    sim = train.load_simset(args.data)
+    abst = train.fit_abstention(model, sim, model.grid, aug, seed=args.seed, fit_rows=args.rows,
+                                calibration_rows=args.rows)
+    card["abstention"] = abst.to_dict() | {"data": str(args.data)}
+    write_json(card_path, card, indent=1)
+    clear_cache()
+    print(f"{card_path}: abstention written")
+
+
+if __name__ == "__main__":
+    main()

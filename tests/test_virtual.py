@@ -386,3 +386,18 @@ def test_inflate_with_libdeflate_or_zlib(monkeypatch):
     assert bytes(_inflate(zlib.compress(data, 4), out)) == data
     monkeypatch.setitem(sys.modules, "imagecodecs", None)  # not installed: zlib
     assert bytes(_inflate(zlib.compress(data, 4), out)) == data
+
+
+def test_cli_warns_when_the_adf_annulus_reaches_beyond_the_detector(tmp_path, capsys):
+    from polarstem.cli import main
+    from tests.test_infer import disk_patterns
+
+    np.save(tmp_path / "scan.npy", disk_patterns((4, 5), det=64))
+    (tmp_path / "scan.json").write_text('{"scan_step_nm": 0.1, "mrad_per_px": 1.0, "beam_energy_kev": 200, '
+                                        '"convergence_mrad": 20}')
+    assert main(["virtual", str(tmp_path / "scan.npy"), "--kind", "adf", "--inner", "25", "--outer", "30",
+                 "-o", str(tmp_path / "in.tif")]) == 0
+    assert "beyond the detector edge" not in capsys.readouterr().err
+    assert main(["virtual", str(tmp_path / "scan.npy"), "--kind", "adf", "--inner", "25", "--outer", "60",
+                 "-o", str(tmp_path / "out.tif")]) == 0
+    assert "warning: the ADF annulus (outer 60 mrad) reaches beyond the detector edge" in capsys.readouterr().err

@@ -328,3 +328,24 @@ def _finite(a: np.ndarray) -> np.ndarray:
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         return np.where(np.isfinite(a), a, 0)
     return a
+
+
+def annulus_edge_warning(detector: VirtualDetector, geometry: DetectorGeometry,
+                         det_shape: tuple[int, int]) -> str | None:
+    """A sentence when a BF disk or ADF annulus reaches beyond the detector edge, else None.
+
+    Beyond the nearest edge the detector integrates only part of each ring, so the image is not the
+    annulus the numbers say. ("auto" outer angles stop at the edge by definition.)
+    """
+    if detector.kind not in ("bf", "adf") or detector.outer is None:
+        return None
+    outer = geometry.to_px(detector.outer, detector.units)
+    cy, cx = geometry.center
+    edge = min(cy + 0.5, cx + 0.5, det_shape[0] - 0.5 - cy, det_shape[1] - 0.5 - cx)
+    if outer <= edge + 1e-9:
+        return None
+    unit = detector.units
+    edge_text = f"{edge:.1f} px" if unit == "px" else f"{edge * geometry.mrad_per_px:.3g} mrad"
+    what = "ADF annulus" if detector.kind == "adf" else "BF disk"
+    return (f"the {what} (outer {detector.outer:g} {unit}) reaches beyond the detector edge ({edge_text} from "
+            f"the centre at the nearest edge): part of it is not recorded")

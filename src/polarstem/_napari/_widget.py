@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import PolarstemError
-from ..virtual import DetectorGeometry, VirtualDetector
+from ..virtual import DetectorGeometry, VirtualDetector, annulus_edge_warning
 from ._calibration import CalibrationForm
 from ._layout import scrolling_body
 from ._state import (
@@ -70,27 +70,6 @@ def dataset_status(dataset, note: str = "") -> str:
     """A status line naming the open dataset: "scan.mib: 2x4 scan, 256x256 px patterns · <note>"."""
     (rows, cols), (ky, kx) = dataset.scan_shape, dataset.detector_shape
     return f"{dataset.name}: {rows}x{cols} scan, {ky}x{kx} px patterns" + (f" · {note}" if note else "")
-
-
-def annulus_edge_warning(detector: VirtualDetector, geometry: DetectorGeometry,
-                         det_shape: tuple[int, int]) -> str | None:
-    """A sentence when a BF disk or ADF annulus reaches beyond the detector edge, else None.
-
-    Beyond the nearest edge the detector integrates only part of each ring, so the image is not the
-    annulus the numbers say. ("auto" outer angles stop at the edge by definition.)
-    """
-    if detector.kind not in ("bf", "adf") or detector.outer is None:
-        return None
-    outer = geometry.to_px(detector.outer, detector.units)
-    cy, cx = geometry.center
-    edge = min(cy + 0.5, cx + 0.5, det_shape[0] - 0.5 - cy, det_shape[1] - 0.5 - cx)
-    if outer <= edge + 1e-9:
-        return None
-    unit = detector.units
-    edge_text = f"{edge:.1f} px" if unit == "px" else f"{edge * geometry.mrad_per_px:.3g} mrad"
-    what = "ADF annulus" if detector.kind == "adf" else "BF disk"
-    return (f"the {what} (outer {detector.outer:g} {unit}) reaches beyond the detector edge ({edge_text} from "
-            f"the centre at the nearest edge): part of it is not recorded")
 
 
 def com_component(com: np.ndarray, component: str) -> np.ndarray:

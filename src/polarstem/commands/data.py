@@ -95,7 +95,7 @@ def virtual(args) -> int:
     from ..errors import PolarstemError
     from ..export import write_map
     from ..io import load
-    from ..virtual import VirtualDetector, virtual_image
+    from ..virtual import VirtualDetector, annulus_edge_warning, detector_geometry, virtual_image
 
     out = Path(args.output)
     allowed = (".tif", ".tiff", ".npy", ".png") if args.kind == "com-vector" else (".tif", ".tiff", ".npy")
@@ -109,7 +109,11 @@ def virtual(args) -> int:
                   "calibration": ds.calibration.to_dict(), "calibration_given": ds.calibration_given}
     if args.kind == "com-vector":
         return _com_vector(ds, det, out, progress, provenance)
-    image = virtual_image(ds, det, progress=progress)
+    geometry = detector_geometry(ds)
+    warning = annulus_edge_warning(det, geometry, ds.detector_shape)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    image = virtual_image(ds, det, geometry=geometry, progress=progress)
     write_map(out, image.astype("float32"), ds.calibration, provenance=provenance)
     print(f"wrote {out}  shape {image.shape}", file=sys.stderr)
     return 0

@@ -79,3 +79,11 @@ def test_counts_and_dose_do_not_change_the_input():
 def test_sampling_from_convergence_when_uncalibrated():
     x, ok = preprocess(disk_pattern(128, 1.5)[None], Calibration(convergence_mrad=20.0), GRID)
     assert ok.all() and canonical_radius(x[0]) == pytest.approx(20.0, abs=1.0)
+
+
+def test_no_sampling_and_no_disk_means_nothing_to_classify_not_an_error():
+    """Frames without a detector calibration and without a bright-field disk (noise, a blank detector)
+    are not usable: zero inputs, flagged, so a scan of them abstains instead of failing."""
+    frames = np.zeros((5, 32, 32), np.float32)
+    x, ok, info = preprocess(frames, None, InputGrid(size=16), return_info=True)
+    assert x.shape == (5, 16, 16) and not x.any() and not ok.any() and not info["usable"].any()

@@ -255,7 +255,15 @@ def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: 
     elif center == "calibration" and calibration is not None and calibration.detector_center_px:
         centers = np.repeat(np.asarray(calibration.detector_center_px, float)[None], n, axis=0)
     med_r = float(np.median(radius[radius > 0])) if (radius > 0).any() else None
-    mrad = resolve_mrad_per_px(calibration, med_r)
+    try:
+        mrad = resolve_mrad_per_px(calibration, med_r)
+    except CalibrationError:  # no sampling given and no disk to measure it by: nothing here is classifiable
+        none = np.zeros(n, bool)
+        x = np.zeros((n, grid.size, grid.size), np.float32)
+        if return_info:
+            return x, none, {"centers": centers, "radius_mrad": np.zeros(n), "totals": totals, "mrad_per_px": None,
+                             "usable": none}
+        return x, none
     x = resample(f, centers, mrad, grid.size, out_mrad)
     info, usable = informative_mask(f, x, finite, totals, radius * mrad, out_mrad, integer_like,
                                     calibration, return_usable=True)

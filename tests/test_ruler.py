@@ -42,3 +42,19 @@ def test_frames_come_from_one_block_at_the_centre(tmp_path):
     frames = sample_frames(ds, 64)
     assert frames.shape == (64, 32, 32)
     np.testing.assert_array_equal(frames[0], np.asarray(ds.data[16, 11]))
+
+
+def test_info_reports_the_disk_and_a_calibration_that_disagrees(tmp_path, capsys):
+    import json
+
+    from polarstem.cli import main
+
+    np.save(tmp_path / "scan.npy", disk_patterns((6, 6), det=96))  # disk radius 16 px
+    (tmp_path / "scan.json").write_text(json.dumps({"mrad_per_px": 1.25, "beam_energy_kev": 200,
+                                                     "convergence_mrad": 20}))
+    assert main(["info", str(tmp_path / "scan.npy")]) == 0
+    out = capsys.readouterr().out
+    assert "disk radius 16" in out and "note:" not in out
+    assert main(["info", str(tmp_path / "scan.npy"), "--mrad-per-px", "1.6", "--json"]) == 0
+    disk = json.loads(capsys.readouterr().out)["bright_field_disk"]
+    assert disk["radius_mrad"] == pytest.approx(25.6, rel=0.05) and "one of the two is wrong" in disk["notes"][0]

@@ -111,17 +111,17 @@ def complete_calibration(calibration: Calibration, ruler: Ruler | None) -> tuple
     if cal.mrad_per_px and cal.convergence_mrad:
         measured = ruler.disk_radius_px * cal.mrad_per_px
         if abs(measured / cal.convergence_mrad - 1) > MISMATCH:
-            notes.append(f"the bright-field disk measures {measured:.1f} mrad at the file's {cal.mrad_per_px:.4g} mrad/px, "
-                         f"the file says {cal.convergence_mrad:g} mrad: one of the two is wrong "
+            notes.append(f"the bright-field disk measures {measured:.1f} mrad at {cal.mrad_per_px:.4g} mrad/px, "
+                         f"the calibration says {cal.convergence_mrad:g} mrad: one of the two is wrong "
                          "(set --mrad-per-px or --convergence)")
     elif cal.convergence_mrad:
         mrad = cal.convergence_mrad / ruler.disk_radius_px
         cal = cal.with_(mrad_per_px=mrad)
         notes.append(f"detector sampling {mrad:.4g} mrad/px measured from the bright-field disk "
-                     f"({ruler.disk_radius_px:.1f} px for the file's {cal.convergence_mrad:g} mrad)")
+                     f"({ruler.disk_radius_px:.1f} px for {cal.convergence_mrad:g} mrad; the file does not give it)")
     elif cal.mrad_per_px:
         alpha = ruler.disk_radius_px * cal.mrad_per_px
         cal = cal.with_(convergence_mrad=alpha)
         notes.append(f"convergence semi-angle {alpha:.1f} mrad measured from the bright-field disk "
-                     f"({ruler.disk_radius_px:.1f} px at the file's {cal.mrad_per_px:.4g} mrad/px)")
+                     f"({ruler.disk_radius_px:.1f} px at {cal.mrad_per_px:.4g} mrad/px; the file does not give it)")
     return cal, notes

@@ -61,6 +61,7 @@ def info(args) -> int:
 
     ds = load(args.file, navigation_shape=_navigation_shape(args), calibration=calibration_given(args))
     d = ds.info()
+    d["bright_field_disk"] = _ruler_report(ds)
     if args.json:
         print(json.dumps(d, indent=2))
         return 0
@@ -88,7 +89,28 @@ def info(args) -> int:
     print(f"beam energy:   {fmt(d['beam_energy_kev'], ' keV')}" + note("beam_energy_kev", " keV"))
     print(f"convergence:   {fmt(d['convergence_mrad'], ' mrad')}" + note("convergence_mrad", " mrad"))
     print(f"chunks:        {tuple(d['chunk_shape'])}")
+    disk = d["bright_field_disk"]
+    if disk["radius_px"] is not None:
+        mrad = f" = {disk['radius_mrad']:.3g} mrad" if disk["radius_mrad"] else ""
+        print(f"bright field:  disk radius {disk['radius_px']:.1f} px{mrad} (measured on {disk['frames']} patterns)")
+    else:
+        print(f"bright field:  no disk found in {disk['frames']} patterns (not a convergent-beam pattern?)")
+    for note in disk["notes"]:
+        print(f"note: {note}")
     return 0
+
+
+def _ruler_report(ds) -> dict:
+    """What the bright-field disk of a few hundred patterns says about the calibration (polarstem.ruler)."""
+    from ..ruler import complete_calibration, measure_ruler, sample_frames
+
+    frames = sample_frames(ds)
+    ruler = measure_ruler(frames)
+    trusted = ruler is not None and ruler.trusted
+    _, notes = complete_calibration(ds.calibration, ruler)
+    radius = ruler.disk_radius_px if trusted else None
+    mrad = radius * ds.calibration.mrad_per_px if radius and ds.calibration.mrad_per_px else None
+    return {"radius_px": radius, "radius_mrad": mrad, "frames": int(len(frames)), "notes": notes}
 
 
 def virtual(args) -> int:

@@ -32,7 +32,7 @@ import numpy as np, torch
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
 from polarstem.io import load
-from polarstem.infer import classify_scan
+from polarstem.classify import classify_scan
 from polarstem.models import load_model, read_card
 from polarstem.models.registry import MODEL_DEFS
 try:
@@ -50,7 +50,7 @@ bs = args["batch"]
 frames = np.asarray(ds.data[:4].compute()).reshape(-1, *ds.detector_shape)[:bs * 4]
 x, _ = model.preprocess(frames, ds.calibration)
 from polarstem.device import choose_device
-from polarstem.infer import predict_batches
+from polarstem.classify import predict_batches
 device = choose_device(args["device"])
 model.to(device)
 tta = args["tta"]

@@ -38,8 +38,8 @@ def main(argv=None) -> None:
     import torch
 
     from polarstem.analysis.testsets import apply_corruption
+    from polarstem.classify import classify_scan
     from polarstem.evaluate import anomaly_auc
-    from polarstem.infer import classify_scan
     from polarstem.io import load
     from polarstem.simulate.coherence import source_blur_scan
 

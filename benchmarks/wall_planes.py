@@ -32,8 +32,8 @@ def main(argv=None) -> None:
 
     import torch
 
+    from polarstem.classify import classify_scan
     from polarstem.evaluate import wall_plane_probes
-    from polarstem.infer import classify_scan
     from polarstem.io import load
 
     torch.set_num_threads(args.threads)

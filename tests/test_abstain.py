@@ -64,7 +64,7 @@ def test_a_scan_that_mostly_abstains_gets_one_sentence():
 def test_noise_abstains_everywhere_and_says_so():
     """A scan of shot noise has no bright-field disk: every position is uncertain (-2), with one sentence."""
     from polarstem.analysis.trust import NoiseScan
-    from polarstem.infer import classify_scan
+    from polarstem.classify import classify_scan
 
     ds = NoiseScan(shape=(6, 6, 48, 48)).dataset()
     res = classify_scan(ds, "cnn", mode="pattern", anomaly=False)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not SHIPPED, reason="no shipped pattern-mode wei
 
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory):
-    from tests.test_infer import disk_patterns
+    from tests.test_classify import disk_patterns
 
     d = tmp_path_factory.mktemp("scan")
     np.save(d / "scan.npy", disk_patterns((10, 12)))
@@ -57,7 +57,7 @@ def test_classify_bad_inputs_exit_2(scan, tmp_path, capsys):
 def test_local_cluster_gives_the_same_maps(scan):
     from distributed import LocalCluster
 
-    from polarstem.infer import classify_scan
+    from polarstem.classify import classify_scan
     from polarstem.io import load
 
     ds = load(scan, chunk_bytes=64 * 64 * 2 * 12 * 3)
@@ -166,7 +166,7 @@ def test_lattice_survives_random_descan_on_a_small_detector():
 
     import dask.array as da
 
-    from polarstem.infer import scan_lattice
+    from polarstem.classify import scan_lattice
     from polarstem.io import Dataset4D, load
     from polarstem.simulate.corruptions import DescanShift
 
@@ -187,7 +187,7 @@ def test_a_lattice_at_two_steps_per_cell_comes_from_the_calibration():
 
     import dask.array as da
 
-    from polarstem.infer import ClassificationResult, choose_mode, scan_lattice
+    from polarstem.classify import ClassificationResult, choose_mode, scan_lattice
     from polarstem.io import Dataset4D, load
     from polarstem.lattice import KNN_CELL_NM
 
@@ -237,7 +237,7 @@ def test_ctrl_c_keeps_the_finished_work_and_resume_completes_it(tmp_path):
     import sys
     import time
 
-    from tests.test_infer import disk_patterns
+    from tests.test_classify import disk_patterns
 
     np.save(tmp_path / "scan.npy", disk_patterns((40, 40)))  # one block: the stop lands inside it
     (tmp_path / "scan.json").write_text(json.dumps({"scan_step_nm": 0.1, "mrad_per_px": 1.2,

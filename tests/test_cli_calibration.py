@@ -136,7 +136,7 @@ def _shipped():
 @pytest.fixture(scope="module")
 def labeled_folder(tmp_path_factory):
     """A folder as `polarstem simulate` writes it: the data file, labels.npy and a manifest."""
-    from tests.test_infer import disk_patterns
+    from tests.test_classify import disk_patterns
 
     d = tmp_path_factory.mktemp("labeled")
     import dask.array as da

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from polarstem.anomaly import score_anomaly
+from polarstem.classify import ClassificationResult, cell_average
 from polarstem.export import export_result, read_map, read_maps
-from polarstem.infer import ClassificationResult, cell_average
 from polarstem.io import Calibration, Dataset4D
 from polarstem.lattice import find_lattice
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.gui
 
 def test_open_viewer_docks_both_widgets(tmp_path, qtbot):
     from polarstem._napari.app import WIDGETS, open_viewer
-    from tests.test_infer import disk_patterns
+    from tests.test_classify import disk_patterns
 
     np.save(tmp_path / "scan.npy", disk_patterns((6, 7)))
     (tmp_path / "scan.json").write_text(json.dumps({"scan_step_nm": 0.2}))

@@ -78,7 +78,7 @@ def test_calibration_typed_in_a_dock_reaches_layers_detector_and_other_dock(make
 
 def test_export_records_the_calibration_in_use_and_a_changed_one_needs_a_new_run(make_napari_viewer, qtbot, tmp_path):
     from polarstem.models import list_models
-    from tests.test_infer import disk_patterns
+    from tests.test_classify import disk_patterns
 
     shipped = [m["name"] for m in list_models() if "pattern" in m.get("modes", [])]
     if not shipped:
@@ -109,7 +109,7 @@ def test_export_records_the_calibration_in_use_and_a_changed_one_needs_a_new_run
 def test_view_opens_with_the_calibration_given(tmp_path, make_napari_viewer):
     """What `polarstem view FILE --beam-energy 300 --scan-step 0.4` sets up."""
     from polarstem._napari.app import set_up_viewer
-    from tests.test_infer import disk_patterns
+    from tests.test_classify import disk_patterns
 
     np.save(tmp_path / "scan.npy", disk_patterns((6, 7)))
     viewer = set_up_viewer(make_napari_viewer(), tmp_path / "scan.npy",

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.gui, pytest.mark.skipif(not SHIPPED, reason="no shippe
 
 @pytest.fixture
 def scan_file(tmp_path):
-    from tests.test_infer import disk_patterns
+    from tests.test_classify import disk_patterns
 
     np.save(tmp_path / "scan.npy", disk_patterns((16, 20)))
     (tmp_path / "scan.json").write_text(json.dumps({"scan_step_nm": 0.25, "mrad_per_px": 1.2,
@@ -80,7 +80,7 @@ def test_roi_run_layers_click_and_export(qtbot, viewer_and_widget, tmp_path):
 
 
 def test_cancel_leaves_a_valid_partial_map(qtbot, make_napari_viewer, tmp_path):
-    from tests.test_infer import disk_patterns
+    from tests.test_classify import disk_patterns
 
     np.save(tmp_path / "big.npy", disk_patterns((60, 60), det=128))  # 118 MB: 8 blocks of 16 MB
     (tmp_path / "big.json").write_text(json.dumps({"scan_step_nm": 0.25, "mrad_per_px": 0.6}))
@@ -162,7 +162,7 @@ def test_the_default_model_is_preselected_and_marked(make_napari_viewer):
 
 def _result(classes, anomaly=None):
     """A classification result holding the given class map (confidence 0.9 where classified)."""
-    from polarstem.infer import ClassificationResult
+    from polarstem.classify import ClassificationResult
 
     res = ClassificationResult.empty(classes.shape, mode="pattern", model="test", model_sha256="0" * 64)
     res.classes = classes.astype(np.int8)
@@ -229,7 +229,7 @@ def test_an_empty_result_shows_without_error(make_napari_viewer):
 
 
 def test_cancel_at_once_keeps_the_previous_map_and_settles(qtbot, make_napari_viewer, tmp_path):
-    from tests.test_infer import disk_patterns
+    from tests.test_classify import disk_patterns
 
     np.save(tmp_path / "big.npy", disk_patterns((40, 40), det=128))
     (tmp_path / "big.json").write_text(json.dumps({"scan_step_nm": 0.25, "mrad_per_px": 0.6}))

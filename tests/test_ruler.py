@@ -7,7 +7,7 @@ import pytest
 
 from polarstem.io import Calibration, load
 from polarstem.ruler import complete_calibration, measure_ruler, sample_frames
-from tests.test_infer import disk_patterns
+from tests.test_classify import disk_patterns
 
 
 def test_the_disk_radius_is_measured_to_a_few_percent():

@@ -390,7 +390,7 @@ def test_inflate_with_libdeflate_or_zlib(monkeypatch):
 
 def test_cli_warns_when_the_adf_annulus_reaches_beyond_the_detector(tmp_path, capsys):
     from polarstem.cli import main
-    from tests.test_infer import disk_patterns
+    from tests.test_classify import disk_patterns
 
     np.save(tmp_path / "scan.npy", disk_patterns((4, 5), det=64))
     (tmp_path / "scan.json").write_text('{"scan_step_nm": 0.1, "mrad_per_px": 1.0, "beam_energy_kev": 200, '

@@ -201,7 +201,7 @@ def _robust_z(values: np.ndarray, bins: np.ndarray, valid: np.ndarray, floor: fl
 
 
 def score_anomaly(result, lattice: Lattice | None = None) -> np.ndarray:
-    """Anomaly map (float32, NaN where not classified) for a :class:`~polarstem.infer.ClassificationResult`."""
+    """Anomaly map (float32, NaN where not classified) for a :class:`~polarstem.classify.ClassificationResult`."""
     from scipy import ndimage
 
     lattice = lattice or result.lattice

@@ -59,8 +59,9 @@ def read_region(dataset: Dataset4D, rows, cols) -> np.ndarray:
         raise _read_error(dataset, rows, cols, exc) from exc
 
 
-def block_grid(dataset: Dataset4D, budget: int = BLOCK_BYTES) -> list[tuple[slice, slice]]:
-    """Rectangles of the scan, aligned with the dask chunks, each about ``budget`` bytes."""
+def block_grid(dataset: Dataset4D, budget: int = BLOCK_BYTES, mask: np.ndarray | None = None) -> list[tuple[slice, slice]]:
+    """Rectangles of the scan, aligned with the dask chunks, each about ``budget`` bytes; with a
+    ``mask`` (scan_rows, scan_cols), only those holding a selected position."""
     data = dataset.data
     row_chunks, col_chunks = data.chunks[0], data.chunks[1]
     frame_bytes = int(np.prod(dataset.detector_shape)) * dataset.dtype.itemsize
@@ -78,7 +79,20 @@ def block_grid(dataset: Dataset4D, budget: int = BLOCK_BYTES) -> list[tuple[slic
                 end = row_edges[r + 1]
                 r += 1
             blocks.append((slice(int(start), int(end)), slice(int(c0), int(c1))))
+    if mask is not None:
+        blocks = [(r, c) for r, c in blocks if mask[r, c].any()]
     return blocks
+
+
+def with_halo(rows: slice, cols: slice, halo: tuple[int, int],
+              scan_shape: tuple[int, int]) -> tuple[slice, slice, slice, slice]:
+    """The block ``rows`` x ``cols`` widened by ``halo`` (rows, cols) where the scan allows: (outer rows,
+    outer cols, inner rows, inner cols), the inner slices locating the block inside the outer region."""
+    (hy, hx), (sy, sx) = halo, scan_shape
+    r0, r1 = max(0, rows.start - hy), min(sy, rows.stop + hy)
+    c0, c1 = max(0, cols.start - hx), min(sx, cols.stop + hx)
+    return (slice(r0, r1), slice(c0, c1), slice(rows.start - r0, rows.stop - r0),
+            slice(cols.start - c0, cols.stop - c0))
 
 
 def iter_frame_blocks(
@@ -98,23 +112,18 @@ def iter_frame_blocks(
     neighbouring rows/cols (for cell windows); ``transform`` runs in the reader thread (preprocessing
     overlaps the caller's work on the previous block).
     """
-    blocks = block_grid(dataset, budget)
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != dataset.scan_shape:
             raise PolarstemError(f"ROI mask shape {mask.shape} does not match the scan {dataset.scan_shape}")
-        blocks = [(r, c) for r, c in blocks if mask[r, c].any()]
+    blocks = block_grid(dataset, budget, mask)
     total = len(blocks)
-    hy, hx = halo
-    sy, sx = dataset.scan_shape
 
     def read(rc) -> FrameBlock:
         r, c = rc
-        r0, r1 = max(0, r.start - hy), min(sy, r.stop + hy)
-        c0, c1 = max(0, c.start - hx), min(sx, c.stop + hx)
-        frames = read_region(dataset, slice(r0, r1), slice(c0, c1))
-        block = FrameBlock(r, c, frames, None if mask is None else mask[r, c],
-                           slice(r.start - r0, r.stop - r0), slice(c.start - c0, c.stop - c0))
+        outer_rows, outer_cols, inner_rows, inner_cols = with_halo(r, c, halo, dataset.scan_shape)
+        frames = read_region(dataset, outer_rows, outer_cols)
+        block = FrameBlock(r, c, frames, None if mask is None else mask[r, c], inner_rows, inner_cols)
         if transform is not None:
             block.prepared = transform(block)
         return block

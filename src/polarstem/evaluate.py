@@ -2,7 +2,7 @@
 
 A labeled dataset is any 4D-STEM file plus a ``labels.npy`` class map (-1 = ignore) and optionally a
 ``defects.npy`` mask (conventions.md). The scan is classified by the same code the plugin uses
-(:func:`polarstem.infer.classify_scan`), so the figures describe what a user gets.
+(:func:`polarstem.classify.classify_scan`), so the figures describe what a user gets.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def evaluate(path, labels_path=None, model: str | None = None, mode: str = "auto
         from .acquisition import default_model
 
         model = default_model()
-    from .infer import classify_scan
+    from .classify import classify_scan
     from .io import load
 
     ds = load(path)

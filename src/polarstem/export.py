@@ -332,7 +332,7 @@ def save_checkpoint(outdir: str | os.PathLike, result, key: dict) -> Path:
 
 def load_checkpoint(outdir: str | os.PathLike, key: dict, scan_shape) -> object | None:
     """The partial result saved for the same input, model and mode, or None."""
-    from .infer import ClassificationResult
+    from .classify import ClassificationResult
 
     p = Path(outdir) / CHECKPOINT
     if not p.exists():

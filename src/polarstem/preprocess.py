@@ -300,7 +300,7 @@ def informative_mask(frames: np.ndarray, resampled: np.ndarray, finite: np.ndarr
 
     With ``return_usable`` also the mask without the featureless test: :func:`preprocess` zeroes
     only the inputs that are not usable (broken, empty, no disk). A featureless pattern keeps its
-    data and is only flagged (it still votes in cell mode, ``infer.vote_windows``): measured on 900
+    data and is only flagged (it still votes in cell mode, ``classify.vote.vote_windows``): measured on 900
     random held-out single patterns, `resnet` classifies the 12 % flagged featureless 0.81 right
     from their data, against 0.07 from a zeroed input (docs/models.md).
     """

@@ -18,7 +18,7 @@ from ._workers import Progress, stream_job
 
 @dataclass(frozen=True)
 class ClassifyPartial:
-    result: object  # polarstem.infer.ClassificationResult, valid where result.done
+    result: object  # polarstem.classify.ClassificationResult, valid where result.done
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,8 @@ class ClassifyDone:
 def classify_updates(dataset, model: str, mode: str, roi: np.ndarray | None, device: str,
                      cancel: threading.Event, partial_every: float = 1.0, chunk_bytes: int | None = None,
                      tta: int | None = None, wall_bands: bool = True):
-    """Generator for ``thread_worker``: runs :func:`~polarstem.infer.classify_scan` and yields updates."""
-    from ..infer import classify_scan
+    """Generator for ``thread_worker``: runs :func:`~polarstem.classify.classify_scan` and yields updates."""
+    from ..classify import classify_scan
 
     def job(emit) -> None:
         last = [0.0]

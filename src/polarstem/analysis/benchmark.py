@@ -4,8 +4,8 @@ The figures must be the ones a user gets, so every table entry comes from the pl
 pattern-mode accuracies are :func:`polarstem.evaluate.evaluate` calls on labeled folders written to disk
 (``polarstem evaluate FOLDER --model M --mode pattern`` prints the same numbers; ``keep_datasets: true``
 keeps the folders); a cell-mode input is one row of the training layout (one structure and thickness
-over a probe grid covering one cell): :func:`polarstem.infer.classify_scan` classifies its patterns and
-:func:`polarstem.infer.vote_cells` pools them as a scan's cell window does (``cell_method: mean``:
+over a probe grid covering one cell): :func:`polarstem.classify.classify_scan` classifies its patterns and
+:func:`polarstem.classify.vote.vote_cells` pools them as a scan's cell window does (``cell_method: mean``:
 the row's mean pattern with the cell weights); scored by :func:`polarstem.evaluate.scores`. Defect detection is
 ``evaluate(..., defects_path=...)`` on simulated scans. See docs/benchmark.md.
 """
@@ -228,7 +228,7 @@ def classify_folder(folder, model, mode: str, cfg: BenchmarkConfig):
     """
     from types import SimpleNamespace
 
-    from ..infer import classify_scan, vote_cells, weights_mode_for
+    from ..classify import classify_scan, vote_cells, weights_mode_for
     from ..io import load
     from ..models import load_model
 
@@ -385,7 +385,7 @@ def scan_phase_analysis(scan, model: str, cfg: BenchmarkConfig, mode: str = "pat
     Pattern mode gets the scan's lattice (the simulation's own when known), so the anomaly score compares
     each position with the others at the same place in the cell; other modes find it as a user's run does.
     """
-    from ..infer import classify_scan, scan_lattice
+    from ..classify import classify_scan, scan_lattice
     from ..io import load
 
     folder = Path(scan)
@@ -580,7 +580,7 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
     ``conds`` replaces the conditions ((kind, strength) pairs); kind ``source`` reads whole probe-grid
     rows as a finite source of std = strength (Å) records them.
     """
-    from ..infer import weights_mode_for
+    from ..classify import weights_mode_for
     from .testsets import apply_corruption, pick_cells, pick_patterns, write_testset
 
     modes_needed = sorted({m for e in models for m in e["modes"]})

@@ -86,7 +86,7 @@ def _embed(model, frames, calibration, batch: int = 256):
 def _user_frames(dataset, mode: str, n: int, rng):
     """Up to ``n`` scan positions of the user's dataset (cell mode: cell-averaged), with their (row, col)."""
     from ..chunks import read_region
-    from ..infer import cell_average, scan_lattice
+    from ..classify import cell_average, scan_lattice
 
     rows, cols = dataset.scan_shape
     rr, cc = np.divmod(np.arange(rows * cols), cols)

@@ -95,7 +95,7 @@ def open_out_of_scope(spec: str):
 
 def out_of_scope_rows(models: list[str], datasets: list[str], log=print) -> list[dict]:
     """One row per (dataset, model): the fraction of positions the default classification abstains on."""
-    from ..infer import classify_scan
+    from ..classify import classify_scan
 
     rows = []
     for spec in datasets:

@@ -81,8 +81,9 @@ def run_classification(file, output, model=None, mode="auto", roi=None, device="
     import time
 
     from ..acquisition import default_model
+    from ..classify import classify_scan, weights_mode_for
     from ..export import export_result, load_checkpoint, remove_checkpoint, save_checkpoint
-    from ..infer import classify_scan, file_sha256, weights_mode_for
+    from ..fileio import sha256_path
     from ..io import load
     from ..models import read_card
 
@@ -93,7 +94,7 @@ def run_classification(file, output, model=None, mode="auto", roi=None, device="
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     # the data file read (a folder's data file, a .hdr's .mib), however the path was spelled
-    key = {"input_sha256": file_sha256(ds.source), "calibration": ds.calibration.to_dict(),
+    key = {"input_sha256": sha256_path(ds.source), "calibration": ds.calibration.to_dict(),
            "model": model, "mode": mode, "cell_method": cell_method,
            "tta": "auto" if tta is None else int(tta), "wall_bands": wall_bands,
            "roi_sha256": None if roi_mask is None else __import__("hashlib").sha256(roi_mask.tobytes()).hexdigest()}

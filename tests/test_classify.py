@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from polarstem.infer import classify_scan
+from polarstem.classify import classify_scan
 from polarstem.io import load
 
 
@@ -281,7 +281,7 @@ def test_edge_preserving_vote_keeps_a_domain_wall_sharp():
     """Two domains meeting at a wall, noisy per-pattern predictions (about half right): near the wall
     the centred window mixes both domains' votes; choosing the most consistent window containing the
     position does better there and overall."""
-    from polarstem.infer import _pooled_proba, _window_sum, best_windows
+    from polarstem.classify.vote import _pooled_proba, _window_sum, best_windows
 
     rng = np.random.default_rng(0)
     h, w = 30, 30
@@ -324,3 +324,35 @@ def test_tta_averages_the_symmetry_images(scan, model):
 
     with pytest.raises(PolarstemError, match="1, 2, 4 or 8"):
         classify_scan(ds, model=model, mode="pattern", device="cpu", tta=3)
+
+
+def test_iter_classify_yields_a_partial_result_after_every_block_and_the_finished_one_last(scan, model):
+    from polarstem.classify import ClassifyParams, iter_classify
+
+    row = 64 * 64 * 2 * 14  # one scan row per block
+    ds = load(scan, chunk_bytes=row)
+    params = ClassifyParams(model=model, mode="pattern", device="cpu", chunk_bytes=row * 3)
+    seen = []
+    for result in iter_classify(ds, params):
+        seen.append((result.finished, int(result.done.sum())))
+    rows = ds.scan_shape[0]
+    assert len(seen) == -(-rows // 3) + 1
+    assert [f for f, _ in seen] == [False] * (len(seen) - 1) + [True]
+    assert [n for _, n in seen[:-1]] == sorted(n for _, n in seen[:-1]) and seen[-1][1] == ds.scan_shape[0] * ds.scan_shape[1]
+    assert result.complete and result.anomaly is not None and result.uncertain is not None
+    once = classify_scan(ds, model=model, mode="pattern", device="cpu", chunk_bytes=row * 3)
+    np.testing.assert_array_equal(result.classes, once.classes)
+    np.testing.assert_array_equal(result.proba, once.proba)
+
+
+def test_an_interrupt_inside_on_block_ends_the_run_as_a_cancel_does(scan, model):
+    row = 64 * 64 * 2 * 14
+    ds = load(scan, chunk_bytes=row)
+
+    def on_block(result):
+        if result.done.sum() >= 2 * ds.scan_shape[1]:
+            raise KeyboardInterrupt
+
+    res = classify_scan(ds, model=model, mode="pattern", device="cpu", chunk_bytes=row, on_block=on_block)
+    assert res.finished and not res.complete
+    assert res.done.sum() == 2 * ds.scan_shape[1] and res.anomaly is not None

@@ -4,7 +4,7 @@
         B=resnet@.cache/candidates/r3_plain [--data .cache/sim/heldout6] [--n 4000] [--pairs A:B]
 
 Each model is NAME@WEIGHTS_FOLDER (a folder with an ``index.json``, as ``polarstem train`` writes).
-The held-out patterns are drawn as :func:`polarstem.train.heldout_accuracy` draws them (seed 123), made
+The held-out patterns are drawn as :func:`polarstem.training.heldout_accuracy` draws them (seed 123), made
 once ideal, once with the training augmentation's experiment-like corruptions, and once per ``--bench``
 corruption of the benchmark (default ``combined:1.0``: blur 1 px, 5 % background, 3 px descan and
 1e4 electrons, all at the edge of physics.md's ranges at once), and every model sees exactly these inputs,
@@ -38,10 +38,10 @@ def main(argv=None) -> None:
     import torch
     from scipy.stats import binomtest
 
-    from polarstem import train
     from polarstem.analysis.testsets import apply_corruption
     from polarstem.models import load_model
     from polarstem.preprocess import preprocess
+    from polarstem.training import corrupt_and_preprocess, load_simset
 
     torch.set_num_threads(args.threads)
     specs = {}
@@ -49,7 +49,7 @@ def main(argv=None) -> None:
         label, rest = m.split("=", 1)
         name, folder = rest.split("@", 1)
         specs[label] = (name, folder)
-    sim = train.load_simset(args.data)
+    sim = load_simset(args.data)
     first = next(iter(specs.values()))
     grid = load_model(first[0], "pattern", folder=first[1]).grid
     n = min(args.n, len(sim))
@@ -60,8 +60,7 @@ def main(argv=None) -> None:
         xs = []
         for i in range(0, n, 1000):
             frames = np.asarray(sim.frames[pick[i:i + 1000]])
-            x, _ = train.corrupt_and_preprocess(frames, float(sim.calibration.mrad_per_px), rng, None,
-                                                cond == "ideal", grid)
+            x, _ = corrupt_and_preprocess(frames, float(sim.calibration.mrad_per_px), rng, None, cond == "ideal", grid)
             xs.append(x)
         inputs[cond] = np.concatenate(xs)
     for spec in args.bench:  # benchmark corruptions: one fixed draw (seed 7) on the raw simulated frames
@@ -104,10 +103,11 @@ def finite_source_inputs(sim, pick, sigma_a: float, ideal: bool, grid, rows_per_
     """Inputs of the picked patterns as a finite source of std ``sigma_a`` (Å) records them: each
     pattern's probe-grid row averaged by :func:`polarstem.simulate.coherence.source_blur_grid` (the set
     needs a regular probe grid, e.g. heldout6g), then ideal or with the training-style corruptions (seed 123)."""
-    from polarstem import train
     from polarstem.simulate.coherence import MIN_GRID, source_blur_grid
+    from polarstem.training import corrupt_and_preprocess
+    from polarstem.training.data import probe_grid_side
 
-    g = train._probe_grid(sim)
+    g = probe_grid_side(sim)
     if not g or g < MIN_GRID:
         raise SystemExit(f"{sim.folder}: source:S needs a set with a >= 6 x 6 probe grid per cell (e.g. heldout6g)")
     n_pos = g * g
@@ -121,8 +121,8 @@ def finite_source_inputs(sim, pick, sigma_a: float, ideal: bool, grid, rows_per_
         f = np.asarray(sim.frames[r0 * n_pos:(r0 + rows_per_block) * n_pos], np.float32)
         nr = len(f) // n_pos
         f = source_blur_grid(f.reshape(nr, g, g, *f.shape[1:]), sigma_a).reshape(len(f), *f.shape[1:])
-        x, _ = train.corrupt_and_preprocess(f[pick[sel] - r0 * n_pos], float(sim.calibration.mrad_per_px), rng, None,
-                                            ideal, grid)
+        x, _ = corrupt_and_preprocess(f[pick[sel] - r0 * n_pos], float(sim.calibration.mrad_per_px), rng, None,
+                                      ideal, grid)
         if out is None:
             out = np.zeros((len(pick),) + x.shape[1:], x.dtype)
         out[sel] = x

@@ -5,7 +5,7 @@
 
 The class-conditional Gaussians are fitted on rows of the training thicknesses of DATA (a training-layout
 set with a 6 x 6 probe grid), the thresholds on rows of its validation thicknesses, with the training
-augmentation's experiment-like corruptions (train.fit_abstention, the step `polarstem train` runs with
+augmentation's experiment-like corruptions (training.fit_abstention, the step `polarstem train` runs with
 `abstention: true`). Only the card changes (the weights file and its hash do not).
 """
 
@@ -13,10 +13,10 @@ import argparse
 import json
 from pathlib import Path
 
-from polarstem import train
 from polarstem.fileio import write_json
 from polarstem.models import load_model
 from polarstem.models.registry import clear_cache, read_index, weights_dir
+from polarstem.training import DEFAULT_AUGMENT, fit_abstention, load_simset
 
 
 def main(argv=None) -> None:
@@ -31,10 +31,9 @@ def main(argv=None) -> None:
     model = load_model(args.model, mode="pattern", folder=folder)
     card_path = folder / read_index(folder)["files"][f"{args.model}-pattern"]["card"]
     card = json.loads(card_path.read_text())
-    aug = dict(train.DEFAULT_AUGMENT, **(card.get("training", {}).get("config", {}).get("augment") or {}))
-    sim = train.load_simset(args.data)
-    abst = train.fit_abstention(model, sim, model.grid, aug, seed=args.seed, fit_rows=args.rows,
-                                calibration_rows=args.rows)
+    aug = dict(DEFAULT_AUGMENT, **(card.get("training", {}).get("config", {}).get("augment") or {}))
+    sim = load_simset(args.data)
+    abst = fit_abstention(model, sim, model.grid, aug, seed=args.seed, fit_rows=args.rows, calibration_rows=args.rows)
     card["abstention"] = abst.to_dict() | {"data": str(args.data)}
     write_json(card_path, card, indent=1)
     clear_cache()

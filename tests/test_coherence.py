@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from polarstem import train
+from polarstem.errors import PolarstemError
 from polarstem.simulate.coherence import source_blur_grid, source_blur_scan
+from polarstem.training import SimSet, finite_source, source_grid
 
 
 def _grid_function(g, a_frac_y, a_frac_x):
@@ -60,19 +61,19 @@ def test_training_blurs_only_sets_with_a_fine_probe_grid():
 
     def simset(g, rows=2, det=5):
         frames = np.random.default_rng(g).random((rows * g * g, det, det)).astype(np.float32) + 0.1
-        return train.SimSet(frames, np.zeros(rows * g * g, np.int64), np.full(rows * g * g, 10.0),
-                            np.zeros(rows * g * g, np.int64), Calibration(mrad_per_px=1.0), Path("."),
-                            {"shape": [rows, g * g, det, det], "config": {"training": {"probes": {"grid": g}}}})
+        return SimSet(frames, np.zeros(rows * g * g, np.int64), np.full(rows * g * g, 10.0),
+                      np.zeros(rows * g * g, np.int64), Calibration(mrad_per_px=1.0), Path("."),
+                      {"shape": [rows, g * g, det, det], "config": {"training": {"probes": {"grid": g}}}})
 
     aug = {"source_sigma_a": [0.2, 0.4]}
-    assert train.source_grid(simset(6), "pattern", aug) == 6
-    assert train.source_grid(simset(4), "pattern", aug) == 0  # 1 A steps: keeps the point source
-    assert train.source_grid(simset(6), "cell", aug) == 0
-    assert train.source_grid(simset(6), "pattern", {}) == 0
-    with pytest.raises(train.PolarstemError, match="source_sigma_a"):
-        train.source_grid(simset(6), "pattern", {"source_sigma_a": [0.4, 0.1]})
+    assert source_grid(simset(6), "pattern", aug) == 6
+    assert source_grid(simset(4), "pattern", aug) == 0  # 1 A steps: keeps the point source
+    assert source_grid(simset(6), "cell", aug) == 0
+    assert source_grid(simset(6), "pattern", {}) == 0
+    with pytest.raises(PolarstemError, match="source_sigma_a"):
+        source_grid(simset(6), "pattern", {"source_sigma_a": [0.4, 0.1]})
     sim = simset(6)
-    f = train.finite_source(sim.frames, 6, (0.2, 0.4), np.random.default_rng(0))
+    f = finite_source(sim.frames, 6, (0.2, 0.4), np.random.default_rng(0))
     assert f.shape == sim.frames.shape and not np.allclose(f, sim.frames)
     # each row is blurred on its own: row means (cell averages) stay
     np.testing.assert_allclose(f.reshape(2, 36, 5, 5).mean(1), sim.frames.reshape(2, 36, 5, 5).mean(1), rtol=1e-5)

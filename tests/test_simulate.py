@@ -256,7 +256,7 @@ def test_a_ratio_range_is_validated(tmp_path, capsys):
 
 
 def test_training_loads_the_finished_structures_of_an_unfinished_set(tmp_path):
-    from polarstem.train import load_simset
+    from polarstem.training import load_simset
 
     cfg = _write_cfg(tmp_path, MINI)
     b = tmp_path / "b"

@@ -71,7 +71,7 @@ def _models(args) -> int:
 
 
 def _train(args) -> int:
-    from ..train import TrainConfig, run
+    from ..training import TrainConfig, run
 
     cfg = TrainConfig.from_yaml(args.config)
     if args.mode:

@@ -47,7 +47,7 @@ class Classifier(nn.Module):
 
     def _make_aux(self, aux_dim: int) -> None:
         """Optional auxiliary head on the embedding: regresses the probe position in the cell and the
-        thickness during training (``train.AUX_TARGETS``), so the embedding separates the two nuisances
+        thickness during training (``training.loop.AUX_TARGETS``), so the embedding separates the two nuisances
         that change a pattern most from the polarization. Not used at inference."""
         self.aux = nn.Linear(self.embed_dim, aux_dim) if aux_dim else None
 

@@ -39,10 +39,15 @@ _CACHE: dict[tuple, object] = {}
 _LOCK = threading.Lock()
 
 
+def package_weights_dir() -> Path:
+    """The folder of the shipped weights inside the package (``src/polarstem/weights`` in a source checkout)."""
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
 def weights_dir() -> Path:
     """The folder of the shipped weights (inside the package), or ``$POLARSTEM_WEIGHTS`` when set."""
     env = os.environ.get("POLARSTEM_WEIGHTS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
+    return Path(env) if env else package_weights_dir()
 
 
 def read_index(folder: Path | None = None) -> dict:

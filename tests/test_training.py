@@ -6,20 +6,38 @@ import json
 import numpy as np
 import pytest
 
-from polarstem import train
+from polarstem.errors import PolarstemError
 from polarstem.models.registry import clear_cache
+from polarstem.preprocess import InputGrid
+from polarstem.training import (
+    AUX_TARGETS,
+    DEFAULT_AUGMENT,
+    SimSet,
+    TrainConfig,
+    build_arrays,
+    copy_partners,
+    corrupt,
+    load_simset,
+    run,
+    train_network,
+    transform_positions,
+    write_synthetic_simset,
+)
+from polarstem.training import cache as training_cache
+from polarstem.training.data import raw_inputs
+from polarstem.training.loop import _warm_start, save_state_dict
 
 
 @pytest.fixture(scope="module")
 def simfolder(tmp_path_factory):
     root = tmp_path_factory.mktemp("sim")
-    train.write_synthetic_simset(root / "train", n_structures=8, n_positions=8, thicknesses=(6, 12, 18, 24), det_px=48)
+    write_synthetic_simset(root / "train", n_structures=8, n_positions=8, thicknesses=(6, 12, 18, 24), det_px=48)
     return root
 
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(training_cache, "CACHE", tmp_path / "cache")
     return tmp_path / "cache"
 
 
@@ -28,13 +46,13 @@ def _cfg(simfolder, out, **kw):
                 cell_epochs=2, batch_size=16, lr=3e-3, out=str(out), threads=1,
                 grid={"size": 32, "mrad_per_px": 2.0, "intensity": "sqrt"})
     base.update(kw)
-    return train.TrainConfig(**base)
+    return TrainConfig(**base)
 
 
 def test_corrupt_is_seeded_and_counts():
     f = np.random.default_rng(0).random((3, 40, 40)).astype(np.float32)
-    a, ma = train.corrupt(f, 1.5, np.random.default_rng(1))
-    b, mb = train.corrupt(f, 1.5, np.random.default_rng(1))
+    a, ma = corrupt(f, 1.5, np.random.default_rng(1))
+    b, mb = corrupt(f, 1.5, np.random.default_rng(1))
     assert ma == mb and np.array_equal(a, b)
     assert np.all(a == np.round(a)) and a.min() >= 0
 
@@ -44,8 +62,8 @@ def test_short_training_reduces_loss(simfolder, cache, tmp_path):
     import torch.nn.functional as F
 
     cfg = _cfg(simfolder, tmp_path / "w", val_every=3, epochs=8, patience=100)
-    sim = train.load_simset(cfg.data)
-    arrays = train.build_arrays(sim, "pattern", train.InputGrid.from_dict(cfg.grid), 1, train.DEFAULT_AUGMENT, 0)
+    sim = load_simset(cfg.data)
+    arrays = build_arrays(sim, "pattern", InputGrid.from_dict(cfg.grid), 1, DEFAULT_AUGMENT, 0)
     assert arrays["x"].shape[1:] == (32, 32) and len(arrays["y"]) == len(sim)
     x = torch.from_numpy(arrays["x"][:128].astype(np.float32))[:, None]
     y = torch.from_numpy(arrays["y"][:128])
@@ -56,7 +74,7 @@ def test_short_training_reduces_loss(simfolder, cache, tmp_path):
     before.eval()
     with torch.no_grad():
         loss0 = F.cross_entropy(before(x), y).item()
-    net, history, temp, info = train.train_network(cfg, "pattern", arrays, None, progress=False, log=lambda *_: None)
+    net, history, temp, info = train_network(cfg, "pattern", arrays, None, progress=False, log=lambda *_: None)
     net.eval()
     with torch.no_grad():
         loss1 = F.cross_entropy(net(x), y).item()
@@ -67,7 +85,7 @@ def test_short_training_reduces_loss(simfolder, cache, tmp_path):
 def test_train_run_writes_weights_cards_index_and_evaluate(simfolder, cache, tmp_path, monkeypatch, capsys):
     out = tmp_path / "weights"
     cfg = _cfg(simfolder, out, modes=["pattern", "cell"])
-    cards = train.run(cfg, progress=False, log=lambda *_: None)
+    cards = run(cfg, progress=False, log=lambda *_: None)
     assert [c["mode"] for c in cards] == ["pattern", "cell"]
     index = json.loads((out / "index.json").read_text())["files"]
     assert set(index) == {"cnn-pattern", "cnn-cell"}
@@ -77,7 +95,7 @@ def test_train_run_writes_weights_cards_index_and_evaluate(simfolder, cache, tmp
     assert (cache / "train" / "cnn-pattern" / "last.pt").exists()
 
     cfg2 = _cfg(simfolder, out, name="pca-knn", arch=None, modes=["pattern"], pca_components=8, knn_neighbors=3)
-    train.run(cfg2, progress=False, log=lambda *_: None)
+    run(cfg2, progress=False, log=lambda *_: None)
 
     monkeypatch.setenv("POLARSTEM_WEIGHTS", str(out))
     clear_cache()
@@ -110,10 +128,10 @@ def test_cell_inputs_are_scan_like_subgrid_means():
     g, rows, det = 6, 3, 5
     rng = np.random.default_rng(0)
     frames = rng.random((rows * g * g, det, det)).astype(np.float32) + 0.1
-    sim = train.SimSet(frames, np.repeat(np.arange(rows), g * g), np.repeat([5.0, 10.0, 15.0], g * g),
-                       np.zeros(rows * g * g, np.int64), Calibration(mrad_per_px=1.0), Path("."),
-                       {"shape": [rows, g * g, det, det], "config": {"training": {"probes": {"grid": g}}}})
-    out = list(train._raw_inputs(sim, "cell", True, np.random.default_rng(1)))
+    sim = SimSet(frames, np.repeat(np.arange(rows), g * g), np.repeat([5.0, 10.0, 15.0], g * g),
+                 np.zeros(rows * g * g, np.int64), Calibration(mrad_per_px=1.0), Path("."),
+                 {"shape": [rows, g * g, det, det], "config": {"training": {"probes": {"grid": g}}}})
+    out = list(raw_inputs(sim, "cell", True, np.random.default_rng(1)))
     assert len(out) == 1 + 4 + 2  # full, four 3x3 (stride 2), two of the nine 2x2 (stride 3)
     norm = frames / frames.sum(axis=(1, 2), keepdims=True)
     grid = norm.reshape(rows, g, g, det, det)
@@ -121,7 +139,7 @@ def test_cell_inputs_are_scan_like_subgrid_means():
     np.testing.assert_allclose(out[1][0], grid[:, 0::2, 0::2].mean(axis=(1, 2)), rtol=1e-5)
     np.testing.assert_allclose(out[4][0], grid[:, 1::2, 1::2].mean(axis=(1, 2)), rtol=1e-5)
     assert all(np.array_equal(o[1], [0, 1, 2]) and np.array_equal(o[2], [5.0, 10.0, 15.0]) for o in out)
-    assert len(list(train._raw_inputs(sim, "cell", False, np.random.default_rng(1)))) == 1
+    assert len(list(raw_inputs(sim, "cell", False, np.random.default_rng(1)))) == 1
 
 
 def test_probe_positions_follow_the_pattern_symmetry():
@@ -135,7 +153,7 @@ def test_probe_positions_follow_the_pattern_symmetry():
         img = np.zeros((n, n))
         img[c + round(10 * pos[0, 1]), c + round(10 * pos[0, 0])] = 1  # row = y, column = x
         iy, ix = np.unravel_index(np.argmax(transform(img, e)), img.shape)
-        moved = train.transform_positions(pos, e)[0]
+        moved = transform_positions(pos, e)[0]
         expect = (np.array([ix - c, iy - c]) / 10.0) % 1.0
         assert np.allclose(moved, expect), (e, moved, expect)
 
@@ -143,36 +161,36 @@ def test_probe_positions_follow_the_pattern_symmetry():
 def test_auxiliary_position_and_thickness_head_trains_and_ships(simfolder, cache, tmp_path, monkeypatch):
     import torch
 
-    sim = train.load_simset(simfolder / "train")
-    grid = train.InputGrid.from_dict({"size": 32, "mrad_per_px": 2.0, "intensity": "sqrt"})
-    arrays = train.build_arrays(sim, "pattern", grid, 1, train.DEFAULT_AUGMENT, 0)
+    sim = load_simset(simfolder / "train")
+    grid = InputGrid.from_dict({"size": 32, "mrad_per_px": 2.0, "intensity": "sqrt"})
+    arrays = build_arrays(sim, "pattern", grid, 1, DEFAULT_AUGMENT, 0)
     assert arrays["probe"].shape == (len(arrays["y"]), 2)
     arrays["probe"] = np.random.default_rng(0).random(arrays["probe"].shape).astype(np.float32)
     cfg = _cfg(simfolder, tmp_path / "w", val_every=3, epochs=2, aux_weight=0.5, arch_kwargs={"aux_dim": 5})
-    net, history, temp, info = train.train_network(cfg, "pattern", arrays, None, progress=False, log=lambda *_: None)
-    assert net.aux is not None and net.aux.out_features == len(train.AUX_TARGETS)
+    net, history, temp, info = train_network(cfg, "pattern", arrays, None, progress=False, log=lambda *_: None)
+    assert net.aux is not None and net.aux.out_features == len(AUX_TARGETS)
     with torch.no_grad():
         assert net(torch.zeros(2, 1, 32, 32)).shape == (2, 8)
     # aux_weight without the head is a configuration error, not a silent no-op
-    with pytest.raises(train.PolarstemError, match="aux_dim"):
-        train.train_network(_cfg(simfolder, tmp_path / "w2", aux_weight=0.5), "pattern", arrays, None,
-                            progress=False, log=lambda *_: None)
+    with pytest.raises(PolarstemError, match="aux_dim"):
+        train_network(_cfg(simfolder, tmp_path / "w2", aux_weight=0.5), "pattern", arrays, None,
+                      progress=False, log=lambda *_: None)
 
 
 def test_probe_positions_are_rebuilt_for_arrays_cached_without_them(tmp_path, cache):
     root = tmp_path / "sim"
-    train.write_synthetic_simset(root, n_structures=40, n_positions=8, thicknesses=(6, 12), det_px=40)  # > one 512 chunk
+    write_synthetic_simset(root, n_structures=40, n_positions=8, thicknesses=(6, 12), det_px=40)  # > one 512 chunk
     labels = np.load(root / "labels.npy")
     probe = np.random.default_rng(1).random(labels.shape + (2,)).astype(np.float32)
     np.save(root / "probe_frac.npy", probe)
-    sim = train.load_simset(root)
-    grid = train.InputGrid.from_dict({"size": 32, "mrad_per_px": 2.0, "intensity": "sqrt"})
-    fresh = train.build_arrays(sim, "pattern", grid, 2, train.DEFAULT_AUGMENT, 0, progress=False)
+    sim = load_simset(root)
+    grid = InputGrid.from_dict({"size": 32, "mrad_per_px": 2.0, "intensity": "sqrt"})
+    fresh = build_arrays(sim, "pattern", grid, 2, DEFAULT_AUGMENT, 0, progress=False)
     (cached,) = list((cache / "train").glob("arrays-pattern-*.npz"))
     with np.load(cached) as z:
         old = {k: z[k] for k in z.files if k != "probe"}
     np.savez(cached, **old)
-    again = train.build_arrays(sim, "pattern", grid, 2, train.DEFAULT_AUGMENT, 0, progress=False)
+    again = build_arrays(sim, "pattern", grid, 2, DEFAULT_AUGMENT, 0, progress=False)
     assert np.array_equal(again["probe"], fresh["probe"]) and np.isfinite(fresh["probe"]).all()
 
 
@@ -188,22 +206,22 @@ def test_warm_start_keeps_a_prototype_nets_trained_prototypes(tmp_path):
         donor.head.prototypes.copy_(torch.arange(donor.head.prototypes.numel(), dtype=torch.float32)
                                     .reshape(donor.head.prototypes.shape))
     path = tmp_path / "donor.safetensors"
-    train._save_state_dict(donor, path)
+    save_state_dict(donor, path)
     net = create_model("cnn", prototype=proto)
-    assert train._warm_start(net, str(path), "pattern", log=lambda *_: None) is True
+    assert _warm_start(net, str(path), "pattern", log=lambda *_: None) is True
     assert torch.equal(net.head.prototypes, donor.head.prototypes)
     plain = tmp_path / "plain.safetensors"
-    train._save_state_dict(create_model("cnn"), plain)
-    assert train._warm_start(create_model("cnn", prototype=proto), str(plain), "pattern", log=lambda *_: None) is False
+    save_state_dict(create_model("cnn"), plain)
+    assert _warm_start(create_model("cnn", prototype=proto), str(plain), "pattern", log=lambda *_: None) is False
 
 
 def test_copy_partners_pair_each_ideal_input_with_its_corrupted_version(tmp_path, cache):
     root = tmp_path / "sim"
-    train.write_synthetic_simset(root, n_structures=40, n_positions=8, thicknesses=(6, 12), det_px=40)  # > one 512 chunk
-    sim = train.load_simset(root)
-    grid = train.InputGrid.from_dict({"size": 32, "mrad_per_px": 2.0, "intensity": "sqrt"})
-    arrays = train.build_arrays(sim, "pattern", grid, 2, train.DEFAULT_AUGMENT, 0, progress=False)
-    partner = train.copy_partners(arrays["copy"])
+    write_synthetic_simset(root, n_structures=40, n_positions=8, thicknesses=(6, 12), det_px=40)  # > one 512 chunk
+    sim = load_simset(root)
+    grid = InputGrid.from_dict({"size": 32, "mrad_per_px": 2.0, "intensity": "sqrt"})
+    arrays = build_arrays(sim, "pattern", grid, 2, DEFAULT_AUGMENT, 0, progress=False)
+    partner = copy_partners(arrays["copy"])
     ideal = arrays["copy"] == 0
     assert (partner[ideal] >= 0).all() and (partner[~ideal] == -1).all()
     assert (arrays["copy"][partner[ideal]] == 1).all()
@@ -214,21 +232,21 @@ def test_copy_partners_pair_each_ideal_input_with_its_corrupted_version(tmp_path
 
 
 def test_prototype_consistency_term_trains_for_a_fixed_step_count(simfolder, cache, tmp_path):
-    sim = train.load_simset(simfolder / "train")
-    grid = train.InputGrid.from_dict({"size": 32, "mrad_per_px": 2.0, "intensity": "sqrt"})
-    arrays = train.build_arrays(sim, "pattern", grid, 2, train.DEFAULT_AUGMENT, 0, progress=False)
+    sim = load_simset(simfolder / "train")
+    grid = InputGrid.from_dict({"size": 32, "mrad_per_px": 2.0, "intensity": "sqrt"})
+    arrays = build_arrays(sim, "pattern", grid, 2, DEFAULT_AUGMENT, 0, progress=False)
     proto = {"per_class": 2, "scale": 16.0}
     cfg = _cfg(simfolder, tmp_path / "w", copies=2, prototype=proto, consistency=1.0, steps=7, epochs=50, val_every=3)
-    net, history, temp, info = train.train_network(cfg, "pattern", arrays, None, progress=False, log=lambda *_: None)
+    net, history, temp, info = train_network(cfg, "pattern", arrays, None, progress=False, log=lambda *_: None)
     assert history[-1]["step"] == 7 and np.isfinite(history[-1]["loss"])
     # the term belongs to the prototype regime, and it needs paired views
-    with pytest.raises(train.PolarstemError, match="prototype"):
-        train.train_network(_cfg(simfolder, tmp_path / "w2", consistency=1.0), "pattern", arrays, None,
-                            progress=False, log=lambda *_: None)
-    single = train.build_arrays(sim, "pattern", grid, 1, train.DEFAULT_AUGMENT, 0, progress=False)
-    with pytest.raises(train.PolarstemError, match="copies: 2"):
-        train.train_network(_cfg(simfolder, tmp_path / "w3", prototype=proto, consistency=1.0), "pattern", single,
-                            None, progress=False, log=lambda *_: None)
+    with pytest.raises(PolarstemError, match="prototype"):
+        train_network(_cfg(simfolder, tmp_path / "w2", consistency=1.0), "pattern", arrays, None,
+                      progress=False, log=lambda *_: None)
+    single = build_arrays(sim, "pattern", grid, 1, DEFAULT_AUGMENT, 0, progress=False)
+    with pytest.raises(PolarstemError, match="copies: 2"):
+        train_network(_cfg(simfolder, tmp_path / "w3", prototype=proto, consistency=1.0), "pattern", single,
+                      None, progress=False, log=lambda *_: None)
     import torch
 
     from polarstem.models.prototype import assignment_consistency
@@ -236,3 +254,56 @@ def test_prototype_consistency_term_trains_for_a_fixed_step_count(simfolder, cac
     z = torch.randn(6, net.embed_dim)
     assert float(assignment_consistency(net, torch.cat([z[:3], z[:3]]), 3)) < 1e-6  # identical views: no cost
     assert float(assignment_consistency(net, z, 3)) > 0
+
+
+def test_a_config_is_validated_once_and_a_wrong_key_or_value_is_named(tmp_path):
+    p = tmp_path / "cfg.yaml"
+    p.write_text("name: cnn\nmax_minutes: 80\nlr: 0.001\ndata: [a, b]\n")
+    cfg = TrainConfig.from_yaml(p)
+    assert cfg.max_minutes == 80 and isinstance(cfg.max_minutes, int)  # kept as written: the fingerprint is too
+    assert cfg.data == ["a", "b"] and cfg.out is None and cfg.out_dir().name == "weights"
+    for text, message in (("name: cnn\nbogus: 1\n", "unknown keys bogus"),
+                          ("lr: fast\n", "lr: should be a valid number"),
+                          ("modes: [pattern, cel]\n", "modes.1: should be 'pattern' or 'cell'"),
+                          ("epochs: 2.5\n", "epochs: should be a valid integer"),
+                          ("- a\n- b\n", "a mapping of keys")):
+        p.write_text(text)
+        with pytest.raises(PolarstemError, match=message):
+            TrainConfig.from_yaml(p)
+
+
+def test_temperature_minimises_the_validation_nll():
+    from polarstem.training import fit_temperature
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 4, (400, 8))
+    p = np.exp(logits / 2.0)
+    p /= p.sum(1, keepdims=True)
+    y = np.array([rng.choice(8, p=q) for q in p])
+    t = fit_temperature(logits, y)
+
+    def nll(temp):
+        z = logits / temp
+        z = z - z.max(1, keepdims=True)
+        return -(z - np.log(np.exp(z).sum(1, keepdims=True)))[np.arange(len(y)), y].mean()
+
+    assert 1.5 < t < 2.7 and nll(t) <= min(nll(t * 0.99), nll(t * 1.01))
+    assert fit_temperature(logits, logits.argmax(1)) < 0.051  # always right: as sharp as allowed
+    assert fit_temperature(np.zeros((0, 8)), np.zeros(0, int)) == 1.0
+
+
+def test_the_schedule_warms_up_then_follows_a_cosine_per_step():
+    import torch
+
+    from polarstem.training.loop import lr_schedule, warmup_cosine
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
+    seen = []
+    for first in (0, 37):  # a new schedule per round, from where the run stands
+        schedule = lr_schedule(opt, 2e-3, first, 100)
+        for _ in range(37 if first == 0 else 63):
+            seen.append(opt.param_groups[0]["lr"])
+            opt.step()
+            schedule.step()
+    assert seen == [2e-3 * warmup_cosine(s, 100) for s in range(100)]
+    assert seen[0] == 2e-3 * 0.1 and max(seen) == seen[5] and abs(seen[-1] - 2e-3 * 0.02) < 1e-6

@@ -1,0 +1,93 @@
+"""Fitting a model's abstention (:mod:`polarstem.abstain`): the class-conditional Gaussians of its
+embedding and the conformal thresholds, on a probe-grid set with the training corruptions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..abstain import WINDOW_SIZES, Abstention
+from ..errors import PolarstemError
+from ..preprocess import InputGrid
+from .augment import DEFAULT_AUGMENT, corrupt_and_preprocess
+from .data import SimSet, probe_grid_side, thickness_split
+
+
+def fit_abstention(model, sim: SimSet, grid: InputGrid, aug: dict | None = None, seed: int = 0, fit_rows: int = 600,
+                   calibration_rows: int = 600, tta: int = 8, log=print) -> Abstention:
+    """Fit the class-conditional Gaussians of ``model``'s embedding on training-split rows of a probe-grid
+    set and calibrate the thresholds on rows of its validation thicknesses (never trained on), both
+    with experiment-like corruptions, as a scan's cell windows pool them (``abstain.WINDOW_SIZES``).
+
+    Returns the :class:`polarstem.abstain.Abstention` (also set on ``model``)."""
+    g = probe_grid_side(sim)
+    if not g or g % 6:
+        raise PolarstemError(f"{sim.folder}: calibrating the abstention needs a set with a 6 x 6 probe grid per cell")
+    aug = dict(DEFAULT_AUGMENT, **(aug or {}))
+    n_pos = g * g
+    rng = np.random.default_rng(seed)
+    fit_pick, cal_pick = _fit_and_calibration_rows(sim, n_pos, fit_rows, calibration_rows, rng)
+    _, emb_fit, y_fit = _row_outputs(model, sim, fit_pick, n_pos, grid, aug, rng, tta=False)
+    abst = Abstention.fit(emb_fit.reshape(-1, emb_fit.shape[-1]), np.repeat(y_fit, n_pos))
+    proba, emb, _ = _row_outputs(model, sim, cal_pick, n_pos, grid, aug, rng, tta=tta)
+    dist = abst.distance(emb.reshape(-1, emb.shape[-1])).reshape(len(cal_pick), g, g)
+    logp = np.log(np.clip(proba, 1e-6, 1.0)).reshape(len(cal_pick), g, g, -1)
+    for n in WINDOW_SIZES:
+        d_w, p_w = _grid_windows(dist, logp, g, n)
+        abst.calibrate(d_w, p_w, n)
+        log(f"abstention at {n} patterns: distance <= {abst.max_distance[n]:.3f}, "
+            f"top probability >= {abst.min_confidence[n]:.3f} ({len(d_w)} windows)")
+    model.abstention = abst
+    return abst
+
+
+def _fit_and_calibration_rows(sim: SimSet, n_pos: int, fit_rows: int, calibration_rows: int,
+                              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (structure x thickness) to fit on, from the training thicknesses, and rows to calibrate on,
+    from the validation ones (with too few thicknesses: a seventh of the structures held out)."""
+    val = thickness_split(sim.thickness[::n_pos], 4)
+    if not val.any():  # too few thicknesses: hold out a seventh of the structures instead
+        structures = sim.structure[::n_pos]
+        held = rng.choice(np.unique(structures), max(1, len(np.unique(structures)) // 7), replace=False)
+        val = np.isin(structures, held)
+    labeled = sim.labels[::n_pos] >= 0
+    val_rows, tr_rows = np.nonzero(val & labeled)[0], np.nonzero(~val & labeled)[0]
+    fit_pick = np.sort(rng.choice(tr_rows, min(fit_rows, len(tr_rows)), replace=False))
+    cal_pick = np.sort(rng.choice(val_rows, min(calibration_rows, len(val_rows)), replace=False))
+    return fit_pick, cal_pick
+
+
+def _row_outputs(model, sim: SimSet, rows: np.ndarray, n_pos: int, grid: InputGrid, aug: dict,
+                 rng: np.random.Generator, tta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(proba (rows, n_pos, 8), embeddings (rows, n_pos, D), labels (rows,)) of corrupted patterns, 16 rows at a time."""
+    probs, embs, ys = [], [], []
+    for i in range(0, len(rows), 16):
+        r = rows[i:i + 16]
+        index = (r[:, None] * n_pos + np.arange(n_pos)[None]).reshape(-1)
+        frames = np.asarray(sim.frames[index])
+        mrad, energy, conv = sim.acquisition(index)
+        x, _ = corrupt_and_preprocess(frames, mrad, rng, aug, False, grid, group=n_pos, energy=energy,
+                                      convergence=conv)
+        out = model.predict(x, tta=tta)
+        probs.append(out["proba"].reshape(len(r), n_pos, -1))
+        embs.append(out["embedding"].reshape(len(r), n_pos, -1))
+        ys.append(sim.labels[r * n_pos])
+    return np.concatenate(probs), np.concatenate(embs), np.concatenate(ys)
+
+
+def _grid_windows(dist: np.ndarray, logp: np.ndarray, g: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled distance (mean) and top probability (renormalised mean log-probability) of every window of
+    ``n`` = s x s regularly spaced probe positions (stride g / s) of each row's g x g grid, as a scan with
+    s steps per cell pools them."""
+    s = int(round(np.sqrt(n)))
+    if s * s != n or g % s:
+        raise ValueError(f"a window of {n} positions is not a regular sub-grid of a {g} x {g} grid")
+    stride = g // s
+    ds, ps = [], []
+    for oy in range(stride):
+        for ox in range(stride):
+            d = dist[:, oy::stride, ox::stride].reshape(len(dist), -1).mean(axis=1)
+            m = logp[:, oy::stride, ox::stride].reshape(len(logp), n, -1).mean(axis=1)
+            p = np.exp(m - m.max(axis=1, keepdims=True))
+            ds.append(d)
+            ps.append((p / p.sum(axis=1, keepdims=True)).max(axis=1))
+    return np.concatenate(ds), np.concatenate(ps)

@@ -59,7 +59,8 @@ def read_region(dataset: Dataset4D, rows, cols) -> np.ndarray:
         raise _read_error(dataset, rows, cols, exc) from exc
 
 
-def block_grid(dataset: Dataset4D, budget: int = BLOCK_BYTES, mask: np.ndarray | None = None) -> list[tuple[slice, slice]]:
+def block_grid(dataset: Dataset4D, budget: int = BLOCK_BYTES,
+               mask: np.ndarray | None = None) -> list[tuple[slice, slice]]:
     """Rectangles of the scan, aligned with the dask chunks, each about ``budget`` bytes; with a
     ``mask`` (scan_rows, scan_cols), only those holding a selected position."""
     data = dataset.data
@@ -82,6 +83,16 @@ def block_grid(dataset: Dataset4D, budget: int = BLOCK_BYTES, mask: np.ndarray |
     if mask is not None:
         blocks = [(r, c) for r, c in blocks if mask[r, c].any()]
     return blocks
+
+
+def _scan_mask(mask, dataset: Dataset4D) -> np.ndarray | None:
+    """``mask`` as a bool array of the scan's shape (None stays None), or a one-line error."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != dataset.scan_shape:
+        raise PolarstemError(f"ROI mask shape {mask.shape} does not match the scan {dataset.scan_shape}")
+    return mask
 
 
 def with_halo(rows: slice, cols: slice, halo: tuple[int, int],
@@ -112,10 +123,7 @@ def iter_frame_blocks(
     neighbouring rows/cols (for cell windows); ``transform`` runs in the reader thread (preprocessing
     overlaps the caller's work on the previous block).
     """
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != dataset.scan_shape:
-            raise PolarstemError(f"ROI mask shape {mask.shape} does not match the scan {dataset.scan_shape}")
+    mask = _scan_mask(mask, dataset)
     blocks = block_grid(dataset, budget, mask)
     total = len(blocks)
 
@@ -171,12 +179,8 @@ def map_frame_blocks(
     is checked between blocks and raises :class:`Cancelled`; blocks yielded before stay valid.
     ``mask`` skips blocks with no selected position, as in :func:`iter_frame_blocks`.
     """
-    blocks = block_grid(dataset, budget)
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != dataset.scan_shape:
-            raise PolarstemError(f"ROI mask shape {mask.shape} does not match the scan {dataset.scan_shape}")
-        blocks = [(r, c) for r, c in blocks if mask[r, c].any()]
+    mask = _scan_mask(mask, dataset)
+    blocks = block_grid(dataset, budget, mask)
     total = len(blocks)
     reader = block_reader(dataset)
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..classes import CLASS_NAMES, N_CLASSES
 from ..fileio import atomic_path, finite_json, write_json, write_text
+from .trust import acquisition_table, out_of_scope_table
 
 
 def _fmt(v, digits=3) -> str:
@@ -274,7 +275,26 @@ def best_model(results: dict, mode: str | None = None) -> tuple[str, str] | None
 
 
 def write_report(results: dict, figures: dict, out: Path) -> Path:
+    """Figures, ``results.json`` and the CSVs, then ``report.md`` with a section per measurement."""
     out = Path(out)
+    cset = results.get("primary_set") or results["config"].get("corruption_set", "in_range")
+    figs = _summary_figures(results, out)
+    confusions = _confusion_figures(results, out, cset)
+    scan_figs = [fig_scan(maps, out / f"scan_{maps['scan']}_{maps['model']}_{maps.get('mode', '')}.png").name
+                 for maps in figures.get("scan_maps", [])]
+    _write_numbers(results, out)
+    md = _md_header(results) + _md_models(results)
+    if _model_modes(results):
+        md += _md_accuracy(results, cset, figs, confusions)
+    md += _md_thickness(results, figs) + _md_positions(results, figs) + _md_scans(results, scan_figs)
+    md += _md_domain_gap(results) + _md_trust(results)
+    md += ["## Raw numbers", "", "`results.json` (everything), `accuracy.csv`, `speed.csv`, `thickness.csv`, `tilt.csv`, "
+           "`scans.csv`, `domain_gap_*.csv`.", ""]
+    return write_text(out / "report.md", "\n".join(md))
+
+
+def _summary_figures(results: dict, out: Path) -> dict:
+    """The figures over all models, by name -> file name; a failed figure becomes a note."""
     figs = {}
     for name, fn in (("sets", fig_sets), ("corruptions", fig_corruptions), ("positions", fig_positions),
                      ("thickness", fig_thickness)):
@@ -285,18 +305,23 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
             p = None
         if p:
             figs[name] = p.name
+    return figs
+
+
+def _confusion_figures(results: dict, out: Path, cset: str) -> list[str]:
+    """The confusion matrix of the best model of each mode (file names)."""
     confusions = []
-    cset = results.get("primary_set") or results["config"].get("corruption_set", "in_range")
     for mode in ("pattern", "cell"):
         b = best_model(results, mode)
         if b and b[1] == mode:
             row = _acc(results, b[0], mode, cset) or _acc(results, b[0], mode, "all")
             if row:
                 confusions.append(fig_confusion(row, out / f"confusion_{b[0]}_{mode}.png").name)
-    scan_figs = []
-    for maps in figures.get("scan_maps", []):
-        scan_figs.append(fig_scan(maps, out / f"scan_{maps['scan']}_{maps['model']}_{maps.get('mode', '')}.png").name)
+    return confusions
 
+
+def _write_numbers(results: dict, out: Path) -> None:
+    """``results.json`` and the CSV tables."""
     write_json(out / "results.json", finite_json(results), indent=1)
     acc_fields = ["model", "mode", "set", "condition", "strength", "accuracy", "n", "unclassified",
                   "informative_fraction", "accuracy_informative", "patterns_per_s", "per_class"]
@@ -312,6 +337,8 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
     tilt_rows = [{"model": t["model"], "mode": t["mode"], **b} for t in results["tilt"] for b in t["bins"]]
     _write_csv(out / "tilt.csv", tilt_rows, ["model", "mode", "lo", "hi", "n", "accuracy"])
 
+
+def _md_header(results: dict) -> list[str]:
     md = ["# polarstem benchmark", "",
           f"Generated {results['started']} in {results.get('seconds', 0):.0f} s on {results['machine']['cpus']} CPUs "
           f"({results['machine']['threads']} torch thread(s), device {results['machine']['device']}).",
@@ -319,172 +346,219 @@ def write_report(results: dict, figures: dict, out: Path) -> Path:
           f"training data (thickness range, domain-gap reference): `{results.get('train')}`.", ""]
     if results["notes"]:
         md += ["**Notes**", ""] + [f"- {n}" for n in results["notes"]] + [""]
-    if results.get("models"):
-        td = results.get("training_data") or {}
-        md += ["## Models", "", _table(["model", "family", "modes", "trained on", "sha256"],
-                                       [[e["name"], e["family"], ", ".join(e["modes"]),
-                                         ", ".join(sorted({_folders(td.get(f"{e['name']}/{m}")) for m in e["modes"]})),
-                                         " ".join(e["sha256"][m][:10] for m in e["modes"])] for e in results["models"]]), ""]
-    mm = _model_modes(results)
-    sets = [s for s in results.get("thickness_sets", {}) if any(r["set"] == s for r in results["accuracy"])]
-    if mm:
-        md += ["## Accuracy on held-out simulations", "",
-               "Ideal patterns (no noise) of the test set (`test` in the config). Sets by thickness (nm, [lo, hi)): "
-               + ", ".join(f"`{s}` {results['thickness_sets'][s][0]:g}–{results['thickness_sets'][s][1]:g}" for s in sets)
-               + f". `combined=1` is the `{cset}` set with blur 1 px, 5 % background, ±3 px descan and 1e4 electrons "
-               "per pattern. Pattern mode: single patterns; cell mode: one cell's probe grid (16 positions), classified "
-               "as `classify_scan` does (default `vote`: the pattern weights on every pattern, the mean "
-               "log-probability decides). "
-               "`±45°`: the share predicted within one class of the truth (from the confusion matrix). "
-               f"Symmetry images averaged per pattern (`tta`): {results.get('config', {}).get('tta', 1) or 'auto'} "
-               "(1 = none: the tables compare the models themselves; `polarstem evaluate --tta N` reproduces a row).", ""]
-        sp = {(s["model"], s["mode"]): s for s in results["speed"]}
-        header = (["model", "mode"] + [f"{s} (n)" for s in sets]
-                  + [f"{cset} ±45°", "combined=1", "informative", "e2e pat/s", "fwd pat/s"])
-        rows = []
-        for m, md_ in mm:
-            r = [m, md_]
-            for s in sets:
-                a = _acc(results, m, md_, s)
-                r.append(f"{_fmt(a['accuracy'])} ({a['n']})" if a else "–")
-            ideal = _acc(results, m, md_, cset)
-            r.append(within_45(ideal["confusion"]) if ideal else None)
-            comb = _acc(results, m, md_, cset, "combined", 1.0)
-            r.append(comb["accuracy"] if comb else None)
-            r.append(ideal.get("informative_fraction") if ideal else None)
-            s_ = sp.get((m, md_), {})
-            r += [s_.get("end_to_end_per_s"), s_.get("forward_per_s")]
-            rows.append(r)
-        md += [_table(header, rows), ""]
-        if "sets" in figs:
-            md += [f"![accuracy by thickness set]({figs['sets']})", ""]
-        # per class
-        md += ["### Per-class accuracy (`" + cset + "`, ideal)", ""]
-        rows = []
-        for m, md_ in mm:
-            a = _acc(results, m, md_, cset)
-            if a:
-                rows.append([m, md_] + list(a["per_class"]))
-        md += [_table(["model", "mode"] + [f"{k} {CLASS_NAMES[k]}" for k in range(N_CLASSES)], rows), ""]
-        md += [f"![confusion]({c})" for c in confusions] + [""]
-        # corruptions
-        kinds = results["config"].get("corruptions") or {}
-        if kinds:
-            cols = [(k, float(s)) for k, lv in kinds.items() for s in lv]
-            md += ["## Experiment-like corruptions", "",
-                   f"On the `{cset}` set, each alone and combined (dose in electrons per pattern; blur and descan in "
-                   "simulated detector pixels of "
-                   f"{_fmt(results.get('detector_mrad_per_px'), 2)} mrad; background as a fraction of the intensity). "
-                   "In cell mode every pattern of the cell is corrupted on its own (with `cell_method: mean`, the cell "
-                   "average gets the summed dose of its patterns).", ""]
-            rows = []
-            for m, md_ in mm:
-                ideal = _acc(results, m, md_, cset)
-                rows.append([m, md_, ideal["accuracy"] if ideal else None] +
-                            [(_acc(results, m, md_, cset, k, s) or {}).get("accuracy") for k, s in cols])
-            md += [_table(["model", "mode", "ideal"] + [f"{k} {s:g}" for k, s in cols], rows), ""]
-            if "corruptions" in figs:
-                md += [f"![corruptions]({figs['corruptions']})", ""]
-        sset = results.get("source_set")
-        sigmas = [float(v) for v in (results["config"].get("source_size") or {}).get("sigma_a", [])]
-        if sset and sigmas:
-            md += ["## Finite source (partial spatial coherence)", "",
-                   f"On `{sset}` (every thickness; a set with a 6x6 probe grid per cell): each pattern as a source of "
-                   "the given standard deviation (Å) records it, the Gaussian average over the probe positions "
-                   "around the nominal one (`polarstem.simulate.coherence`; docs/simulation.md). No other corruption. "
-                   "In cell mode every pattern of the cell gets it.", ""]
-            rows = []
-            for m, md_ in mm:
-                ideal = _acc(results, m, md_, sset)
-                if ideal:
-                    rows.append([m, md_, ideal["accuracy"]] +
-                                [(_acc(results, m, md_, sset, "source", s) or {}).get("accuracy") for s in sigmas])
-            md += [_table(["model", "mode", "point source"] + [f"σ {s:g} Å" for s in sigmas], rows), ""]
-        if results["tilt"]:
-            md += ["### Mistilt (from the held-out simulation's parameters)", "",
-                   "Accuracy of ideal inputs (all thickness sets of the first test folder) by the structure's mistilt (mrad).", ""]
-            edges = [(b["lo"], b["hi"]) for b in results["tilt"][0]["bins"]]
-            rows = []
-            for t in results["tilt"]:
-                d = {(b["lo"], b["hi"]): b for b in t["bins"]}
-                rows.append([t["model"], t["mode"]] + [f"{_fmt(d[e]['accuracy'])} ({d[e]['n']})" if e in d else "–" for e in edges])
-            md += [_table(["model", "mode"] + [f"{lo:g}–{hi:g}" for lo, hi in edges], rows), ""]
-    if results["thickness"]:
-        md += ["## Error against thickness", "",
-               f"Ideal inputs of all thickness sets of the first test folder (`{(results.get('test_folders') or ['?'])[0]}`) "
-               "pooled, binned by thickness (nm).", ""]
-        all_edges = sorted({(b["lo"], b["hi"]) for t in results["thickness"] for b in t["bins"]})
-        rows = []
-        for t in results["thickness"]:
-            d = {(b["lo"], b["hi"]): b for b in t["bins"]}
-            rows.append([t["model"], t["mode"]] + [d[e]["accuracy"] if e in d else None for e in all_edges])
-        md += [_table(["model", "mode"] + [f"{lo:g}–{hi:g}" for lo, hi in all_edges], rows), ""]
-        if "thickness" in figs:
-            md += [f"![accuracy vs thickness]({figs['thickness']})", ""]
-    if results["positions"]:
-        md += ["## Error against probe position", "",
-               f"Pattern mode, ideal inputs of the first test folder pooled over its thickness sets, binned {results['positions'][0]['bins']}×"
-               f"{results['positions'][0]['bins']} over the unit cell (x, y fraction from the A column). "
-               "`informative` is the share the preprocessing filter passes; `AUC(wrong | low conf.)` is how well a low "
-               "confidence singles out the wrong predictions (0.5 = not at all).", ""]
-        rows = []
-        for p in results["positions"]:
-            a = np.asarray(p["accuracy"], float)
-            rows.append([p["model"], float(np.nanmin(a)), float(np.nanmax(a)), p["informative_all"],
-                         p["accuracy_informative_all"], p["error_auc_low_confidence"]])
-        md += [_table(["model", "worst bin acc", "best bin acc", "informative", "acc (informative only)",
-                       "AUC(wrong | low conf.)"], rows), ""]
-        if "positions" in figs:
-            md += [f"![accuracy by probe position]({figs['positions']})", ""]
-    if results["scans"] or results["scan_phases"]:
-        md += ["## Defect detection on simulated scans", "",
-               "`polarstem evaluate SCAN --defects defects.npy --mode M` per model: accuracy over polar positions, away "
-               "from the defects, and the anomaly score's ROC AUC for the defect mask. `auto` is the default mode; "
-               "`tta` is the number of symmetry images averaged per pattern (the default: 8 for scans this small). "
-               "'… and wall planes' also leaves out the probes within 0.1 a of a domain-wall plane, whose label "
-               "(the cell the probe's centre lies in) is close to a coin toss (`polarstem.evaluate.wall_plane_probes`).",
-               ""]
-        rows = [[Path(r["scan"]).name, r["model"], f"{r['mode_requested']}→{r['mode']}", r.get("tta"), r["accuracy"],
-                 within_45(r["confusion"]) if r.get("confusion") else None,
-                 r["accuracy_outside_defects"], r.get("accuracy_outside_defects_and_wall_planes"), r["anomaly_auc"],
-                 r["informative_fraction"]] for r in results["scans"]]
-        md += [_table(["scan", "model", "mode", "tta", "accuracy", "±45°", "acc. away from defects",
-                       "… and wall planes", "anomaly AUC", "informative"], rows), ""]
-        if results["scan_phases"]:
-            md += ["By place in the unit cell (phase bin from the scan's lattice), away from defects: "
-                   "periodic errors show as bins of low accuracy; the anomaly score should stay low there "
-                   "(it compares each position with the others at the same place in the cell).", ""]
-            for ph in results["scan_phases"]:
-                md += [f"**{ph['model']}** ({ph.get('mode_requested')}→{ph.get('mode')}) on `{Path(ph['scan']).name}` "
-                       f"(lattice period {ph['lattice_period']} px; "
-                       f"median anomaly away from defects {_fmt(ph['anomaly_median_away'])}, at defects "
-                       f"{_fmt(ph['anomaly_median_defects'])})", ""]
-                md += [_table(["bin", "n", "accuracy", "informative", "confidence", "anomaly"],
-                              [[b["bin"], b["n"], b["accuracy"], b["informative"], b["confidence"], b["anomaly"]]
-                               for b in ph["phase_bins"]]), ""]
-        md += [f"![scan]({f})" for f in scan_figs] + [""]
-    if results["domain_gap"]:
-        md += ["## Domain gap", "",
-               "PCA of the model embedding of simulated training patterns (small dots, true class) and of the dataset "
-               "(edged dots, predicted class). `outside` = share of the dataset farther from the training "
-               "embeddings than 95 % of training patterns are from each other (≈ 0.05 when the data look simulated).", ""]
-        md += [_table(["dataset", "model", "mode", "n train", "n data", "outside"],
-                      [[Path(d["dataset"]).name, d["model"], d["mode"], d["n_train"], d["n_user"], d["outside_fraction"]]
-                       for d in results["domain_gap"]]), ""]
-        md += [f"![domain gap]({d['figure']})" for d in results["domain_gap"]] + [""]
-    if results.get("acquisitions"):
-        from .trust import acquisition_table
+    return md
 
+
+def _md_models(results: dict) -> list[str]:
+    if not results.get("models"):
+        return []
+    td = results.get("training_data") or {}
+    return ["## Models", "", _table(["model", "family", "modes", "trained on", "sha256"],
+                                    [[e["name"], e["family"], ", ".join(e["modes"]),
+                                      ", ".join(sorted({_folders(td.get(f"{e['name']}/{m}")) for m in e["modes"]})),
+                                      " ".join(e["sha256"][m][:10] for m in e["modes"])] for e in results["models"]]), ""]
+
+
+def _thickness_sets(results: dict) -> list[str]:
+    """The thickness sets that have accuracy rows."""
+    return [s for s in results.get("thickness_sets", {}) if any(r["set"] == s for r in results["accuracy"])]
+
+
+def _md_accuracy(results: dict, cset: str, figs: dict, confusions: list[str]) -> list[str]:
+    """Accuracy on the held-out simulations: by thickness set, per class, corrupted, finite source, mistilt."""
+    sets = _thickness_sets(results)
+    md = ["## Accuracy on held-out simulations", "",
+          "Ideal patterns (no noise) of the test set (`test` in the config). Sets by thickness (nm, [lo, hi)): "
+          + ", ".join(f"`{s}` {results['thickness_sets'][s][0]:g}–{results['thickness_sets'][s][1]:g}" for s in sets)
+          + f". `combined=1` is the `{cset}` set with blur 1 px, 5 % background, ±3 px descan and 1e4 electrons "
+          "per pattern. Pattern mode: single patterns; cell mode: one cell's probe grid (16 positions), classified "
+          "as `classify_scan` does (default `vote`: the pattern weights on every pattern, the mean "
+          "log-probability decides). "
+          "`±45°`: the share predicted within one class of the truth (from the confusion matrix). "
+          f"Symmetry images averaged per pattern (`tta`): {results.get('config', {}).get('tta', 1) or 'auto'} "
+          "(1 = none: the tables compare the models themselves; `polarstem evaluate --tta N` reproduces a row).", ""]
+    md += [_accuracy_table(results, sets, cset), ""]
+    if "sets" in figs:
+        md += [f"![accuracy by thickness set]({figs['sets']})", ""]
+    md += ["### Per-class accuracy (`" + cset + "`, ideal)", ""]
+    rows = []
+    for m, md_ in _model_modes(results):
+        a = _acc(results, m, md_, cset)
+        if a:
+            rows.append([m, md_] + list(a["per_class"]))
+    md += [_table(["model", "mode"] + [f"{k} {CLASS_NAMES[k]}" for k in range(N_CLASSES)], rows), ""]
+    md += [f"![confusion]({c})" for c in confusions] + [""]
+    return md + _md_corruptions(results, cset, figs) + _md_source(results) + _md_tilt(results)
+
+
+def _accuracy_table(results: dict, sets: list[str], cset: str) -> str:
+    """One row per model and mode: accuracy per thickness set, ±45°, combined corruption, speed."""
+    sp = {(s["model"], s["mode"]): s for s in results["speed"]}
+    header = (["model", "mode"] + [f"{s} (n)" for s in sets]
+              + [f"{cset} ±45°", "combined=1", "informative", "e2e pat/s", "fwd pat/s"])
+    rows = []
+    for m, md_ in _model_modes(results):
+        r = [m, md_]
+        for s in sets:
+            a = _acc(results, m, md_, s)
+            r.append(f"{_fmt(a['accuracy'])} ({a['n']})" if a else "–")
+        ideal = _acc(results, m, md_, cset)
+        r.append(within_45(ideal["confusion"]) if ideal else None)
+        comb = _acc(results, m, md_, cset, "combined", 1.0)
+        r.append(comb["accuracy"] if comb else None)
+        r.append(ideal.get("informative_fraction") if ideal else None)
+        s_ = sp.get((m, md_), {})
+        r += [s_.get("end_to_end_per_s"), s_.get("forward_per_s")]
+        rows.append(r)
+    return _table(header, rows)
+
+
+def _md_corruptions(results: dict, cset: str, figs: dict) -> list[str]:
+    kinds = results["config"].get("corruptions") or {}
+    if not kinds:
+        return []
+    cols = [(k, float(s)) for k, lv in kinds.items() for s in lv]
+    md = ["## Experiment-like corruptions", "",
+          f"On the `{cset}` set, each alone and combined (dose in electrons per pattern; blur and descan in "
+          "simulated detector pixels of "
+          f"{_fmt(results.get('detector_mrad_per_px'), 2)} mrad; background as a fraction of the intensity). "
+          "In cell mode every pattern of the cell is corrupted on its own (with `cell_method: mean`, the cell "
+          "average gets the summed dose of its patterns).", ""]
+    rows = []
+    for m, md_ in _model_modes(results):
+        ideal = _acc(results, m, md_, cset)
+        rows.append([m, md_, ideal["accuracy"] if ideal else None] +
+                    [(_acc(results, m, md_, cset, k, s) or {}).get("accuracy") for k, s in cols])
+    md += [_table(["model", "mode", "ideal"] + [f"{k} {s:g}" for k, s in cols], rows), ""]
+    if "corruptions" in figs:
+        md += [f"![corruptions]({figs['corruptions']})", ""]
+    return md
+
+
+def _md_source(results: dict) -> list[str]:
+    sset = results.get("source_set")
+    sigmas = [float(v) for v in (results["config"].get("source_size") or {}).get("sigma_a", [])]
+    if not (sset and sigmas):
+        return []
+    md = ["## Finite source (partial spatial coherence)", "",
+          f"On `{sset}` (every thickness; a set with a 6x6 probe grid per cell): each pattern as a source of "
+          "the given standard deviation (Å) records it, the Gaussian average over the probe positions "
+          "around the nominal one (`polarstem.simulate.coherence`; docs/simulation.md). No other corruption. "
+          "In cell mode every pattern of the cell gets it.", ""]
+    rows = []
+    for m, md_ in _model_modes(results):
+        ideal = _acc(results, m, md_, sset)
+        if ideal:
+            rows.append([m, md_, ideal["accuracy"]] +
+                        [(_acc(results, m, md_, sset, "source", s) or {}).get("accuracy") for s in sigmas])
+    return md + [_table(["model", "mode", "point source"] + [f"σ {s:g} Å" for s in sigmas], rows), ""]
+
+
+def _md_tilt(results: dict) -> list[str]:
+    if not results["tilt"]:
+        return []
+    md = ["### Mistilt (from the held-out simulation's parameters)", "",
+          "Accuracy of ideal inputs (all thickness sets of the first test folder) by the structure's mistilt (mrad).", ""]
+    edges = [(b["lo"], b["hi"]) for b in results["tilt"][0]["bins"]]
+    rows = []
+    for t in results["tilt"]:
+        d = {(b["lo"], b["hi"]): b for b in t["bins"]}
+        rows.append([t["model"], t["mode"]] + [f"{_fmt(d[e]['accuracy'])} ({d[e]['n']})" if e in d else "–" for e in edges])
+    return md + [_table(["model", "mode"] + [f"{lo:g}–{hi:g}" for lo, hi in edges], rows), ""]
+
+
+def _md_thickness(results: dict, figs: dict) -> list[str]:
+    if not results["thickness"]:
+        return []
+    md = ["## Error against thickness", "",
+          f"Ideal inputs of all thickness sets of the first test folder (`{(results.get('test_folders') or ['?'])[0]}`) "
+          "pooled, binned by thickness (nm).", ""]
+    all_edges = sorted({(b["lo"], b["hi"]) for t in results["thickness"] for b in t["bins"]})
+    rows = []
+    for t in results["thickness"]:
+        d = {(b["lo"], b["hi"]): b for b in t["bins"]}
+        rows.append([t["model"], t["mode"]] + [d[e]["accuracy"] if e in d else None for e in all_edges])
+    md += [_table(["model", "mode"] + [f"{lo:g}–{hi:g}" for lo, hi in all_edges], rows), ""]
+    if "thickness" in figs:
+        md += [f"![accuracy vs thickness]({figs['thickness']})", ""]
+    return md
+
+
+def _md_positions(results: dict, figs: dict) -> list[str]:
+    if not results["positions"]:
+        return []
+    md = ["## Error against probe position", "",
+          f"Pattern mode, ideal inputs of the first test folder pooled over its thickness sets, binned {results['positions'][0]['bins']}×"
+          f"{results['positions'][0]['bins']} over the unit cell (x, y fraction from the A column). "
+          "`informative` is the share the preprocessing filter passes; `AUC(wrong | low conf.)` is how well a low "
+          "confidence singles out the wrong predictions (0.5 = not at all).", ""]
+    rows = []
+    for p in results["positions"]:
+        a = np.asarray(p["accuracy"], float)
+        rows.append([p["model"], float(np.nanmin(a)), float(np.nanmax(a)), p["informative_all"],
+                     p["accuracy_informative_all"], p["error_auc_low_confidence"]])
+    md += [_table(["model", "worst bin acc", "best bin acc", "informative", "acc (informative only)",
+                   "AUC(wrong | low conf.)"], rows), ""]
+    if "positions" in figs:
+        md += [f"![accuracy by probe position]({figs['positions']})", ""]
+    return md
+
+
+def _md_scans(results: dict, scan_figs: list[str]) -> list[str]:
+    """Defect detection on the simulated scans, and accuracy by place in the unit cell."""
+    if not (results["scans"] or results["scan_phases"]):
+        return []
+    md = ["## Defect detection on simulated scans", "",
+          "`polarstem evaluate SCAN --defects defects.npy --mode M` per model: accuracy over polar positions, away "
+          "from the defects, and the anomaly score's ROC AUC for the defect mask. `auto` is the default mode; "
+          "`tta` is the number of symmetry images averaged per pattern (the default: 8 for scans this small). "
+          "'… and wall planes' also leaves out the probes within 0.1 a of a domain-wall plane, whose label "
+          "(the cell the probe's centre lies in) is close to a coin toss (`polarstem.evaluate.wall_plane_probes`).",
+          ""]
+    rows = [[Path(r["scan"]).name, r["model"], f"{r['mode_requested']}→{r['mode']}", r.get("tta"), r["accuracy"],
+             within_45(r["confusion"]) if r.get("confusion") else None,
+             r["accuracy_outside_defects"], r.get("accuracy_outside_defects_and_wall_planes"), r["anomaly_auc"],
+             r["informative_fraction"]] for r in results["scans"]]
+    md += [_table(["scan", "model", "mode", "tta", "accuracy", "±45°", "acc. away from defects",
+                   "… and wall planes", "anomaly AUC", "informative"], rows), ""]
+    if results["scan_phases"]:
+        md += ["By place in the unit cell (phase bin from the scan's lattice), away from defects: "
+               "periodic errors show as bins of low accuracy; the anomaly score should stay low there "
+               "(it compares each position with the others at the same place in the cell).", ""]
+        for ph in results["scan_phases"]:
+            md += [f"**{ph['model']}** ({ph.get('mode_requested')}→{ph.get('mode')}) on `{Path(ph['scan']).name}` "
+                   f"(lattice period {ph['lattice_period']} px; "
+                   f"median anomaly away from defects {_fmt(ph['anomaly_median_away'])}, at defects "
+                   f"{_fmt(ph['anomaly_median_defects'])})", ""]
+            md += [_table(["bin", "n", "accuracy", "informative", "confidence", "anomaly"],
+                          [[b["bin"], b["n"], b["accuracy"], b["informative"], b["confidence"], b["anomaly"]]
+                           for b in ph["phase_bins"]]), ""]
+    return md + [f"![scan]({f})" for f in scan_figs] + [""]
+
+
+def _md_domain_gap(results: dict) -> list[str]:
+    if not results["domain_gap"]:
+        return []
+    md = ["## Domain gap", "",
+          "PCA of the model embedding of simulated training patterns (small dots, true class) and of the dataset "
+          "(edged dots, predicted class). `outside` = share of the dataset farther from the training "
+          "embeddings than 95 % of training patterns are from each other (≈ 0.05 when the data look simulated).", ""]
+    md += [_table(["dataset", "model", "mode", "n train", "n data", "outside"],
+                  [[Path(d["dataset"]).name, d["model"], d["mode"], d["n_train"], d["n_user"], d["outside_fraction"]]
+                   for d in results["domain_gap"]]), ""]
+    return md + [f"![domain gap]({d['figure']})" for d in results["domain_gap"]] + [""]
+
+
+def _md_trust(results: dict) -> list[str]:
+    """Labeled scans across acquisitions, and data out of scope: what the default classification does."""
+    md = []
+    if results.get("acquisitions"):
         md += ["## Across acquisitions", "",
                "Default classification (`polarstem classify`) of experiment-like labeled scans, one per beam energy "
                "and convergence (configs/simulate/acquisition/; 64 px detector, 2e4 electrons, descan ramp, "
                "ellipticity, hot and dead pixels). An abstention counts as not correct.", "",
                acquisition_table(results["acquisitions"]), ""]
     if results.get("out_of_scope"):
-        from .trust import out_of_scope_table
-
         md += ["## Out of scope", "", "Share of positions the default classification abstains on (class -2) when "
                "the data are not polar KNN at [001].", "", out_of_scope_table(results["out_of_scope"]), ""]
-    md += ["## Raw numbers", "", "`results.json` (everything), `accuracy.csv`, `speed.csv`, `thickness.csv`, `tilt.csv`, "
-           "`scans.csv`, `domain_gap_*.csv`.", ""]
-    return write_text(out / "report.md", "\n".join(md))
+    return md

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..classes import CLASS_NAMES, N_CLASSES
+from ..classes import CLASS_NAMES, N_CLASSES, direction_colors
 from ..fileio import atomic_path, finite_json, write_json, write_text
 from .trust import acquisition_table, out_of_scope_table
 
@@ -219,8 +219,6 @@ def fig_thickness(results, path) -> Path | None:
 
 
 def fig_scan(maps: dict, path) -> Path:
-    from ..classes import direction_colors
-
     plt = _plt()
     colors = direction_colors()
 

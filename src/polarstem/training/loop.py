@@ -16,6 +16,7 @@ import numpy as np
 from ..classes import N_CLASSES
 from ..errors import PolarstemError
 from ..fileio import atomic_path
+from ..models.prototype import assignment_consistency, init_prototypes, prototype_loss
 from ..models.registry import verified_weights_path
 from ..models.symmetry import ELEMENTS, class_permutation, transform
 from .cache import checkpoint_dir, fingerprint
@@ -142,8 +143,6 @@ class _Loop:
                    _run_fingerprint(cfg, mode, arrays), state)
         resumed = resume and loop.resume(log)
         if cfg.prototype and not resumed and not warm_prototypes:  # (a stale checkpoint must not skip this)
-            from ..models.prototype import init_prototypes
-
             z = _embed_numpy(net, arrays["x"][tr_idx[:4000]], device)
             init_prototypes(net, z, y[tr_idx[:4000]], cfg.seed)
         return loop
@@ -202,8 +201,6 @@ class _Loop:
         """The loss of one batch under one random symmetry element."""
         import torch
         import torch.nn.functional as F
-
-        from ..models.prototype import assignment_consistency, prototype_loss
 
         cfg, a, net, base_net = self.cfg, self.arrays, self.net, _base(self.net)
         if self.use_aux:

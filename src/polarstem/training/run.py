@@ -10,6 +10,8 @@ import numpy as np
 
 from ..classes import N_CLASSES
 from ..fileio import write_json
+from ..models.base import NetModel
+from ..models.pca_knn import PcaKnnModel, save_npz
 from ..models.registry import weights_dir, write_index
 from ..models.symmetry import CONVENTION_GENERATORS, measure_generators
 from ..preprocess import InputGrid
@@ -77,8 +79,6 @@ def _fit(cfg: TrainConfig, mode: str, arrays: dict, gens: dict, sim: SimSet, gri
          progress: bool, log):
     """Train the network (or fit PCA + kNN), write its weights; (model, first card, training info)."""
     if cfg.arch is None:
-        from ..models.pca_knn import PcaKnnModel, save_npz
-
         pipe, temp, info = train_pca_knn(cfg, arrays, gens, log)
         fname = f"{cfg.name}-{mode}.npz"
         save_npz(pipe, out_dir / fname)
@@ -86,8 +86,7 @@ def _fit(cfg: TrainConfig, mode: str, arrays: dict, gens: dict, sim: SimSet, gri
                         "n_neighbors": int(pipe.named_steps["knn"].n_neighbors)}
         card = make_card(cfg, mode, fname, grid, temp, info, {}, sim, gens, architecture)
         return PcaKnnModel(pipe, card), card, info
-    from ..models.base import NetModel
-    from ..models.nets import n_parameters
+    from ..models.nets import n_parameters  # (torch)
 
     net, history, temp, info = train_network(cfg, mode, arrays, gens, progress, log=log)
     fname = f"{cfg.name}-{mode}.safetensors"

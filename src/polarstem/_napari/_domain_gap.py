@@ -143,8 +143,12 @@ class DomainGapWidget(QWidget):
         self._worker = thread_worker(gap_updates, start_thread=False)(
             model, self.mode.currentText(), dataset_of(layer), str(folder), n, n)
         self._worker.yielded.connect(self._on_update)
-        self._worker.finished.connect(lambda: self.run_button.setEnabled(True))
+        self._worker.finished.connect(self._on_finished)
         self._worker.start()
+
+    def _on_finished(self):
+        # a bound method, not a lambda: Qt drops the connection if the dock is closed while the worker runs
+        self.run_button.setEnabled(True)
 
     def _on_update(self, update):
         from ._workers import JobFailed

@@ -71,3 +71,43 @@ def test_noise_abstains_everywhere_and_says_so():
     assert (res.classes[res.done] == -2).all() and res.uncertain[res.done].all()
     assert res.verdict and "does not look like polar KNN" in res.verdict
     assert res.maps()["class"].min() == -2
+
+
+def test_an_acquisition_outside_the_cards_range_abstains_and_says_which():
+    """The bundled sample told it was taken at 300 kV: the canonical models were validated at 200 kV only,
+    so every position is uncertain and the sentence names the value and the model's range; at its own
+    200 kV the same model gives directions."""
+    from polarstem.classify import classify_scan
+    from polarstem.io import apply_calibration, load
+    from polarstem.sample import sample_dataset_path
+
+    ds = load(sample_dataset_path())
+    region = (slice(0, 6), slice(0, 6))
+    own = classify_scan(ds, "cnn", mode="pattern", anomaly=False, roi=_roi(ds, region))
+    assert not own.uncertain[own.done].all() and own.verdict is None
+    apply_calibration(ds, {"beam_energy_kev": 300.0})
+    far = classify_scan(ds, "cnn", mode="pattern", anomaly=False, roi=_roi(ds, region))
+    assert far.done.sum() == 36 and (far.classes[far.done] == -2).all()
+    assert "beam energy 300 keV" in far.verdict and "validated at" in far.verdict
+
+
+def _roi(ds, region):
+    mask = np.zeros(ds.scan_shape, bool)
+    mask[region] = True
+    return mask
+
+
+def test_the_default_model_is_one_validated_at_the_files_acquisition():
+    """Only models whose card covers the beam energy and convergence compete, the narrowest range first;
+    a file that says nothing keeps the overall best."""
+    from polarstem.acquisition import default_model
+    from polarstem.io import Calibration
+    from polarstem.models import list_models
+
+    entries = [e for e in list_models() if e.get("available")]
+    best = default_model(entries)
+    wide = dict(entries[-1], name="wide", acquisition={"beam_energy_kev": [80.0, 300.0], "convergence_mrad": [15.0, 30.0]})
+    entries = entries + [wide]
+    assert default_model(entries, Calibration(beam_energy_kev=300.0, convergence_mrad=20.0)) == "wide"
+    assert default_model(entries, Calibration(beam_energy_kev=200.0, convergence_mrad=20.0)) == best
+    assert default_model(entries, Calibration()) == default_model(entries)

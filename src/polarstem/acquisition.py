@@ -23,6 +23,52 @@ def model_ranges(model_name: str) -> dict:
     return dict(DEFAULT_RANGES)
 
 
+#: The acquisition parameters that set the pattern's physics (geometry lambda/a, overlap alpha/(lambda/a),
+#: dynamical contrast): a model is only trusted inside the ranges its card says it was validated on.
+SCOPE_KEYS = (("beam_energy_kev", "beam energy", "keV"), ("convergence_mrad", "convergence semi-angle", "mrad"))
+#: Slack on a card's range: a calibration is rarely better than 2 %.
+RANGE_TOLERANCE = 0.02
+
+
+def card_ranges(model_name: str) -> dict | None:
+    """The acquisition ranges a registered model's card states, or None (not registered, or no ranges)."""
+    from .models import list_models
+
+    for entry in list_models():
+        if entry["name"] == model_name:
+            acq = entry.get("acquisition") or {}
+            return {k: list(acq[k]) for k, _, _ in SCOPE_KEYS if isinstance(acq.get(k), (list, tuple))} or None
+    return None
+
+
+def outside_scope(model_name: str, calibration: Calibration) -> list[str]:
+    """One sentence per stated acquisition value (beam energy, convergence) outside the ranges the model's
+    card was validated on; empty when inside, when the file does not say, or when the card states none."""
+    ranges = card_ranges(model_name) or {}
+    out = []
+    for key, what, unit in SCOPE_KEYS:
+        value = getattr(calibration, key, None)
+        if key not in ranges or value is None:
+            continue
+        lo, hi = ranges[key]
+        if not (lo * (1 - RANGE_TOLERANCE) <= value <= hi * (1 + RANGE_TOLERANCE)):
+            out.append(f"{what} {value:g} {unit} (model '{model_name}' validated at {lo:g}-{hi:g} {unit})")
+    return out
+
+
+def covers(entry: dict, calibration: Calibration | None) -> bool:
+    """Does a registry entry's card range contain the calibration's beam energy and convergence?"""
+    if calibration is None:
+        return True
+    acq = entry.get("acquisition") or {}
+    for key, _, _ in SCOPE_KEYS:
+        value, rng = getattr(calibration, key, None), acq.get(key)
+        if value is not None and isinstance(rng, (list, tuple)) and not (
+                rng[0] * (1 - RANGE_TOLERANCE) <= value <= rng[1] * (1 + RANGE_TOLERANCE)):
+            return False
+    return True
+
+
 def acquisition_warnings(model_name: str, calibration: Calibration, detector_shape=None) -> list[str]:
     """One sentence per acquisition parameter outside the model's ranges, or unknown."""
     ranges = model_ranges(model_name)
@@ -50,8 +96,12 @@ def acquisition_warnings(model_name: str, calibration: Calibration, detector_sha
     return out
 
 
-def default_model(entries: list[dict] | None = None) -> str:
+def default_model(entries: list[dict] | None = None, calibration: Calibration | None = None) -> str:
     """The shipped model with the best held-out per-pattern accuracy, else 'cnn'.
+
+    With a ``calibration`` (the file's beam energy and convergence), only models whose card ranges
+    contain that acquisition compete, the narrowest range first: a model validated at exactly this
+    acquisition beats one spread over many. None covers it: the overall best (which then abstains).
 
     Pattern weights decide, as the tools run them by default: with the 8 symmetry images where the
     card has that figure (``heldout_other``, on its own held-out folder), else with one image. Cell
@@ -62,6 +112,11 @@ def default_model(entries: list[dict] | None = None) -> str:
     from .models.registry import default_inference_accuracy
 
     available = [e for e in (list_models() if entries is None else entries) if e.get("available")]
+    covering = [e for e in available if covers(e, calibration)]
+    if calibration is not None and covering and len(covering) < len(available):
+        spans = {e["name"]: _span(e) for e in covering}
+        narrowest = min(spans.values())
+        available = [e for e in covering if spans[e["name"]] <= narrowest * 1.0001]
     best, best_acc = None, -1.0
     for entry in available:
         acc = default_inference_accuracy(entry)
@@ -70,3 +125,13 @@ def default_model(entries: list[dict] | None = None) -> str:
     if best is None:
         best = available[0]["name"] if available else "cnn"
     return best
+
+
+def _span(entry: dict) -> float:
+    """Relative width of a card's energy x convergence range (a point range counts as 1 %)."""
+    acq = entry.get("acquisition") or {}
+    area = 1.0
+    for key, _, _ in SCOPE_KEYS:
+        lo, hi = acq.get(key) or (1.0, 1e6)
+        area *= max((hi - lo) / max(hi, 1e-9), 0.01)
+    return area

@@ -66,14 +66,14 @@ def evaluate(path, labels_path=None, model: str | None = None, mode: str = "auto
     ``tta`` None in pattern mode averages all 8 symmetry images whatever the size: an evaluation
     measures accuracy, and classify's automatic drop to 2 images beyond 20,000 patterns on a CPU (a
     speed choice for big scans) would cost ~0.05 per pattern (docs/models.md)."""
-    if model is None:
-        from .acquisition import default_model
-
-        model = default_model()
     from .classify import classify_scan
     from .io import load
 
     ds = load(path)
+    if model is None:
+        from .acquisition import default_model
+
+        model = default_model(calibration=ds.calibration)
     # a simulation's output folder holds labels.npy; a file (also a .zspy/.zarr store, itself a
     # directory) has it beside it
     p = Path(path)

@@ -291,6 +291,8 @@ class PolarizationMapWidget(QWidget):
         self._models = []
         self._fill_models()
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
+        self._model_picked = False  # the user chose a model: opening another dataset keeps it
+        self.model_combo.activated.connect(lambda *_: setattr(self, "_model_picked", True))
         self.dataset_picker.changed.connect(self._on_dataset_changed)
         self.calibration.given.connect(self._on_calibration_given)
         self.run_button.clicked.connect(self.run)
@@ -335,7 +337,15 @@ class PolarizationMapWidget(QWidget):
         return dataset_of(layer) if layer is not None else None
 
     def _on_dataset_changed(self, *_) -> None:
-        self.calibration.set_dataset(self.dataset())
+        ds = self.dataset()
+        self.calibration.set_dataset(ds)
+        if ds is not None and self._models and not self._model_picked:
+            from ..acquisition import default_model
+
+            # the model validated at this dataset's acquisition (beam energy, convergence)
+            index = self.model_combo.findData(default_model(self._models, ds.calibration))
+            if index >= 0 and index != self.model_combo.currentIndex():
+                self.model_combo.setCurrentIndex(index)
         self._on_model_changed()  # the card's warnings are about this dataset; the status line too
 
     def _show_ready(self) -> None:

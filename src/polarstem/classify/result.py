@@ -125,13 +125,15 @@ class ClassificationResult:
         self.n_patterns += int(sel.sum())
 
 
-def abstain(result: ClassificationResult, abstention) -> None:
+def abstain(result: ClassificationResult, abstention, outside: list[str] | None = None) -> None:
     """Mark the positions where the model abstains: -2 in the class map, ``uncertain`` True.
 
     Positions without an informative pattern (broken: non-finite, empty, no bright-field disk; or,
     in a cell window, no pattern whose disk stands out from its surroundings: noise, a blank
     detector) always abstain; with the model's calibrated thresholds (``polarstem.abstain``) so do
     positions whose patterns lie far from the training data or where no direction clearly wins.
+    ``outside``: the file's acquisition values beyond the ranges the model's card was validated on
+    (:func:`polarstem.acquisition.outside_scope`); then every position abstains, with one sentence why.
     Runs after the wall bands and the anomaly score, which read the model's leading class everywhere.
     """
     done = result.done
@@ -141,7 +143,13 @@ def abstain(result: ClassificationResult, abstention) -> None:
     if abstention is not None and abstention.calibrated and result.distance is not None:
         votes = np.where(np.isfinite(result.votes), result.votes, 1.0) if result.votes is not None else 1.0
         unc |= done & abstention.uncertain(result.distance, result.confidence, votes)
+    if outside:
+        unc = done.copy()
     result.uncertain = unc
     result.classes = np.where(unc, np.int8(UNCERTAIN), result.classes).astype(np.int8)
     result.verdict = scan_verdict(unc, done)
+    if outside and done.any():
+        result.verdict = ("the acquisition is outside what the model was validated on: " + "; ".join(outside)
+                          + ". Its maps are withheld (uncertain, -2): pick a model that covers it (polarstem models) "
+                            "or correct the calibration if the file is wrong")
     result.params["uncertain_fraction"] = round(float(unc.sum() / max(1, done.sum())), 4)

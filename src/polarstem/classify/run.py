@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from ..acquisition import outside_scope
 from ..anomaly import score_anomaly
 from ..chunks import ProgressCallback, iter_frame_blocks
 from ..device import choose_device, default_batch_size
@@ -193,5 +194,5 @@ def _finish(result: ClassificationResult, plan: RunPlan, params: ClassifyParams,
     result.seconds = time.perf_counter() - t0
     if params.anomaly and result.done.any():
         result.anomaly = score_anomaly(result)
-    abstain(result, getattr(plan.model, "abstention", None))
+    abstain(result, getattr(plan.model, "abstention", None), outside_scope(plan.name, plan.calibration))
     result.finished = True

@@ -87,8 +87,8 @@ def run_classification(file, output, model=None, mode="auto", roi=None, device="
     from ..io import load
     from ..models import read_card
 
-    model = model or default_model()
     ds = load(file, navigation_shape=navigation_shape, calibration=calibration)
+    model = model or default_model(calibration=ds.calibration)  # a model validated at this acquisition
     roi_mask = load_roi(roi, ds.scan_shape) if roi else None
     warn_acquisition(ds, model)
     out = Path(output)

@@ -3,6 +3,9 @@
     .venv/bin/python scripts/calibrate_abstention.py resnet-proto [--weights src/polarstem/weights]
         [--data .cache/sim/acquisitions] [--rows 600] [--seed 0]
 
+Only rows inside the acquisition ranges of the model's card (beam energy, convergence) count as in scope:
+a model validated at 200 kV / 17-23 mrad is calibrated on those rows of a set simulated across acquisitions.
+
 The class-conditional Gaussians are fitted on rows of the training thicknesses of DATA (a training-layout
 set with a 6 x 6 probe grid), the thresholds on rows of its validation thicknesses, with the training
 augmentation's experiment-like corruptions (training.fit_abstention, the step `polarstem train` runs with
@@ -33,8 +36,10 @@ def main(argv=None) -> None:
     card = json.loads(card_path.read_text())
     aug = dict(DEFAULT_AUGMENT, **(card.get("training", {}).get("config", {}).get("augment") or {}))
     sim = load_simset(args.data)
-    abst = fit_abstention(model, sim, model.grid, aug, seed=args.seed, fit_rows=args.rows, calibration_rows=args.rows)
-    card["abstention"] = abst.to_dict() | {"data": str(args.data)}
+    ranges = {k: v for k, v in (card.get("acquisition") or {}).items() if k in ("beam_energy_kev", "convergence_mrad")}
+    abst = fit_abstention(model, sim, model.grid, aug, seed=args.seed, fit_rows=args.rows, calibration_rows=args.rows,
+                          ranges=ranges)
+    card["abstention"] = abst.to_dict() | {"data": str(args.data), "acquisition": ranges}
     write_json(card_path, card, indent=1)
     clear_cache()
     print(f"{card_path}: abstention written")

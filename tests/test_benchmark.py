@@ -289,6 +289,26 @@ def test_phase_bins_are_even():
     assert bins[0, :7].tolist() == [0, 1, 2, 0, 1, 2, 0]
 
 
+def test_trust_tables_use_the_model_classify_picks(data, weights, tmp_path):
+    """The acquisition and out-of-scope tables: the labeled scan gets accuracy, abstention and AUC from the
+    model `polarstem classify` would pick for it ("default"), and a scan of shot noise abstains everywhere."""
+    cfg = yaml.safe_load(QUICK.read_text())
+    cfg.update(test=None, corruptions={}, scans=[], domain_gap={"datasets": []}, models=["cnn"], modes=["pattern"],
+               acquisition_scans=[str(data["scan"])], out_of_scope=["noise"], trust_models=["default", "cnn"])
+    cfg_path = tmp_path / "trust.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "report"
+    assert main(["benchmark", str(cfg_path), "-o", str(out), "--weights", str(weights), "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    acq = res["acquisitions"]
+    assert len(acq) == 2 and acq[0]["beam_energy_kev"] == 200.0 and all(r["model"] in ("cnn", "pca-knn") for r in acq)
+    assert all(0.0 <= r["accuracy_outside_defects"] <= 1.0 for r in acq)
+    noise = [r for r in res["out_of_scope"] if r["dataset"] == "noise"]
+    assert len(noise) == 2 and all(r["abstention"] == 1.0 for r in noise)
+    md = (out / "report.md").read_text()
+    assert "noise" in md and data["scan"].name in md
+
+
 def test_finite_source_set(data, weights, tmp_path):
     """``source_size``: every model on a 6x6-probe-grid set with a point source and finite sources;
     the inputs are the rows' patterns averaged over nearby probe positions (a cell's mean is kept)."""

@@ -67,6 +67,7 @@ class BenchmarkConfig:
     # datasets that are not polar KNN at [001] ("noise", folders, files; "path::R,C" for a navigation shape)
     acquisition_scans: list = field(default_factory=list)
     out_of_scope: list = field(default_factory=list)
+    trust_models: list = field(default_factory=lambda: ["default"])  # the trust tables' models; "default": what classify picks per file
     speed_patterns: int = 512
     batch_size: int = 256
     threads: int | None = 1
@@ -456,7 +457,7 @@ def run_benchmark(cfg: BenchmarkConfig, out_dir, log=print) -> dict:
             _run_testsets(cfg, models, out, results, figures, log)
             _run_scans(cfg, models, results, figures, log)
             _run_domain_gap(cfg, out, results, log)
-            _run_trust(cfg, models, results, log)
+        _run_trust(cfg, models, results, log)
     results["seconds"] = round(time.time() - t_start, 1)
     write_report(results, figures, out)
     log(f"benchmark: report in {out / 'report.md'} ({results['seconds']:.0f} s)")
@@ -755,7 +756,7 @@ def _run_trust(cfg, models, results, log) -> None:
     """The acquisition and out-of-scope tables (polarstem.analysis.trust), default classification."""
     from .trust import acquisition_rows, out_of_scope_rows
 
-    names = [e["name"] for e in models]
+    names = list(cfg.trust_models)
     if cfg.acquisition_scans:
         results["acquisitions"] = acquisition_rows(names, cfg.acquisition_scans, log)
     if cfg.out_of_scope:

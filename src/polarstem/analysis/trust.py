@@ -56,8 +56,13 @@ def _acquisition_of(folder: Path) -> dict:
             "overlap": round(float(a) / (electron_wavelength_angstrom(float(e)) / a_cell * 1e3), 2)}
 
 
+#: The model name that stands for what ``polarstem classify`` picks for the file (``acquisition.default_model``).
+DEFAULT = "default"
+
+
 def acquisition_rows(models: list[str], scans: list, log=print) -> list[dict]:
-    """One row per (scan, model): the default classification of an experiment-like labeled scan."""
+    """One row per (scan, model): the default classification of an experiment-like labeled scan
+    (model ``default``: the model the CLI picks for the scan's acquisition)."""
     from ..evaluate import evaluate
 
     rows = []
@@ -68,8 +73,9 @@ def acquisition_rows(models: list[str], scans: list, log=print) -> list[dict]:
             continue
         defects = folder / "defects.npy"
         for name in models:
-            res = evaluate(folder, model=name, defects_path=defects if defects.exists() else None)
-            row = {"scan": folder.name, "model": name, **_acquisition_of(folder), "mode": res["mode"]}
+            res = evaluate(folder, model=None if name == DEFAULT else name,
+                           defects_path=defects if defects.exists() else None)
+            row = {"scan": folder.name, "model": res["model"], **_acquisition_of(folder), "mode": res["mode"]}
             for k in ("accuracy_outside_defects", "abstention_outside_defects", "anomaly_auc",
                       "accuracy_outside_defects_and_wall_planes", "uncertain_fraction"):
                 row[k] = res.get(k)
@@ -105,6 +111,10 @@ def out_of_scope_rows(models: list[str], datasets: list[str], log=print) -> list
             log(f"out of scope {spec}: {exc}")
             continue
         for name in models:
+            if name == DEFAULT:
+                from ..acquisition import default_model
+
+                name = default_model(calibration=ds.calibration)
             try:
                 res = classify_scan(ds, model=name, anomaly=False)
             except PolarstemError as exc:

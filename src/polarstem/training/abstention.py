@@ -13,10 +13,12 @@ from .data import SimSet, probe_grid_side, thickness_split
 
 
 def fit_abstention(model, sim: SimSet, grid: InputGrid, aug: dict | None = None, seed: int = 0, fit_rows: int = 600,
-                   calibration_rows: int = 600, tta: int = 8, log=print) -> Abstention:
+                   calibration_rows: int = 600, tta: int = 8, ranges: dict | None = None, log=print) -> Abstention:
     """Fit the class-conditional Gaussians of ``model``'s embedding on training-split rows of a probe-grid
     set and calibrate the thresholds on rows of its validation thicknesses (never trained on), both
     with experiment-like corruptions, as a scan's cell windows pool them (``abstain.WINDOW_SIZES``).
+    ``ranges`` ({"beam_energy_kev": [lo, hi], "convergence_mrad": [lo, hi]}, a card's): only rows of a set
+    simulated across acquisitions that lie inside them count as in scope.
 
     Returns the :class:`polarstem.abstain.Abstention` (also set on ``model``)."""
     g = probe_grid_side(sim)
@@ -25,7 +27,8 @@ def fit_abstention(model, sim: SimSet, grid: InputGrid, aug: dict | None = None,
     aug = dict(DEFAULT_AUGMENT, **(aug or {}))
     n_pos = g * g
     rng = np.random.default_rng(seed)
-    fit_pick, cal_pick = _fit_and_calibration_rows(sim, n_pos, fit_rows, calibration_rows, rng)
+    fit_pick, cal_pick = _fit_and_calibration_rows(sim, n_pos, fit_rows, calibration_rows, rng,
+                                                   _rows_in_range(sim, n_pos, ranges))
     _, emb_fit, y_fit = _row_outputs(model, sim, fit_pick, n_pos, grid, aug, rng, tta=False)
     abst = Abstention.fit(emb_fit.reshape(-1, emb_fit.shape[-1]), np.repeat(y_fit, n_pos))
     proba, emb, _ = _row_outputs(model, sim, cal_pick, n_pos, grid, aug, rng, tta=tta)
@@ -40,8 +43,20 @@ def fit_abstention(model, sim: SimSet, grid: InputGrid, aug: dict | None = None,
     return abst
 
 
+def _rows_in_range(sim: SimSet, n_pos: int, ranges: dict | None) -> np.ndarray:
+    """Rows whose beam energy and convergence lie inside ``ranges`` (all rows without ranges or per-row values)."""
+    keep = np.ones(len(sim) // n_pos, bool)
+    for key, values in (("beam_energy_kev", sim.energy), ("convergence_mrad", sim.convergence)):
+        if ranges and key in ranges and values is not None:
+            lo, hi = ranges[key]
+            keep &= (values[::n_pos] >= lo) & (values[::n_pos] <= hi)
+    if not keep.any():
+        raise PolarstemError(f"{sim.folder}: no rows inside the acquisition ranges {ranges}")
+    return keep
+
+
 def _fit_and_calibration_rows(sim: SimSet, n_pos: int, fit_rows: int, calibration_rows: int,
-                              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                              rng: np.random.Generator, in_range: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows (structure x thickness) to fit on, from the training thicknesses, and rows to calibrate on,
     from the validation ones (with too few thicknesses: a seventh of the structures held out)."""
     val = thickness_split(sim.thickness[::n_pos], 4)
@@ -49,7 +64,7 @@ def _fit_and_calibration_rows(sim: SimSet, n_pos: int, fit_rows: int, calibratio
         structures = sim.structure[::n_pos]
         held = rng.choice(np.unique(structures), max(1, len(np.unique(structures)) // 7), replace=False)
         val = np.isin(structures, held)
-    labeled = sim.labels[::n_pos] >= 0
+    labeled = (sim.labels[::n_pos] >= 0) & in_range
     val_rows, tr_rows = np.nonzero(val & labeled)[0], np.nonzero(~val & labeled)[0]
     fit_pick = np.sort(rng.choice(tr_rows, min(fit_rows, len(tr_rows)), replace=False))
     cal_pick = np.sort(rng.choice(val_rows, min(calibration_rows, len(val_rows)), replace=False))

@@ -209,3 +209,18 @@ def test_models_listing_marks_the_default_and_its_8_image_accuracy(capsys):
     marked = [ln for ln in lines if ln.endswith("[default]")]
     assert len(marked) == 1 and marked[0].split()[0] == default_model()
     assert "(8 images 0." in marked[0]
+
+
+def test_every_model_names_its_family_and_regime(capsys):
+    """`polarstem models --json` and each shipped card say which of the study's families and regimes a model is."""
+    from polarstem.cli import main
+    from polarstem.models import read_card
+
+    assert main(["models", "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert entries and all(e["family"] in {"ResNet", "VGG", "CNN", "PCA-kNN"} for e in entries)
+    assert all(e["regime"] in {"classification", "regression", "prototype"} for e in entries)
+    for e in entries:
+        for mode in e["modes"]:
+            card = read_card(e["name"], mode)
+            assert (card["family"], card["regime"]) == (e["family"], e["regime"])

@@ -45,7 +45,7 @@ CARD_RANGES = {"beam_energy_kev": "keV", "convergence_mrad": "mrad", "thickness_
 #: Side of the clicked position's pattern (px).
 PATTERN_SIZE = 90
 #: Model families kept as baselines for comparison (a card may say so itself with "baseline": true).
-BASELINE_FAMILIES = {"PCA+kNN"}
+BASELINE_FAMILIES = {"PCA-kNN"}
 
 
 def legend_pixmap(size: int = 60) -> QPixmap:

@@ -21,17 +21,17 @@ MODES = ("pattern", "cell")
 
 #: Every model the project defines; which of them have weights is in ``index.json``.
 MODEL_DEFS: dict[str, dict] = {
-    "resnet": {"family": "ResNet", "kind": "net", "arch": "resnet18",
+    "resnet": {"family": "ResNet", "regime": "classification", "kind": "net", "arch": "resnet18",
                "summary": "ResNet-18 topology (width 32, 1-channel input, 2x2-pooled head, ~11 MB)"},
-    "vgg": {"family": "VGG", "kind": "net", "arch": "vgg11",
+    "vgg": {"family": "VGG", "regime": "classification", "kind": "net", "arch": "vgg11",
             "summary": "VGG-11 conv stacks (width 16) with an average-pool head (3x3)"},
-    "cnn": {"family": "CNN", "kind": "net", "arch": "cnn",
+    "cnn": {"family": "CNN", "regime": "classification", "kind": "net", "arch": "cnn",
             "summary": "compact custom CNN, four conv blocks (16-32-64-128), 3x3-pooled head"},
-    "pca-knn": {"family": "PCA+kNN", "kind": "pca_knn", "arch": None,
+    "pca-knn": {"family": "PCA-kNN", "regime": "classification", "kind": "pca_knn", "arch": None,
                 "summary": "PCA + k-nearest neighbours (scikit-learn), stored as plain arrays"},
-    "resnet-proto": {"family": "ResNet", "kind": "net", "arch": "resnet18", "prototype": True,
+    "resnet-proto": {"family": "ResNet", "regime": "prototype", "kind": "net", "arch": "resnet18", "prototype": True,
                      "summary": "ResNet-18 trained in the prototype-representation regime"},
-    "cnn-proto": {"family": "CNN", "kind": "net", "arch": "cnn", "prototype": True,
+    "cnn-proto": {"family": "CNN", "regime": "prototype", "kind": "net", "arch": "cnn", "prototype": True,
                   "summary": "compact CNN trained in the prototype-representation regime"},
 }
 
@@ -103,7 +103,7 @@ def list_models(folder: Path | None = None) -> list[dict]:
     out = []
     for name, d in MODEL_DEFS.items():
         modes = [m for m in MODES if f"{name}-{m}" in index]
-        entry = {"name": name, "family": d["family"], "summary": d["summary"],
+        entry = {"name": name, "family": d["family"], "regime": d["regime"], "summary": d["summary"],
                  "prototype": bool(d.get("prototype")), "modes": modes, "available": bool(modes),
                  "weights": {m: {"file": index[f"{name}-{m}"]["file"], "sha256": index[f"{name}-{m}"]["sha256"]}
                              for m in modes}}

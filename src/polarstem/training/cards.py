@@ -43,7 +43,7 @@ def make_card(cfg: TrainConfig, mode: str, weights_file: str, grid: InputGrid, t
     """The JSON card of one trained mode."""
     d = MODEL_DEFS.get(cfg.name, {})
     card = {
-        "name": cfg.name, "family": d.get("family"), "mode": mode, "summary": d.get("summary"),
+        "name": cfg.name, "family": d.get("family"), "regime": d.get("regime"), "mode": mode, "summary": d.get("summary"),
         "weights_file": weights_file, "format": "npz" if weights_file.endswith(".npz") else "safetensors",
         "architecture": architecture, "input_grid": grid.to_dict(), "temperature": round(float(temperature), 4),
         "symmetry_generators": generators,

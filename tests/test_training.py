@@ -307,3 +307,37 @@ def test_the_schedule_warms_up_then_follows_a_cosine_per_step():
             schedule.step()
     assert seen == [2e-3 * warmup_cosine(s, 100) for s in range(100)]
     assert seen[0] == 2e-3 * 0.1 and max(seen) == seen[5] and abs(seen[-1] - 2e-3 * 0.02) < 1e-6
+
+
+def test_the_regression_regime_trains_a_direction_vector_and_ships(simfolder, cache, tmp_path, monkeypatch):
+    """A regression net predicts a vector; its class is the nearest direction to the vector's angle, the
+    loss is circular (a 180 degree miss costs more than a 45 degree one), and a run ships a model the
+    registry loads and classifies with, its card naming the regime."""
+    import torch
+
+    from polarstem.classes import CLASS_DIRECTIONS
+    from polarstem.models import load_model
+    from polarstem.models.regression import class_of_angle, von_mises_nll
+
+    v = torch.tensor([[3.0, 0.0]] * 3)
+    near, side, far = (float(von_mises_nll(v, torch.tensor([k] * 3))) for k in (0, 2, 4))
+    assert near < side < far
+    theta = np.arctan2(CLASS_DIRECTIONS[:, 1], CLASS_DIRECTIONS[:, 0]) + 0.3
+    assert class_of_angle(theta).tolist() == list(range(8))
+
+    out = tmp_path / "weights"
+    cfg = _cfg(simfolder, out, name="resnet-regression", arch="cnn", regression=True, modes=["pattern"], steps=6)
+    cards = run(cfg, progress=False, log=lambda *_: None)
+    assert cards[0]["regime"] == "regression" and cards[0]["architecture"]["regression"] is True
+    monkeypatch.setenv("POLARSTEM_WEIGHTS", str(out))
+    clear_cache()
+    model = load_model("resnet-regression", mode="pattern")
+    x = np.random.default_rng(0).random((5, 32, 32)).astype(np.float32)
+    res = model.predict(x, tta=1)
+    assert res["proba"].shape == (5, 8) and np.allclose(res["proba"].sum(1), 1, atol=1e-5)
+    with torch.no_grad():
+        vec = model.net.head.vector(model.net.embed(torch.from_numpy(x)[:, None]))
+    assert (res["proba"].argmax(1) == class_of_angle(np.arctan2(vec[:, 1], vec[:, 0]).numpy())).all()
+    clear_cache()
+    with pytest.raises(PolarstemError, match="two regimes"):
+        TrainConfig.from_dict({"prototype": {"per_class": 2}, "regression": True})

@@ -71,7 +71,8 @@ class NetModel(BaseModel):
         from .nets import create_model
 
         arch = card["architecture"]
-        return create_model(arch["arch"], prototype=arch.get("prototype"), **arch.get("kwargs", {}))
+        return create_model(arch["arch"], prototype=arch.get("prototype"), regression=bool(arch.get("regression")),
+                            **arch.get("kwargs", {}))
 
     @classmethod
     def from_file(cls, path, card: dict) -> NetModel:

@@ -7,6 +7,8 @@ and the anomaly score use) and ``forward(x) -> (N, 8)`` logits. Build them by na
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -158,6 +160,26 @@ class PrototypeHead(nn.Module):
         return torch.logsumexp(self.scale * self.similarities(z), dim=2)
 
 
+class VectorHead(nn.Module):
+    """The regression regime's head: the embedding -> a 2-vector v = kappa (cos theta, sin theta), the
+    in-plane polarization direction theta and a concentration kappa (``regression.py``). Its logits for
+    the 8 classes, v . d_k, are the von Mises log-density at each class direction d_k up to a constant,
+    so the tools (symmetry images, temperature, votes, confidence) treat it as any classifier."""
+
+    def __init__(self, embed_dim: int, n_classes: int = N_CLASSES):
+        super().__init__()
+        self.linear = nn.Linear(embed_dim, 2)
+        angles = torch.arange(n_classes, dtype=torch.float32) * (2 * math.pi / n_classes)
+        self.register_buffer("directions", torch.stack([torch.cos(angles), torch.sin(angles)], dim=1), persistent=False)
+
+    def vector(self, z: torch.Tensor) -> torch.Tensor:
+        """(N, 2) predicted vector (x = column, y = row), its length the concentration."""
+        return self.linear(z)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vector(z) @ self.directions.t()
+
+
 class PrototypeNet(nn.Module):
     """A backbone network whose linear head is replaced by a :class:`PrototypeHead`."""
 
@@ -183,13 +205,18 @@ ARCHITECTURES = {
 }
 
 
-def create_model(arch: str, prototype: dict | None = None, **kwargs) -> nn.Module:
-    """Build a network by architecture name; ``prototype={"per_class": 4, "scale": 16}`` makes the prototype variant."""
+def create_model(arch: str, prototype: dict | None = None, regression: bool = False, **kwargs) -> nn.Module:
+    """Build a network by architecture name; ``prototype={"per_class": 4, "scale": 16}`` makes the prototype
+    variant, ``regression=True`` the regression variant (a :class:`VectorHead`)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture '{arch}' (known: {', '.join(ARCHITECTURES)})")
+    if prototype and regression:
+        raise ValueError("a network is in the prototype or the regression regime, not both")
     net = ARCHITECTURES[arch](**kwargs)
     if prototype:
         net = PrototypeNet(net, **prototype)
+    elif regression:
+        net.head = VectorHead(net.embed_dim)
     return net
 
 

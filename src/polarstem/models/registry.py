@@ -31,6 +31,8 @@ MODEL_DEFS: dict[str, dict] = {
                 "summary": "PCA + k-nearest neighbours (scikit-learn), stored as plain arrays"},
     "resnet-proto": {"family": "ResNet", "regime": "prototype", "kind": "net", "arch": "resnet18", "prototype": True,
                      "summary": "ResNet-18 trained in the prototype-representation regime"},
+    "resnet-regression": {"family": "ResNet", "regime": "regression", "kind": "net", "arch": "resnet18",
+                          "summary": "ResNet-18 trained in the regression regime (direction vector, von Mises loss)"},
     "cnn-proto": {"family": "CNN", "regime": "prototype", "kind": "net", "arch": "cnn", "prototype": True,
                   "summary": "compact CNN trained in the prototype-representation regime"},
 }

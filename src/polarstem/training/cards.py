@@ -150,7 +150,7 @@ def markdown_card(cards: list[dict]) -> str:
     c0 = cards[0]
     arch = c0.get("architecture") or {}
     lines = [f"# Model card: `{c0['name']}`", "", f"{c0.get('summary') or ''}", "",
-             f"- Family: {c0.get('family')}; prototype regime: {'yes' if arch.get('prototype') else 'no'}",
+             f"- Family: {c0.get('family')}; regime: {c0.get('regime') or ('prototype' if arch.get('prototype') else 'classification')}",
              f"- Architecture: `{json.dumps(arch)}`",
              f"- Input grid: {c0['input_grid']['size']} x {c0['input_grid']['size']} px at "
              f"{c0['input_grid']['mrad_per_px']} mrad/px about the bright-field disk centre, "

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import PolarstemError
 from ..models.registry import package_weights_dir
@@ -25,6 +25,7 @@ class TrainConfig(BaseModel):
     arch: str | None = "cnn"  # None for pca-knn
     arch_kwargs: dict = Field(default_factory=dict)
     prototype: dict | None = None  # {"per_class": 4, "scale": 16} -> prototype regime
+    regression: bool = False  # True -> regression regime: a direction vector, von Mises loss (models.regression)
     warm_start: str | None = None  # registry name (or a .safetensors file) whose trained backbone starts this one
     modes: list[Literal["pattern", "cell"]] = Field(default_factory=lambda: ["pattern", "cell"])
     data: str | list[str] = ".cache/sim/canonical"  # one simulated folder or several
@@ -84,6 +85,12 @@ class TrainConfig(BaseModel):
     def to_dict(self) -> dict:
         return self.model_dump()
 
+    @model_validator(mode="after")
+    def _one_regime(self) -> TrainConfig:
+        if self.prototype and self.regression:
+            raise ValueError("prototype and regression are two regimes: set one of them")
+        return self
+
     def out_dir(self) -> Path:
         """The folder the weights, cards and index are written to."""
         return Path(self.out) if self.out else package_weights_dir()
@@ -98,6 +105,9 @@ def validation_message(exc: ValidationError) -> str:
         by_key.setdefault(key, []).append(err)
     parts = []
     for key, errs in by_key.items():  # a union reports one error per alternative: "a or b"
+        if not key:  # a check across keys (a model validator): its own sentence
+            parts.append("; ".join(e["msg"].removeprefix("Value error, ") for e in errs))
+            continue
         wants = [e["msg"].split(", ")[0].removeprefix("Input should be ") for e in errs]
         if "a valid number" in wants:  # a Number: int or float
             wants = [w for w in wants if w != "a valid integer"]

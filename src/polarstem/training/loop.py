@@ -17,6 +17,7 @@ from ..classes import N_CLASSES
 from ..errors import PolarstemError
 from ..fileio import atomic_path
 from ..models.prototype import assignment_consistency, init_prototypes, prototype_loss
+from ..models.regression import von_mises_nll
 from ..models.registry import verified_weights_path
 from ..models.symmetry import ELEMENTS, class_permutation, transform
 from .cache import checkpoint_dir, fingerprint
@@ -123,7 +124,7 @@ class _Loop:
         if len(tr_idx) == 0:
             raise PolarstemError("no training patterns left after filtering")
         pool, per_step, partner = _step_pool(cfg, arrays, tr, tr_idx)
-        net = create_model(cfg.arch, prototype=cfg.prototype, **cfg.arch_kwargs)
+        net = create_model(cfg.arch, prototype=cfg.prototype, regression=cfg.regression, **cfg.arch_kwargs)
         if use_aux and getattr(_base(net), "aux", None) is None:
             raise PolarstemError("aux_weight > 0 needs arch_kwargs aux_dim: 5 (probe position and thickness)")
         device = torch.device(cfg.device)
@@ -215,6 +216,8 @@ class _Loop:
             loss = prototype_loss(net, logits, z, yt)
             if cfg.consistency > 0:
                 loss = loss + cfg.consistency * assignment_consistency(net, z, len(idx) // 2)
+        elif cfg.regression:
+            loss = von_mises_nll(base_net.head.vector(z), yt)
         else:
             logits = base_net.head(z)
             loss = F.cross_entropy(logits, yt, label_smoothing=cfg.label_smoothing)
@@ -376,7 +379,9 @@ def _warm_start(net, name: str, mode: str, log) -> bool:
     elif hasattr(net, "base"):  # prototype net: the plain net's backbone and neck, not its linear head
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         missing, _ = net.base.load_state_dict(state, strict=False)
-    else:  # fine-tuning a plain net (e.g. on more data)
+    else:  # fine-tuning a plain net (e.g. on more data; a regression net takes all but the class head)
+        head = net.head.state_dict().keys()
+        state = {k: v for k, v in state.items() if not (k.startswith("head.") and k[5:] not in head)}
         missing, _ = net.load_state_dict(state, strict=False)
     log(f"warm start from {name}/{mode} ({len(state)} tensors, missing {len(missing)})")
     return has_prototypes

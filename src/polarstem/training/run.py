@@ -92,7 +92,7 @@ def _fit(cfg: TrainConfig, mode: str, arrays: dict, gens: dict, sim: SimSet, gri
     fname = f"{cfg.name}-{mode}.safetensors"
     save_state_dict(net, out_dir / fname)
     architecture = {"arch": cfg.arch, "kwargs": cfg.arch_kwargs, "prototype": cfg.prototype,
-                    "parameters": n_parameters(net)}
+                    "regression": cfg.regression, "parameters": n_parameters(net)}
     card = make_card(cfg, mode, fname, grid, temp, info, {}, sim, gens, architecture, history)
     return NetModel(net, card), card, info
 

@@ -17,8 +17,8 @@ from ..classes import N_CLASSES
 from ..errors import PolarstemError
 from ..fileio import atomic_path
 from ..models.prototype import assignment_consistency, init_prototypes, prototype_loss
-from ..models.regression import von_mises_nll
 from ..models.registry import verified_weights_path
+from ..models.regression import von_mises_nll
 from ..models.symmetry import ELEMENTS, class_permutation, transform
 from .cache import checkpoint_dir, fingerprint
 from .config import TrainConfig

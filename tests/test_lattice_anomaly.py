@@ -367,3 +367,21 @@ def test_a_thin_band_along_the_scan_edge_is_capped_but_a_defect_at_the_edge_is_n
     capped = limit_edge_bands(s, np.ones(s.shape, bool), (3.0, 3.0))
     assert capped[0].max() == 0 and np.allclose(capped[11, 4:6], 2.0) and np.allclose(capped[1:11], s[1:11])
     assert np.array_equal(limit_edge_bands(s, np.ones(s.shape, bool), (2.0, 2.0)), s)  # no band thinner than half
+
+
+def test_positions_without_a_usable_pattern_of_their_own_do_not_set_the_reference():
+    """Preprocessing zeroes the input of a pattern it cannot use (on the bundled sample: most probes on an
+    atomic column at one place in the cell). Those zero fingerprints are no reference for the one usable
+    member of their (class, place) group: it must not score as an outlier of a clean domain."""
+    res, truth = synthetic_result()
+    rng = np.random.default_rng(7)
+    res.fingerprint = _fingerprints(res, rng)
+    bins = res.lattice.phase_bins(res.classes.shape)
+    on_column = (bins == 0) & (res.classes == 1) & ~truth
+    rr, cc = np.indices(bins.shape)
+    kept = tuple(np.argwhere(on_column & (rr > 4) & (rr < 14) & (cc > 4) & (cc < 16))[0])  # inside domain 1
+    res.fingerprint[on_column] = 0
+    res.fingerprint[kept] = rng.normal(0, 1, res.fingerprint.shape[-1])
+    a = score_anomaly(res)
+    clean = ~truth & (res.classes == 1) & (bins != 0)
+    assert a[kept] < np.nanmedian(a[clean]) + 1.0  # as clean positions of its domain score

@@ -11,7 +11,8 @@ with the *other positions at the same place in the unit cell* (its phase bin, fr
    statistic of the phase bin (weight 0.25: alone it separates defects less well);
 3. pattern residual: how far the position's own pattern (its :func:`fingerprint`, the
    model input at 4x4-px blocks) lies from the median pattern of its (class, phase bin) group off
-   the walls, against that group's own spread (weight ``FINGERPRINT_WEIGHT``). Thin-crystal O
+   the walls, against that group's own spread (weight ``FINGERPRINT_WEIGHT``); positions whose own
+   pattern is not usable (zeroed input) neither get this term nor count in a group's reference. Thin-crystal O
    vacancies barely move the confidence but do move the pattern.
 
 Each term is clipped at 0 (only "worse than usual" counts). Domain walls are not defects, but the
@@ -221,7 +222,11 @@ def score_anomaly(result, lattice: Lattice | None = None) -> np.ndarray:
     pattern = np.zeros(shape)
     if FINGERPRINT_WEIGHT > 0 and fp is not None and fp.shape[:2] == shape and fp.shape[-1] > 0:
         group = result.classes.astype(np.int64) * 64 + bins
-        pattern = FINGERPRINT_WEIGHT * _residual_z(fp.astype(np.float32), group, ~wall, valid, 5)
+        # only positions with a usable pattern of their own (preprocessing zeroes the input of an unusable
+        # one, so its fingerprint is all zeros; in cell mode ``result.usable`` is the window's): a group of
+        # zeros as reference made the one usable member of its group an outlier
+        own = valid & (np.abs(fp).reshape(*shape, -1).max(axis=-1) > 0)
+        pattern = FINGERPRINT_WEIGHT * _residual_z(fp.astype(np.float32), group, ~wall & own, own, 5)
     # walls: the vote's mixed windows raise terms 1 and 2 there (only the excess over the walls' own
     # spread counts), not the position's own pattern
     wall_excess = np.zeros(shape)

@@ -91,10 +91,14 @@ def test_cancel_leaves_a_valid_partial_map(qtbot, make_napari_viewer, tmp_path):
     widget.mode_combo.setCurrentText("pattern")
     widget.chunk_bytes = 16 * 2**20
     # cancel once two positions are classified (the bar counts positions then; before, the lattice pass)
+    seen = []
+    widget.progress_bar.valueChanged.connect(lambda v: seen.append(widget.status_label.text()))
     widget.progress_bar.valueChanged.connect(
         lambda v: widget.cancel() if v >= 2 and widget.progress_bar.maximum() == 3600 else None)
     widget.run()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    # the status line said how fast and how long, while it ran
+    assert any("positions/s" in t and "s left" in t for t in seen), seen
     res = widget.result
     assert res is not None and not res.complete and "cancelled" in widget.status_label.text()
     assert 0 < res.done.sum() < res.done.size

@@ -489,8 +489,10 @@ class PolarizationMapWidget(QWidget):
             if 0 < update.done < update.total and not self._cancel.is_set():
                 elapsed = time.monotonic() - self._started
                 left = elapsed * (update.total - update.done) / update.done
+                rate = update.done / max(elapsed, 1e-9)
                 self.status_label.setText(f"classifying {self._run_dataset.name}: {update.done}/{update.total} "
-                                          f"({100 * update.done / update.total:.0f} %), about {left:.0f} s left")
+                                          f"({100 * update.done / update.total:.0f} %), {rate:.0f} positions/s, "
+                                          f"about {left:.0f} s left")
             if self._progress is not None:
                 self._progress.total = update.total
                 self._progress.n = update.done

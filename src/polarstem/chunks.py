@@ -181,8 +181,21 @@ def map_frame_blocks(
     """
     mask = _scan_mask(mask, dataset)
     blocks = block_grid(dataset, budget, mask)
-    total = len(blocks)
-    reader = block_reader(dataset)
+    run = _block_runner(dataset, fn, mask, block_reader(dataset), cancel)
+    n = max(1, int(workers or available_cores()))
+    if progress:
+        progress(0, len(blocks))
+    if n == 1 or len(blocks) <= 1:
+        yield from _map_in_this_thread(blocks, run, progress, cancel)
+    else:
+        yield from _map_in_threads(blocks, run, n, progress, cancel)
+
+
+def _block_runner(dataset: Dataset4D, fn: Callable[[FrameBlock], object], mask: np.ndarray | None,
+                  reader, cancel: threading.Event | None) -> Callable[[tuple[slice, slice]], object]:
+    """``run(rc)``: read the block ``rc`` with ``reader``, apply ``fn`` and release the block's
+    pages or buffer whatever happens. A block started after ``cancel`` is skipped (None): the
+    consumer raises :class:`Cancelled` before it would use the result."""
 
     def run(rc: tuple[slice, slice]) -> object:
         r, c = rc
@@ -200,16 +213,27 @@ def map_frame_blocks(
             del frames
             reader.release(r, c)
 
-    n = max(1, int(workers or available_cores()))
-    if progress:
-        progress(0, total)
-    if n == 1 or total <= 1:
-        for i, rc in enumerate(blocks):
-            _check(cancel)
-            yield rc[0], rc[1], run(rc)
-            if progress:
-                progress(i + 1, total)
-        return
+    return run
+
+
+def _map_in_this_thread(blocks: list[tuple[slice, slice]], run: Callable[[tuple[slice, slice]], object],
+                        progress: ProgressCallback | None,
+                        cancel: threading.Event | None) -> Iterator[tuple[slice, slice, object]]:
+    """:func:`map_frame_blocks` with one worker or one block: no pool to start."""
+    total = len(blocks)
+    for i, rc in enumerate(blocks):
+        _check(cancel)
+        yield rc[0], rc[1], run(rc)
+        if progress:
+            progress(i + 1, total)
+
+
+def _map_in_threads(blocks: list[tuple[slice, slice]], run: Callable[[tuple[slice, slice]], object], n: int,
+                    progress: ProgressCallback | None,
+                    cancel: threading.Event | None) -> Iterator[tuple[slice, slice, object]]:
+    """:func:`map_frame_blocks` on ``n`` threads, at most ``2 n`` blocks in flight (the memory
+    bound), results in scan order; blocks not started when the walk stops are dropped."""
+    total = len(blocks)
     with ThreadPoolExecutor(max_workers=n, thread_name_prefix="polarstem-map") as pool:
         todo = iter(blocks)
         pending: deque = deque()

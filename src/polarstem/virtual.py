@@ -192,51 +192,87 @@ def virtual_image_list(
     kernels = _compiled_kernels(dataset, engine)
     if geometry is None:
         geometry = detector_geometry(dataset)
-    shape = dataset.detector_shape
+    w = _detector_weights(dets, dataset.detector_shape, geometry, numpy_planes=kernels is None)
+    images = np.empty((len(w.masked),) + dataset.scan_shape)
+    first = np.empty((len(w.com), 3) + dataset.scan_shape)  # per CoM detector: total, sum I*y, sum I*x
+
+    def reduce(block: FrameBlock) -> tuple[np.ndarray, np.ndarray]:
+        return _block_sums(block.frames, w, kernels)
+
+    for rows, cols, (sums, moments) in map_frame_blocks(dataset, reduce, workers=workers,
+                                                        progress=progress, cancel=cancel):
+        images[:, rows, cols] = np.moveaxis(sums, -1, 0)
+        first[:, :, rows, cols] = np.moveaxis(moments, -1, 1)
+    return _images_in_detector_order(len(dets), w, images, first, geometry.mrad_per_px or 1.0)
+
+
+@dataclass
+class _DetectorWeights:
+    """What every block is reduced with, computed once per walk: the detectors' weights, split into
+    masked (BF, ADF) and centre-of-mass detectors, with their bounding boxes (the compiled loops
+    visit only those pixels) and the detector coordinates about the 0-mrad point."""
+
+    shape: tuple[int, int]
+    weights: list[np.ndarray]
+    boxes: np.ndarray
+    masked: list[int]  # indices into the detectors: BF and ADF
+    com: list[int]  # indices into the detectors: CoM
+    planes: np.ndarray | None  # the masked detectors' weights, stacked
+    planes_box: np.ndarray
+    ys: np.ndarray
+    xs: np.ndarray
+    all_planes: np.ndarray | None  # the numpy engine's float64 planes (None for the compiled loops)
+
+
+def _detector_weights(dets: list[VirtualDetector], shape: tuple[int, int], geometry: DetectorGeometry,
+                      numpy_planes: bool) -> _DetectorWeights:
+    """The weights of ``dets`` on a ``shape`` detector; ``numpy_planes`` adds the planes the numpy
+    engine multiplies with (three per CoM detector: weight, weight * y, weight * x)."""
     weights = [detector_mask(d, shape, geometry) for d in dets]
     boxes = np.array([_bounding_box(w) for w in weights], dtype=np.int64)
     masked = [i for i, d in enumerate(dets) if d.kind != "com"]
     com = [i for i, d in enumerate(dets) if d.kind == "com"]
     planes = np.stack([weights[i] for i in masked]) if masked else None
-    planes_box = boxes[masked]
     ys = np.arange(shape[0], dtype=np.float64) - geometry.center[0]
     xs = (np.arange(shape[1], dtype=np.float64) - geometry.center[1]).astype(np.float32)
-    if kernels is None:
+    all_planes = None
+    if numpy_planes:
         all_planes = [weights[i] for i in masked]
-        for i in com:  # three planes per CoM detector: weight, weight * y, weight * x
+        for i in com:
             all_planes += [weights[i], weights[i] * ys[:, None], weights[i] * xs[None, :]]
         all_planes = np.stack(all_planes).astype(np.float64)
-    n_masked, n_com = len(masked), len(com)
+    return _DetectorWeights(shape, weights, boxes, masked, com, planes, boxes[masked], ys, xs, all_planes)
 
-    def reduce(block: FrameBlock) -> tuple[np.ndarray, np.ndarray]:
-        f = block.frames
-        nr, nc = f.shape[:2]
-        if kernels is None:
-            out = _plane_sums_numpy(f.reshape((nr * nc,) + shape), all_planes).reshape(nr, nc, -1)
-            return out[..., :n_masked], out[..., n_masked:].reshape(nr, nc, n_com, 3).transpose(2, 0, 1, 3)
-        sums = np.empty((nr, nc, n_masked))
-        moments = np.empty((n_com, nr, nc, 3))
-        step = max(1, _SUB_BLOCK_BYTES // max(1, f[0, 0].nbytes))
-        for r in range(nr):
-            for c0 in range(0, nc, step):
-                sub = _kernel_input(f[r, c0:c0 + step])
-                if n_masked:
-                    kernels.plane_sums(sub, planes, planes_box, sums[r, c0:c0 + step])
-                for j, i in enumerate(com):
-                    kernels.moment_sums(sub, weights[i], boxes[i], xs, ys, moments[j, r, c0:c0 + step])
-        return sums, moments
 
-    images = np.empty((n_masked,) + dataset.scan_shape)
-    first = np.empty((n_com, 3) + dataset.scan_shape)  # per CoM detector: total, sum I*y, sum I*x
-    for rows, cols, (sums, moments) in map_frame_blocks(dataset, reduce, workers=workers,
-                                                        progress=progress, cancel=cancel):
-        images[:, rows, cols] = np.moveaxis(sums, -1, 0)
-        first[:, :, rows, cols] = np.moveaxis(moments, -1, 1)
-    result: list[np.ndarray] = [np.empty(0)] * len(dets)
-    for j, i in enumerate(masked):
+def _block_sums(f: np.ndarray, w: _DetectorWeights, kernels) -> tuple[np.ndarray, np.ndarray]:
+    """(sums (rows, cols, masked detectors), moments (CoM detectors, rows, cols, 3)) of a block of
+    patterns ``f``: by numpy when ``kernels`` is None, else by the compiled loops."""
+    nr, nc = f.shape[:2]
+    n_masked, n_com = len(w.masked), len(w.com)
+    if kernels is None:
+        out = _plane_sums_numpy(f.reshape((nr * nc,) + w.shape), w.all_planes).reshape(nr, nc, -1)
+        return out[..., :n_masked], out[..., n_masked:].reshape(nr, nc, n_com, 3).transpose(2, 0, 1, 3)
+    sums = np.empty((nr, nc, n_masked))
+    moments = np.empty((n_com, nr, nc, 3))
+    step = max(1, _SUB_BLOCK_BYTES // max(1, f[0, 0].nbytes))
+    for r in range(nr):
+        for c0 in range(0, nc, step):
+            sub = _kernel_input(f[r, c0:c0 + step])
+            if n_masked:
+                kernels.plane_sums(sub, w.planes, w.planes_box, sums[r, c0:c0 + step])
+            for j, i in enumerate(w.com):
+                kernels.moment_sums(sub, w.weights[i], w.boxes[i], w.xs, w.ys, moments[j, r, c0:c0 + step])
+    return sums, moments
+
+
+def _images_in_detector_order(n: int, w: _DetectorWeights, images: np.ndarray, first: np.ndarray,
+                              scale: float) -> list[np.ndarray]:
+    """The ``n`` detectors' images in the order they were asked for: the masked sums as they are,
+    each CoM as its first moments over its total, times ``scale`` (mrad per px, or 1)."""
+    result: list[np.ndarray] = [np.empty(0)] * n
+    for j, i in enumerate(w.masked):
         result[i] = images[j]
-    scale = geometry.mrad_per_px or 1.0
-    for j, i in enumerate(com):
+    for j, i in enumerate(w.com):
         with np.errstate(invalid="ignore", divide="ignore"):
             result[i] = first[j, 1:] / first[j, :1] * scale
     return result

@@ -73,23 +73,17 @@ def domains(classes: np.ndarray, valid: np.ndarray, window: tuple[int, int], sco
     return big
 
 
-def assign_wall_bands(classes: np.ndarray, proba: np.ndarray, valid: np.ndarray,
-                      window: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(new class map, mask of the reassigned positions) for a cell-mode ``classes`` map.
-
-    ``proba`` (H, W, 8) are the positions' pooled probabilities: a band position goes to whichever of
-    its two domains' classes it gives the higher probability (an edge band: of the domains beside it
-    within 90°). ``window`` is the cell window (px).
-    """
+def _thin_regions(classes: np.ndarray, valid: np.ndarray, big: np.ndarray,
+                  cell: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(thin, own_edge): positions of any class at most one cell thick, and those of them that are
+    the thin edge of a domain of their own class (touching its thick body), which the two-domain
+    rule must not take for a wall band (validation scan Q, module docstring)."""
     from scipy import ndimage
 
-    classes = np.asarray(classes)
-    valid = np.asarray(valid, bool) & (classes >= 0)
-    wy, wx = max(2, int(window[0])), max(2, int(window[1]))
+    wy, wx = cell
     square = np.ones((wy + THICK_EXTRA, wx + THICK_EXTRA), bool)
     thin = np.zeros(classes.shape, bool)
-    own_edge = np.zeros(classes.shape, bool)  # thin edges of a domain of their own class
-    big = domains(classes, valid, (wy, wx))
+    own_edge = np.zeros(classes.shape, bool)
     eight = np.ones((3, 3), bool)
     for k in np.unique(classes[valid]):
         m = (classes == k) & valid
@@ -99,16 +93,60 @@ def assign_wall_bands(classes: np.ndarray, proba: np.ndarray, valid: np.ndarray,
             lab, _ = ndimage.label(t, structure=eight)
             body = ndimage.binary_dilation(big & m & ~t, structure=eight)
             own_edge |= t & np.isin(lab, np.unique(lab[body & t]))
-    domain = big & ~thin
+    return thin, own_edge
+
+
+def _edge_bands(classes: np.ndarray, thin: np.ndarray, cell: tuple[int, int]) -> np.ndarray:
+    """Thin regions lying wholly within one cell of the border: the walls whose far domain may lie
+    outside the scan."""
+    from scipy import ndimage
+
+    wy, wx = cell
     edge_zone = np.ones(classes.shape, bool)
     edge_zone[wy:-wy, wx:-wx] = False
-    edge_band = np.zeros(classes.shape, bool)  # thin regions lying wholly within one cell of the border
+    edge_band = np.zeros(classes.shape, bool)
+    eight = np.ones((3, 3), bool)
     for k in np.unique(classes[thin]):
         lab, n = ndimage.label(thin & (classes == k), structure=eight)
         inside = np.bincount(lab[~edge_zone], minlength=n + 1)
         whole = inside == 0
         whole[0] = False
         edge_band |= whole[lab]
+    return edge_band
+
+
+def _bisected_class(own: int, near: list[int], p: np.ndarray, cos_tol: float) -> int | None:
+    """The class, among every pair of ``near`` domains whose direction sum lies within the
+    tolerance of ``own``, that the position's probabilities ``p`` favour most; None without such
+    a pair."""
+    best, best_p = None, -1.0
+    for i, a in enumerate(near):
+        for b in near[i + 1:]:
+            s = CLASS_DIRECTIONS[a] + CLASS_DIRECTIONS[b]
+            norm = float(np.linalg.norm(s))
+            if norm < 1e-6 or float(s @ CLASS_DIRECTIONS[own]) / norm < cos_tol:
+                continue  # opposite domains (no bisector) or a band that is not between them
+            for k in (a, b):
+                if p[k] > best_p:
+                    best, best_p = k, float(p[k])
+    return best
+
+
+def assign_wall_bands(classes: np.ndarray, proba: np.ndarray, valid: np.ndarray,
+                      window: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(new class map, mask of the reassigned positions) for a cell-mode ``classes`` map.
+
+    ``proba`` (H, W, 8) are the positions' pooled probabilities: a band position goes to whichever of
+    its two domains' classes it gives the higher probability (an edge band: of the domains beside it
+    within 90°). ``window`` is the cell window (px).
+    """
+    classes = np.asarray(classes)
+    valid = np.asarray(valid, bool) & (classes >= 0)
+    wy, wx = max(2, int(window[0])), max(2, int(window[1]))
+    big = domains(classes, valid, (wy, wx))
+    thin, own_edge = _thin_regions(classes, valid, big, (wy, wx))
+    domain = big & ~thin
+    edge_band = _edge_bands(classes, thin, (wy, wx))
     out = classes.copy()
     changed = np.zeros(classes.shape, bool)
     cos_tol = np.cos(np.deg2rad(BISECTOR_TOLERANCE_DEG))
@@ -119,17 +157,8 @@ def assign_wall_bands(classes: np.ndarray, proba: np.ndarray, valid: np.ndarray,
         near = np.unique(classes[ys, xs][domain[ys, xs]])
         own = int(classes[y, x])
         near = [int(k) for k in near if k != own]
-        best, best_p = None, -1.0
         pairs_of = [] if own_edge[y, x] else near  # a domain's own thin edge is no band between two others
-        for i, a in enumerate(pairs_of):
-            for b in pairs_of[i + 1:]:
-                s = CLASS_DIRECTIONS[a] + CLASS_DIRECTIONS[b]
-                norm = float(np.linalg.norm(s))
-                if norm < 1e-6 or float(s @ CLASS_DIRECTIONS[own]) / norm < cos_tol:
-                    continue  # opposite domains (no bisector) or a band that is not between them
-                for k in (a, b):
-                    if proba[y, x, k] > best_p:
-                        best, best_p = k, float(proba[y, x, k])
+        best = _bisected_class(own, pairs_of, proba[y, x], cos_tol)
         if best is None and edge_band[y, x] and len(near) == 1:  # the wall's other domain is outside the scan
             if float(CLASS_DIRECTIONS[near[0]] @ CLASS_DIRECTIONS[own]) >= cos_edge:
                 best = near[0]

@@ -154,9 +154,6 @@ class PolarizationMapWidget(QWidget):
     """Dock widget: dataset, calibration, model (with card), options, Run/Cancel/Export, legend, clicked position."""
 
     def __init__(self, napari_viewer):
-        import napari
-        from magicgui.widgets import create_widget
-
         super().__init__()
         self.viewer = napari_viewer
         self.result = None
@@ -172,6 +169,22 @@ class PolarizationMapWidget(QWidget):
         self._fitted = False
         self.last_position = None
         self.chunk_bytes = None  # block size of the scan walk (None: the core's default)
+
+        self._build_dataset_and_model(napari_viewer)
+        self._build_options()
+        self._build_run_controls()
+        self._build_legend_and_clicked()
+        self._lay_out()
+
+        self._models = []
+        self._fill_models()
+        self._connect_signals()
+        self._on_dataset_changed()
+
+    def _build_dataset_and_model(self, napari_viewer) -> None:
+        """Dataset and ROI pickers, the calibration form, the model choice with its card and warnings."""
+        import napari
+        from magicgui.widgets import create_widget
 
         self.dataset_picker = dataset_picker(napari_viewer)
         self.roi_picker = create_widget(annotation=napari.layers.Shapes, options={
@@ -189,6 +202,9 @@ class PolarizationMapWidget(QWidget):
         self.warning_label.setWordWrap(True)
         self.warning_label.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Minimum)
         self.warning_label.setStyleSheet("color: #e0a000;")
+
+    def _build_options(self) -> None:
+        """Mode, device, symmetry images (their cost in the choices), wall bands and ROI."""
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(["auto", "cell", "pattern"])
         self.device_combo = QComboBox()
@@ -209,6 +225,9 @@ class PolarizationMapWidget(QWidget):
                                     "model's raw map")
         self.roi_check = QCheckBox("ROIs:")
         self.roi_check.setToolTip("classify only the positions inside the shapes of this Shapes layer")
+
+    def _build_run_controls(self) -> None:
+        """Run/Cancel/Export, the progress bar and the status line."""
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -219,6 +238,9 @@ class PolarizationMapWidget(QWidget):
         self.status_label = QLabel("open a 4D-STEM file or the sample data")
         self.status_label.setWordWrap(True)
         self.status_label.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Minimum)
+
+    def _build_legend_and_clicked(self) -> None:
+        """The direction legend, and the clicked position's pattern with its prediction."""
         self.legend = QLabel()
         self.legend.setPixmap(legend_pixmap())
         self.legend.setToolTip("class k points at 45°·k from +x (right) towards +y (down); the colours are "
@@ -230,42 +252,19 @@ class PolarizationMapWidget(QWidget):
         self.pattern_info.setAlignment(Qt.AlignTop | Qt.AlignLeft)
         self.pattern_info.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Minimum)
 
+    def _lay_out(self) -> None:
+        """Dataset and model, options, buttons and status; the calibration form, legend and clicked
+        position below, so unfolding the form never pushes Run away."""
         top = QFormLayout()
         top.setVerticalSpacing(3)
         top.addRow("dataset", self.dataset_picker.native)
         top.addRow("model", self.model_combo)
-        options = QFormLayout()
-        options.setVerticalSpacing(3)
-        mode_device = QHBoxLayout()
-        mode_device.addWidget(self.mode_combo, 1)
-        mode_device.addWidget(QLabel("device"))
-        mode_device.addWidget(self.device_combo, 1)
-        options.addRow("mode", mode_device)
-        options.addRow("symmetry", self.tta_combo)
-        walls_roi = QHBoxLayout()
-        walls_roi.addWidget(self.walls_check)
-        walls_roi.addWidget(self.roi_check)
-        walls_roi.addWidget(self.roi_picker.native, 1)
-        options.addRow(walls_roi)
+        options = self._options_form()
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
         buttons.addWidget(self.export_button)
-        swatches = QGridLayout()
-        swatches.setHorizontalSpacing(4)
-        swatches.setVerticalSpacing(0)
-        for i, (pm, text) in enumerate(legend_entries()):
-            col, row = divmod(i, 4)
-            icon = QLabel()
-            icon.setPixmap(pm)
-            swatches.addWidget(icon, row, 2 * col)
-            label = QLabel(text)
-            label.setStyleSheet("font-size: 10px;")
-            swatches.addWidget(label, row, 2 * col + 1)
-            swatches.setColumnStretch(2 * col + 1, 1)
-        legend = QHBoxLayout()
-        legend.addWidget(self.legend, 0, Qt.AlignTop)
-        legend.addLayout(swatches, 1)
+        legend = self._legend_row()
         self.anomaly_note = QLabel(f"directions: +x right, +y down · {ANOMALY_MEANING}; regions from "
                                    f"{ANOMALY_OUTLINE:g} outlined")
         self.anomaly_note.setWordWrap(True)
@@ -288,8 +287,45 @@ class PolarizationMapWidget(QWidget):
         layout.addLayout(clicked)
         layout.addStretch(1)
 
-        self._models = []
-        self._fill_models()
+    def _options_form(self) -> QFormLayout:
+        """Mode and device on one row, symmetry, then wall bands and ROI on one row."""
+        options = QFormLayout()
+        options.setVerticalSpacing(3)
+        mode_device = QHBoxLayout()
+        mode_device.addWidget(self.mode_combo, 1)
+        mode_device.addWidget(QLabel("device"))
+        mode_device.addWidget(self.device_combo, 1)
+        options.addRow("mode", mode_device)
+        options.addRow("symmetry", self.tta_combo)
+        walls_roi = QHBoxLayout()
+        walls_roi.addWidget(self.walls_check)
+        walls_roi.addWidget(self.roi_check)
+        walls_roi.addWidget(self.roi_picker.native, 1)
+        options.addRow(walls_roi)
+        return options
+
+    def _legend_row(self) -> QHBoxLayout:
+        """The colour wheel beside the swatches of every class (four rows per column)."""
+        swatches = QGridLayout()
+        swatches.setHorizontalSpacing(4)
+        swatches.setVerticalSpacing(0)
+        for i, (pm, text) in enumerate(legend_entries()):
+            col, row = divmod(i, 4)
+            icon = QLabel()
+            icon.setPixmap(pm)
+            swatches.addWidget(icon, row, 2 * col)
+            label = QLabel(text)
+            label.setStyleSheet("font-size: 10px;")
+            swatches.addWidget(label, row, 2 * col + 1)
+            swatches.setColumnStretch(2 * col + 1, 1)
+        legend = QHBoxLayout()
+        legend.addWidget(self.legend, 0, Qt.AlignTop)
+        legend.addLayout(swatches, 1)
+        return legend
+
+    def _connect_signals(self) -> None:
+        """Controls, clicks and the shared dataset state to their handlers; the state connection is
+        undone when the widget goes (the state outlives it)."""
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         self._model_picked = False  # the user chose a model: opening another dataset keeps it
         self.model_combo.activated.connect(lambda *_: setattr(self, "_model_picked", True))
@@ -301,7 +337,6 @@ class PolarizationMapWidget(QWidget):
         self.viewer.mouse_drag_callbacks.append(self._on_click)
         state_events.changed.connect(self._on_state_changed)
         self.destroyed.connect(lambda *_: _disconnect(state_events.changed, self._on_state_changed))
-        self._on_dataset_changed()
 
     # ---------------------------------------------------------------------------------------------
     # choices

@@ -193,6 +193,23 @@ class VirtualDetectorWidget(QWidget):
         self.edge_warning = None  # the last detector applied reaches beyond the detector edge
 
         self._fitted = False
+        self._build_pattern_view(napari_viewer)
+        self._build_detector_controls()
+        self._lay_out()
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(self.DEBOUNCE_MS)
+        self._debounce.timeout.connect(self.apply)
+        self._connect_signals()
+        self._units_shown = "mrad"
+        self._sync_enabled()
+        active = active_dataset_layer(self.viewer)
+        if active is not None:
+            self.dataset_picker.value = active
+        self._on_dataset_changed()
+
+    def _build_pattern_view(self, napari_viewer) -> None:
+        """The dataset picker, its calibration form, and the pattern (mean or clicked) the detector is drawn on."""
         self.dataset_picker = dataset_picker(napari_viewer)
         self.calibration = CalibrationForm()
         self.pattern_view = QLabel("open a 4D-STEM file or File ▸ Open Sample ▸ napari-polarstem")
@@ -208,6 +225,9 @@ class VirtualDetectorWidget(QWidget):
         self.mean_button.setVisible(False)
         self._clicked = None  # (dataset, (row, col), pattern) shown instead of the mean
         self._pattern_worker = None
+
+    def _build_detector_controls(self) -> None:
+        """Detector kind, angles and CoM component; Apply/Cancel, progress and status."""
         self.kind_combo = QComboBox()
         for kind, text in KIND_LABELS.items():
             self.kind_combo.addItem(text, kind)
@@ -229,6 +249,8 @@ class VirtualDetectorWidget(QWidget):
         self.kind_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.kind_combo.setMinimumContentsLength(8)
 
+    def _lay_out(self) -> None:
+        """The pattern beside the detector form, the status below, the calibration form last."""
         top = QFormLayout()
         top.addRow("dataset", self.dataset_picker.native)
         form = QFormLayout()
@@ -263,11 +285,9 @@ class VirtualDetectorWidget(QWidget):
         layout.addWidget(self.calibration)  # below the controls: unfolded, it never pushes Apply away
         layout.addStretch(1)
 
-        self._debounce = QTimer(self)
-        self._debounce.setSingleShot(True)
-        self._debounce.setInterval(self.DEBOUNCE_MS)
-        self._debounce.timeout.connect(self.apply)
-
+    def _connect_signals(self) -> None:
+        """Controls, clicks, layer changes and the shared dataset state to their handlers; the
+        state connection is undone when the widget goes (the state outlives it)."""
         self.dataset_picker.changed.connect(self._on_dataset_changed)
         self.calibration.given.connect(self._on_calibration_given)
         self.kind_combo.currentIndexChanged.connect(self._on_controls_changed)
@@ -284,12 +304,6 @@ class VirtualDetectorWidget(QWidget):
         state_events.changed.connect(self._on_state_changed)
         self.destroyed.connect(partial(_disconnect_state_events, self._on_state_changed))
         self.destroyed.connect(partial(_mark_dead, self))
-        self._units_shown = "mrad"
-        self._sync_enabled()
-        active = active_dataset_layer(self.viewer)
-        if active is not None:
-            self.dataset_picker.value = active
-        self._on_dataset_changed()
 
     def _update_decimals(self, units: str, geometry: DetectorGeometry | None) -> None:
         """About a tenth of a detector pixel: 1 decimal in px, more in mrad on finely sampled detectors."""

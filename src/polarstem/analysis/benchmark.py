@@ -480,7 +480,6 @@ def resolve_train(cfg, models) -> str | None:
 
 
 def _run_testsets(cfg, models, out, results, figures, log) -> None:
-    from ..models import load_model
     from .testsets import open_source
 
     folders = _test_folders(cfg)
@@ -492,15 +491,7 @@ def _run_testsets(cfg, models, out, results, figures, log) -> None:
             log(results["notes"][-1])
     if not present:
         return
-    for e in models:  # load (and hash-check) every model once, so timings exclude loading
-        for mode in list(e["modes"]):
-            try:
-                load_model(e["name"], mode=mode, device="cpu")
-            except ModelFileError as exc:  # e.g. a file being replaced by a training run: leave it out
-                results["notes"].append(f"{e['name']}/{mode} left out: {exc}")
-                log(results["notes"][-1])
-                e["modes"].remove(mode)
-    models[:] = [e for e in models if e["modes"]]
+    _load_models_once(models, results, log)
     train_src = open_source(cfg.train) if cfg.train and Path(cfg.train).exists() else None
     results["training_data"] = {f"{e['name']}/{m}": _card_training_data(e["name"], m) for e in models for m in e["modes"]}
     results["thickness_sets"] = {}
@@ -514,20 +505,8 @@ def _run_testsets(cfg, models, out, results, figures, log) -> None:
             if fi == 0:
                 results["training_thickness_nm"] = (train_src or src).training_thickness_range()
                 results["detector_mrad_per_px"] = src.calibration.mrad_per_px
-            if src.manifest.get("status") not in (None, "complete"):
-                results["notes"].append(f"{folder} is still being simulated: {len(src.complete_rows)} of "
-                                        f"{src.labels.shape[0]} rows finished; the test sets use the finished rows")
-            if cfg.train and Path(cfg.train).exists() and Path(cfg.train).resolve() == Path(folder).resolve():
-                results["notes"].append(f"test set {folder} is the training set of the config: accuracies are on seen data")
-            seen = sorted({f"{e['name']}/{m}" for e in models for m in e["modes"] if _trained_on(e["name"], m, folder)})
-            if seen:
-                results["notes"].append(f"{', '.join(seen)} were trained on {folder}: their figures there are on seen data")
-            label = Path(folder).name or f"test{fi}"
-            if label in labels_used:  # two folders of the same name: say which parent
-                label = f"{Path(folder).resolve().parent.name}-{label}"
-            while label in labels_used:
-                label += "_"
-            labels_used.add(label)
+            _note_test_folder(cfg, models, folder, src, results)
+            label = _unique_label(folder, fi, labels_used)
             for base, window in thickness_sets(cfg, src, train_src).items():
                 set_name = f"{label}:{base}" if len(present) > 1 else base
                 primary = fi == 0 and base == cfg.corruption_set
@@ -540,6 +519,45 @@ def _run_testsets(cfg, models, out, results, figures, log) -> None:
     finally:
         if not cfg.keep_datasets:
             shutil.rmtree(data_root, ignore_errors=True)
+
+
+def _load_models_once(models, results, log) -> None:
+    """Load (and hash-check) every model once, so timings exclude loading; a model file that fails
+    (e.g. one being replaced by a training run) leaves that model/mode out, with a note."""
+    from ..models import load_model
+
+    for e in models:
+        for mode in list(e["modes"]):
+            try:
+                load_model(e["name"], mode=mode, device="cpu")
+            except ModelFileError as exc:
+                results["notes"].append(f"{e['name']}/{mode} left out: {exc}")
+                log(results["notes"][-1])
+                e["modes"].remove(mode)
+    models[:] = [e for e in models if e["modes"]]
+
+
+def _note_test_folder(cfg, models, folder, src, results) -> None:
+    """Notes that qualify a test folder's figures: still being simulated, or seen in training."""
+    if src.manifest.get("status") not in (None, "complete"):
+        results["notes"].append(f"{folder} is still being simulated: {len(src.complete_rows)} of "
+                                f"{src.labels.shape[0]} rows finished; the test sets use the finished rows")
+    if cfg.train and Path(cfg.train).exists() and Path(cfg.train).resolve() == Path(folder).resolve():
+        results["notes"].append(f"test set {folder} is the training set of the config: accuracies are on seen data")
+    seen = sorted({f"{e['name']}/{m}" for e in models for m in e["modes"] if _trained_on(e["name"], m, folder)})
+    if seen:
+        results["notes"].append(f"{', '.join(seen)} were trained on {folder}: their figures there are on seen data")
+
+
+def _unique_label(folder, fi: int, labels_used: set) -> str:
+    """A name for test folder number ``fi`` in the set names, not in ``labels_used`` (added to it)."""
+    label = Path(folder).name or f"test{fi}"
+    if label in labels_used:  # two folders of the same name: say which parent
+        label = f"{Path(folder).resolve().parent.name}-{label}"
+    while label in labels_used:
+        label += "_"
+    labels_used.add(label)
+    return label
 
 
 def _run_source_set(cfg, models, data_root, results, log) -> None:
@@ -572,6 +590,21 @@ def _run_source_set(cfg, models, data_root, results, log) -> None:
     _run_one_set(cfg, models, src, set_name, window, False, data_root, results, None, log, conds=conds)
 
 
+@dataclass(frozen=True)
+class _OneSet:
+    """What every condition and input mode of one thickness set shares (see :func:`_run_one_set`)."""
+
+    cfg: BenchmarkConfig
+    models: list
+    src: object
+    name: str
+    window: tuple
+    primary: bool
+    results: dict
+    per_pattern: dict | None
+    log: object
+
+
 def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results, per_pattern, log,
                  conds=None) -> None:
     """One thickness set of one test folder: ideal (and, for the primary set, every corruption), all models.
@@ -581,21 +614,34 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
     ``conds`` replaces the conditions ((kind, strength) pairs); kind ``source`` reads whole probe-grid
     rows as a finite source of std = strength (Å) records them.
     """
-    from ..classify import weights_mode_for
-    from .testsets import apply_corruption, pick_cells, pick_patterns, write_testset
-
     modes_needed = sorted({m for e in models for m in e["modes"]})
-    n_pos = src.labels.shape[1]
     rng = np.random.default_rng([cfg.seed, zlib.crc32(set_name.encode())])
     if conds is None:
         conds = [("ideal", 0.0)]
         if primary:
             conds += [(k, float(s)) for k, levels in (cfg.corruptions or {}).items() for s in levels]
-    picks = {}
-    # a finite source needs each input's whole probe-grid row: input mode -> (raw rows read once,
-    # the single patterns' (row, column) in them or None for cells)
     keep_rows = any(kind == "source" for kind, _ in conds)
-    rows_of = {}
+    picks, rows_of = _pick_inputs(cfg, src, window, modes_needed, rng, keep_rows)
+    results["thickness_sets"][set_name] = window
+    if not picks:
+        results["notes"].append(f"test set '{set_name}' ({window[0]:g}-{window[1]:g} nm): no finished patterns")
+        return
+    one = _OneSet(cfg, models, src, set_name, window, primary, results, per_pattern, log)
+    for ci, (kind, strength) in enumerate(conds):
+        for input_mode, picked in picks.items():
+            _run_condition(one, data_root, ci, kind, strength, input_mode, picked, rows_of)
+
+
+def _pick_inputs(cfg, src, window, modes_needed, rng, keep_rows: bool) -> tuple[dict, dict]:
+    """(picks, rows_of) of one thickness set, per input mode: picks = (frames, labels, per-input
+    metadata, patterns per input), the single patterns drawn first (``rng`` order). A finite
+    source needs each input's whole probe-grid row: with ``keep_rows``, rows_of = (the raw rows
+    read once, the single patterns' (row, column) in them or None for cells)."""
+    from ..classify import weights_mode_for
+    from .testsets import pick_cells, pick_patterns
+
+    n_pos = src.labels.shape[1]
+    picks, rows_of = {}, {}
     if "pattern" in modes_needed:
         rr, cc = pick_patterns(src, window, cfg.n_patterns, rng)
         if len(rr):
@@ -618,49 +664,64 @@ def _run_one_set(cfg, models, src, set_name, window, primary, data_root, results
             picks["cell"] = (cells if vote else cells.mean(axis=1), src.labels[rows, 0], {
                 "thickness_nm": None if src.thickness is None else src.thickness[rows, 0],
                 "tilt_mrad": None if src.tilt_mrad is None else src.tilt_mrad[rows, 0]}, 1 if vote else n_pos)
-    results["thickness_sets"][set_name] = window
-    if not picks:
-        results["notes"].append(f"test set '{set_name}' ({window[0]:g}-{window[1]:g} nm): no finished patterns")
+    return picks, rows_of
+
+
+def _run_condition(one: _OneSet, data_root, ci: int, kind: str, strength: float, input_mode: str, picked,
+                   rows_of: dict) -> None:
+    """One condition (number ``ci``) of one input mode: its test folder written, every model of that
+    mode scored on it; the folder is removed afterwards unless the config keeps the datasets."""
+    from .testsets import apply_corruption, write_testset
+
+    cfg, src = one.cfg, one.src
+    frames, labels, meta, per_input = picked
+    cond = kind if kind == "ideal" else f"{kind}={strength:g}"
+    folder = data_root.joinpath(*one.name.split(":")) / input_mode / cond.replace("=", "_")
+    if kind == "source":
+        data = _finite_source_frames(*rows_of[input_mode], strength, src.probe_grid, per_input)
+    else:
+        flat = frames.reshape((-1,) + frames.shape[-2:])
+        data = apply_corruption(flat, kind, strength, [cfg.seed, ci, 7], per_input).reshape(frames.shape)
+    write_testset(folder, data, labels, src.calibration, meta,
+                  {"source": str(src.folder), "set": one.name, "thickness_window_nm": one.window,
+                   "condition": cond, "input": input_mode, "seed": cfg.seed})
+    one.results["datasets"][f"{one.name}/{input_mode}/{cond}"] = {
+        "folder": str(folder) if cfg.keep_datasets else None, "n": int(len(labels))}
+    for e in one.models:
+        if input_mode in e["modes"]:
+            _score_model(one, e["name"], folder, input_mode, kind, strength, cond, picked)
+    if not cfg.keep_datasets:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _score_model(one: _OneSet, name: str, folder, input_mode: str, kind: str, strength: float, cond: str,
+                 picked) -> None:
+    """Model ``name``'s accuracy on one condition's folder; on the ideal condition also its
+    predictions for the per-pattern analyses and, on the primary set, its speed."""
+    from ..classify import weights_mode_for
+
+    cfg, results = one.cfg, one.results
+    frames, labels, meta, _ = picked
+    t0 = time.perf_counter()
+    try:
+        res, result = evaluate_folder(folder, name, input_mode, cfg)
+    except ModelFileError as exc:
+        results["notes"].append(f"{name}/{input_mode}: {exc}")
         return
-    for ci, (kind, strength) in enumerate(conds):
-        cond = kind if kind == "ideal" else f"{kind}={strength:g}"
-        for input_mode, (frames, labels, meta, per_input) in picks.items():
-            folder = data_root.joinpath(*set_name.split(":")) / input_mode / cond.replace("=", "_")
-            if kind == "source":
-                data = _finite_source_frames(*rows_of[input_mode], strength, src.probe_grid, per_input)
-            else:
-                flat = frames.reshape((-1,) + frames.shape[-2:])
-                data = apply_corruption(flat, kind, strength, [cfg.seed, ci, 7], per_input).reshape(frames.shape)
-            write_testset(folder, data, labels, src.calibration, meta,
-                          {"source": str(src.folder), "set": set_name, "thickness_window_nm": window,
-                           "condition": cond, "input": input_mode, "seed": cfg.seed})
-            results["datasets"][f"{set_name}/{input_mode}/{cond}"] = {
-                "folder": str(folder) if cfg.keep_datasets else None, "n": int(len(labels))}
-            for e in models:
-                if input_mode not in e["modes"]:
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    res, result = evaluate_folder(folder, e["name"], input_mode, cfg)
-                except ModelFileError as exc:
-                    results["notes"].append(f"{e['name']}/{input_mode}: {exc}")
-                    continue
-                row = _score_row(res, model=e["name"], mode=input_mode, set=set_name, condition=kind,
-                                 strength=strength, thickness_window_nm=window)
-                results["accuracy"].append(row)
-                log(f"  {set_name:<9} {cond:<16} {e['name']:<13} {input_mode:<7} acc {row['accuracy']} "
-                    f"(n={row['n']}, {time.perf_counter() - t0:.1f} s)")
-                if kind == "ideal" and per_pattern is not None:
-                    r = result if result is not None else classify_folder(folder, e["name"], input_mode, cfg)[0]
-                    per_pattern.setdefault((e["name"], input_mode), []).append((labels, meta, r))
-                if kind == "ideal" and primary:
-                    weights_mode = weights_mode_for(input_mode, cfg.cell_method)
-                    flat = frames.reshape((-1,) + frames.shape[-2:])
-                    sp = measure_speed(e["name"], weights_mode, flat[: cfg.batch_size], src.calibration, cfg)
-                    sp.update(model=e["name"], mode=input_mode, end_to_end_per_s=res.get("patterns_per_s"))
-                    results["speed"].append(sp)
-            if not cfg.keep_datasets:
-                shutil.rmtree(folder, ignore_errors=True)
+    row = _score_row(res, model=name, mode=input_mode, set=one.name, condition=kind,
+                     strength=strength, thickness_window_nm=one.window)
+    results["accuracy"].append(row)
+    one.log(f"  {one.name:<9} {cond:<16} {name:<13} {input_mode:<7} acc {row['accuracy']} "
+            f"(n={row['n']}, {time.perf_counter() - t0:.1f} s)")
+    if kind == "ideal" and one.per_pattern is not None:
+        r = result if result is not None else classify_folder(folder, name, input_mode, cfg)[0]
+        one.per_pattern.setdefault((name, input_mode), []).append((labels, meta, r))
+    if kind == "ideal" and one.primary:
+        weights_mode = weights_mode_for(input_mode, cfg.cell_method)
+        flat = frames.reshape((-1,) + frames.shape[-2:])
+        sp = measure_speed(name, weights_mode, flat[: cfg.batch_size], one.src.calibration, cfg)
+        sp.update(model=name, mode=input_mode, end_to_end_per_s=res.get("patterns_per_s"))
+        results["speed"].append(sp)
 
 
 def _finite_source_frames(raw_rows, select, sigma_a: float, g: int, per_input: int) -> np.ndarray:

@@ -146,11 +146,26 @@ def _range(v, name: str, lo: float, hi: float) -> None:
 
 
 def _check(cfg: dict) -> None:
+    """Every value of a merged config in range, section by section; the first problem is the error."""
     if cfg["kind"] not in ("training", "scan"):
         raise PolarstemError(f"'kind' must be 'training' or 'scan', got {cfg['kind']!r}")
     if isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], int) or cfg["seed"] < 0:
         raise PolarstemError("'seed' must be a non-negative integer")
-    o, n, d, s = cfg["optics"], cfg["numerics"], cfg["detector"], cfg["structure"]
+    _check_optics(cfg)
+    _check_numerics(cfg["numerics"])
+    _check_detector(cfg["detector"])
+    _check_structure(cfg)
+    _check_phonons(cfg["phonons"])
+    if cfg["kind"] == "training":
+        _check_training(cfg["training"])
+    else:
+        _check_scan(cfg["scan"])
+
+
+def _check_optics(cfg: dict) -> None:
+    """The optics; a range of energy or convergence angle is only meaningful for patterns stored on
+    a reciprocal-lattice grid (``detector.max_g``), so that is checked here too."""
+    o, d = cfg["optics"], cfg["detector"]
     _range(o["energy_kev"], "optics.energy_kev", 20, 1000)
     _range(o["convergence_mrad"], "optics.convergence_mrad", 0.1, 60)
     varied = any(isinstance(o[k], (list, tuple)) for k in ("energy_kev", "convergence_mrad"))
@@ -161,6 +176,9 @@ def _check(cfg: dict) -> None:
         _num(d["max_g"], "detector.max_g", 1, 40)
     _range(o["defocus_nm"], "optics.defocus_nm", -1000, 1000)
     _range(o["mistilt_mrad"], "optics.mistilt_mrad", 0, 20)
+
+
+def _check_numerics(n: dict) -> None:
     for k in ("gpts_per_cell", "slices_per_cell"):
         if not isinstance(n[k], int) or n[k] < 1:
             raise PolarstemError(f"'numerics.{k}' must be a positive integer")
@@ -168,9 +186,18 @@ def _check(cfg: dict) -> None:
         raise PolarstemError(f"'numerics.parametrization' must be one of {', '.join(PARAMETRIZATIONS)}")
     if n.get("projection", "infinite") not in PROJECTIONS:
         raise PolarstemError(f"'numerics.projection' must be one of {', '.join(PROJECTIONS)}")
+
+
+def _check_detector(d: dict) -> None:
     _num(d["max_mrad"], "detector.max_mrad", 1, 200)
     if not isinstance(d["bin"], int) or d["bin"] < 1 or d["bin"] % 2 == 0:
         raise PolarstemError("'detector.bin' must be an odd positive integer (keeps 0 mrad on a pixel centre)")
+
+
+def _check_structure(cfg: dict) -> None:
+    """The structure section; a material other than KNN needs a scan config (it has no polar
+    domains to label)."""
+    s = cfg["structure"]
     classes = s["classes"]
     if not isinstance(classes, list) or not classes or any(c not in range(8) for c in classes):
         raise PolarstemError("'structure.classes' must be a non-empty list of classes 0..7")
@@ -186,58 +213,64 @@ def _check(cfg: dict) -> None:
         raise PolarstemError("'structure.material' other than knn is for scans without domains (nothing polar to label)")
     if s["out_of_plane_sign"] not in ("+", "-", "random"):
         raise PolarstemError("'structure.out_of_plane_sign' must be '+', '-' or 'random'")
-    ph = cfg["phonons"]
+
+
+def _check_phonons(ph: dict) -> None:
     if not isinstance(ph["configs"], int) or ph["configs"] < 0:
         raise PolarstemError("'phonons.configs' must be a non-negative integer")
     if not isinstance(ph["sigmas"], dict) or not {"K", "Na", "Nb", "O"} <= set(ph["sigmas"]):
         raise PolarstemError("'phonons.sigmas' must give K, Na, Nb and O (Å)")
     for el, v in ph["sigmas"].items():
         _num(v, f"phonons.sigmas.{el}", 0, 0.5)
-    if cfg["kind"] == "training":
-        t = cfg["training"]
-        if not isinstance(t["structures"], int) or t["structures"] < 1:
-            raise PolarstemError("'training.structures' must be a positive integer")
-        pr = t["probes"]
-        if not isinstance(pr, dict) or not (("grid" in pr) ^ ("random" in pr)):
-            raise PolarstemError("'training.probes' must be {grid: n, offset: random|[fx, fy]} or {random: n}")
-        n_probe = pr.get("grid", pr.get("random"))
-        if not isinstance(n_probe, int) or n_probe < 1:
-            raise PolarstemError("'training.probes' needs a positive integer count")
-        off = pr.get("offset", "random")
-        if "grid" in pr and off != "random" and not (isinstance(off, list) and len(off) == 2):
-            raise PolarstemError("'training.probes.offset' must be 'random' or [fx, fy]")
-        th = t["thickness_nm"]
-        vals = th if isinstance(th, list) else [th]
-        for v in vals:
-            _num(v, "training.thickness_nm", 0.3, 200)
-        if not isinstance(t["thicknesses"], int) or t["thicknesses"] < 1:
-            raise PolarstemError("'training.thicknesses' must be a positive integer")
-        if isinstance(th, list) and len(th) > 2 and t["thicknesses"] > len(th):
-            raise PolarstemError("'training.thicknesses' is more than the listed thickness_nm values")
-        if "acquisitions" in t and (isinstance(t["acquisitions"], bool) or not isinstance(t["acquisitions"], int)
-                                    or t["acquisitions"] < 1):
-            raise PolarstemError("'training.acquisitions' must be a positive integer")
-        if "o_vacancy_fraction" in t:
-            _num(t["o_vacancy_fraction"], "training.o_vacancy_fraction", 0, 1)
-    else:
-        sc = cfg["scan"]
-        if not (isinstance(sc["cells"], list) and len(sc["cells"]) == 2 and sc["cells"][0] == sc["cells"][1]
-                and isinstance(sc["cells"][0], int) and sc["cells"][0] >= 1):
-            raise PolarstemError("'scan.cells' must be [n, n] (square supercell)")
-        if not isinstance(sc["steps_per_cell"], int) or sc["steps_per_cell"] < 1:
-            raise PolarstemError("'scan.steps_per_cell' must be a positive integer")
-        _num(sc["thickness_nm"], "scan.thickness_nm", 0.3, 200)
-        if not isinstance(sc["rows_per_task"], int) or sc["rows_per_task"] < 1:
-            raise PolarstemError("'scan.rows_per_task' must be a positive integer")
-        for i, dom in enumerate(list(sc["domains"]) + list(sc["defects"])):
-            if not isinstance(dom, dict) or not {"rows", "cols"} <= set(dom):
-                raise PolarstemError(f"scan domain/defect #{i} needs 'rows' and 'cols' ([start, stop] in cells)")
-        for dom in sc["domains"]:
-            if dom.get("class") not in range(8):
-                raise PolarstemError("every scan domain needs 'class' 0..7")
-        for dfc in sc["defects"]:
-            if dfc.get("kind") not in ("nonpolar", "o_vacancy"):
-                raise PolarstemError("scan defects need kind 'nonpolar' or 'o_vacancy'")
+
+
+def _check_training(t: dict) -> None:
+    """The training section (a training-kind config only; a scan config ignores it)."""
+    if not isinstance(t["structures"], int) or t["structures"] < 1:
+        raise PolarstemError("'training.structures' must be a positive integer")
+    pr = t["probes"]
+    if not isinstance(pr, dict) or not (("grid" in pr) ^ ("random" in pr)):
+        raise PolarstemError("'training.probes' must be {grid: n, offset: random|[fx, fy]} or {random: n}")
+    n_probe = pr.get("grid", pr.get("random"))
+    if not isinstance(n_probe, int) or n_probe < 1:
+        raise PolarstemError("'training.probes' needs a positive integer count")
+    off = pr.get("offset", "random")
+    if "grid" in pr and off != "random" and not (isinstance(off, list) and len(off) == 2):
+        raise PolarstemError("'training.probes.offset' must be 'random' or [fx, fy]")
+    th = t["thickness_nm"]
+    vals = th if isinstance(th, list) else [th]
+    for v in vals:
+        _num(v, "training.thickness_nm", 0.3, 200)
+    if not isinstance(t["thicknesses"], int) or t["thicknesses"] < 1:
+        raise PolarstemError("'training.thicknesses' must be a positive integer")
+    if isinstance(th, list) and len(th) > 2 and t["thicknesses"] > len(th):
+        raise PolarstemError("'training.thicknesses' is more than the listed thickness_nm values")
+    if "acquisitions" in t and (isinstance(t["acquisitions"], bool) or not isinstance(t["acquisitions"], int)
+                                or t["acquisitions"] < 1):
+        raise PolarstemError("'training.acquisitions' must be a positive integer")
+    if "o_vacancy_fraction" in t:
+        _num(t["o_vacancy_fraction"], "training.o_vacancy_fraction", 0, 1)
+
+
+def _check_scan(sc: dict) -> None:
+    """The scan section (a scan-kind config only; a training config ignores it)."""
+    if not (isinstance(sc["cells"], list) and len(sc["cells"]) == 2 and sc["cells"][0] == sc["cells"][1]
+            and isinstance(sc["cells"][0], int) and sc["cells"][0] >= 1):
+        raise PolarstemError("'scan.cells' must be [n, n] (square supercell)")
+    if not isinstance(sc["steps_per_cell"], int) or sc["steps_per_cell"] < 1:
+        raise PolarstemError("'scan.steps_per_cell' must be a positive integer")
+    _num(sc["thickness_nm"], "scan.thickness_nm", 0.3, 200)
+    if not isinstance(sc["rows_per_task"], int) or sc["rows_per_task"] < 1:
+        raise PolarstemError("'scan.rows_per_task' must be a positive integer")
+    for i, dom in enumerate(list(sc["domains"]) + list(sc["defects"])):
+        if not isinstance(dom, dict) or not {"rows", "cols"} <= set(dom):
+            raise PolarstemError(f"scan domain/defect #{i} needs 'rows' and 'cols' ([start, stop] in cells)")
+    for dom in sc["domains"]:
+        if dom.get("class") not in range(8):
+            raise PolarstemError("every scan domain needs 'class' 0..7")
+    for dfc in sc["defects"]:
+        if dfc.get("kind") not in ("nonpolar", "o_vacancy"):
+            raise PolarstemError("scan defects need kind 'nonpolar' or 'o_vacancy'")
 
 
 def probe_grid(manifest: dict, n_positions: int) -> int | None:

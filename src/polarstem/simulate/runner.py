@@ -130,99 +130,134 @@ def _training_thickness_count(cfg: dict) -> int:
 def plan(cfg: dict) -> dict:
     """Tasks, output shape, per-pattern arrays and calibration of a config (deterministic)."""
     seed = int(cfg["seed"])
-    s = cfg["structure"]
     if cfg["kind"] == "training":
-        t = cfg["training"]
-        n_struct = int(t["structures"])
-        pr = t["probes"]
-        n_pos = int(pr["grid"]) ** 2 if "grid" in pr else int(pr["random"])
-        n_th = _training_thickness_count(cfg)
-        extent = s["cells"] * _mid(s["a_angstrom"])
-        mrad_fixed = isinstance(s["a_angstrom"], (list, tuple)) and s["a_angstrom"][0] != s["a_angstrom"][1]
-        reciprocal = "max_g" in cfg["detector"]  # stored in 1/Å: the same grid for every beam energy
-        n_acq = int(t.get("acquisitions", 1)) if reciprocal else 1
-        if reciprocal:
-            k_per_px = 1.0 / extent
-            size, center = reciprocal_detector(float(cfg["detector"]["max_g"]), k_per_px, _mid(s["a_angstrom"]))
-            mrad = None
-        else:
-            optics = Optics(energy_kev=cfg["optics"]["energy_kev"], max_mrad=cfg["detector"]["max_mrad"],
-                            bin=cfg["detector"]["bin"])
-            size, mrad, center = detector_geometry(extent, optics)
-        per_task = n_acq * n_th
-        rows, cols = n_struct * per_task, n_pos
-        labels = np.full((rows, cols), -1, np.int8)
-        thick = np.zeros((rows, cols), np.float32)
-        frac = np.zeros((rows, cols, 2), np.float32)
-        struct = np.zeros((rows, cols), np.int32)
-        variant = np.zeros((rows, cols, 3), np.int8)
-        vac_fraction = float(t.get("o_vacancy_fraction", 0.0))
-        vacancy = np.zeros((rows, cols), bool)
-        energy = np.zeros((rows, cols), np.float32)
-        convergence = np.zeros((rows, cols), np.float32)
-        tasks = []
-        for i in range(n_struct):
-            rng = np.random.default_rng([seed, i])
-            k = int(s["classes"][i % len(s["classes"])])
-            sign = s["out_of_plane_sign"]
-            v = variant_for_class(k, rng) if sign == "random" else variant_for_class(k, z_sign=1 if sign == "+" else -1)
-            a = _draw(s["a_angstrom"], rng)
-            nb = _draw(s["nb_shift_angstrom"], rng)
-            opt = _optics_for(cfg, rng)
-            cells = _thickness_cells(t, a, rng)
-            if len(cells) != n_th:  # a range too narrow for distinct thicknesses: repeat the last
-                cells = (cells + [cells[-1]] * n_th)[:n_th]
-            if "grid" in pr:
-                g = int(pr["grid"])
-                off = rng.random(2) / g if pr.get("offset", "random") == "random" else np.asarray(pr["offset"], float)
-                gy, gx = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
-                pos = (np.stack([gx.ravel(), gy.ravel()], 1) / g + off) % 1.0
-            else:
-                pos = rng.random((n_pos, 2))
-            task = {
-                "kind": "training", "index": i, "rows": [i * per_task, (i + 1) * per_task], "class": k,
-                "variant": list(v), "a": a, "nb_shift": nb, "a_ratio": _mid(s["a_ratio"]),
-                "k_fraction": float(s["k_fraction"]), "cells": int(s["cells"]), "exit_cells": cells,
-                "positions_frac": pos.tolist(), "optics": opt,
-                "phonons": {"configs": int(cfg["phonons"]["configs"]), "sigmas": cfg["phonons"]["sigmas"],
-                            "seed": int(rng.integers(2**31))},
-                "structure_seed": int(rng.integers(2**31)),
-                "out_mrad_per_px": mrad if mrad_fixed else None,
-            }
-            if isinstance(s["a_ratio"], (list, tuple)):  # drawn last: fixed-ratio configs keep their streams
-                task["a_ratio"] = _draw(s["a_ratio"], rng)
-            if vac_fraction > 0:  # own stream: the structure's other draws do not depend on it
-                vr = np.random.default_rng([seed, i, 7])
-                if vr.random() < vac_fraction:
-                    task["o_vacancy_site"] = int(vr.integers(len(O_SITES)))
-            if reciprocal:
-                task["acquisitions"] = _acquisitions_for(cfg, opt, seed, i)
-                task["out_inv_angstrom_per_px"] = k_per_px
-                task["detector_size"] = size
-                acq = task["acquisitions"]
-                energy[i * per_task:(i + 1) * per_task] = np.repeat([q["energy_kev"] for q in acq], n_th)[:, None]
-                convergence[i * per_task:(i + 1) * per_task] = np.repeat([q["convergence_mrad"] for q in acq],
-                                                                         n_th)[:, None]
-            tasks.append(task)
-            r0, r1 = task["rows"]
-            labels[r0:r1] = k
-            thick[r0:r1] = np.tile(np.asarray(cells, np.float32) * a / 10.0, n_acq)[:, None]
-            frac[r0:r1] = pos[None].astype(np.float32)
-            struct[r0:r1] = i
-            variant[r0:r1] = np.asarray(v, np.int8)
-            vacancy[r0:r1] = "o_vacancy_site" in task
-        arrays = {"labels": labels, "thickness_nm": thick, "probe_frac": frac, "structure": struct,
-                  "variant": variant}
-        if vac_fraction > 0:  # per pattern: the structure has an O vacancy in every other cell along the beam
-            arrays["defects"] = vacancy
-        calib = {"scan_step_nm": [None, None], "mrad_per_px": mrad, "detector_center_px": [center, center]}
-        if reciprocal:  # the angle scale differs per row: energy and convergence travel as per-pattern arrays
-            arrays["energy_kev"], arrays["convergence_mrad"] = energy, convergence
-            calib["inv_angstrom_per_px"] = k_per_px
-        return {"shape": [rows, cols, size, size], "chunk_rows": per_task, "tasks": tasks, "arrays": arrays,
-                "calibration": calib}
+        return _plan_training(cfg, seed)
+    return _plan_scan(cfg, seed)
 
-    sc = cfg["scan"]
+
+def _plan_training(cfg: dict, seed: int) -> dict:
+    """:func:`plan` of a training config: one task per structure, its rows = acquisition x thickness."""
+    s, t = cfg["structure"], cfg["training"]
+    n_struct = int(t["structures"])
+    pr = t["probes"]
+    n_pos = int(pr["grid"]) ** 2 if "grid" in pr else int(pr["random"])
+    n_th = _training_thickness_count(cfg)
+    extent = s["cells"] * _mid(s["a_angstrom"])
+    mrad_fixed = isinstance(s["a_angstrom"], (list, tuple)) and s["a_angstrom"][0] != s["a_angstrom"][1]
+    reciprocal = "max_g" in cfg["detector"]  # stored in 1/Å: the same grid for every beam energy
+    n_acq = int(t.get("acquisitions", 1)) if reciprocal else 1
+    size, mrad, center, k_per_px = _training_detector(cfg, extent, reciprocal)
+    per_task = n_acq * n_th
+    rows, cols = n_struct * per_task, n_pos
+    per_row = _empty_training_arrays(rows, cols)
+    vac_fraction = float(t.get("o_vacancy_fraction", 0.0))
+    tasks = []
+    for i in range(n_struct):
+        task, pos = _training_task(cfg, seed, i, per_task, n_th, n_pos, mrad if mrad_fixed else None, vac_fraction)
+        if reciprocal:
+            task["acquisitions"] = _acquisitions_for(cfg, task["optics"], seed, i)
+            task["out_inv_angstrom_per_px"] = k_per_px
+            task["detector_size"] = size
+        tasks.append(task)
+        _fill_training_rows(per_row, task, pos, n_acq, n_th)
+    arrays = {k: per_row[k] for k in ("labels", "thickness_nm", "probe_frac", "structure", "variant")}
+    if vac_fraction > 0:  # per pattern: the structure has an O vacancy in every other cell along the beam
+        arrays["defects"] = per_row["defects"]
+    calib = {"scan_step_nm": [None, None], "mrad_per_px": mrad, "detector_center_px": [center, center]}
+    if reciprocal:  # the angle scale differs per row: energy and convergence travel as per-pattern arrays
+        arrays["energy_kev"], arrays["convergence_mrad"] = per_row["energy_kev"], per_row["convergence_mrad"]
+        calib["inv_angstrom_per_px"] = k_per_px
+    return {"shape": [rows, cols, size, size], "chunk_rows": per_task, "tasks": tasks, "arrays": arrays,
+            "calibration": calib}
+
+
+def _training_detector(cfg: dict, extent: float, reciprocal: bool) -> tuple[int, float | None, float, float | None]:
+    """(size, mrad per px, centre px, 1/Å per px) of a training set's patterns: a reciprocal-lattice
+    grid (no mrad scale) when the set spans beam energies, else the mrad grid of the one energy."""
+    s = cfg["structure"]
+    if reciprocal:
+        k_per_px = 1.0 / extent
+        size, center = reciprocal_detector(float(cfg["detector"]["max_g"]), k_per_px, _mid(s["a_angstrom"]))
+        return size, None, center, k_per_px
+    optics = Optics(energy_kev=cfg["optics"]["energy_kev"], max_mrad=cfg["detector"]["max_mrad"],
+                    bin=cfg["detector"]["bin"])
+    size, mrad, center = detector_geometry(extent, optics)
+    return size, mrad, center, None
+
+
+def _empty_training_arrays(rows: int, cols: int) -> dict[str, np.ndarray]:
+    """Every per-pattern array a training set may record, unlabelled (-1) and zero."""
+    return {"labels": np.full((rows, cols), -1, np.int8), "thickness_nm": np.zeros((rows, cols), np.float32),
+            "probe_frac": np.zeros((rows, cols, 2), np.float32), "structure": np.zeros((rows, cols), np.int32),
+            "variant": np.zeros((rows, cols, 3), np.int8), "defects": np.zeros((rows, cols), bool),
+            "energy_kev": np.zeros((rows, cols), np.float32), "convergence_mrad": np.zeros((rows, cols), np.float32)}
+
+
+def _training_task(cfg: dict, seed: int, i: int, per_task: int, n_th: int, n_pos: int,
+                   out_mrad_per_px: float | None, vac_fraction: float) -> tuple[dict, np.ndarray]:
+    """(task, probe positions (n_pos, 2) as cell fractions) of structure ``i``. The draws from
+    ``default_rng([seed, i])`` keep their order: a reordering would change every existing set."""
+    s, pr = cfg["structure"], cfg["training"]["probes"]
+    rng = np.random.default_rng([seed, i])
+    k = int(s["classes"][i % len(s["classes"])])
+    sign = s["out_of_plane_sign"]
+    v = variant_for_class(k, rng) if sign == "random" else variant_for_class(k, z_sign=1 if sign == "+" else -1)
+    a = _draw(s["a_angstrom"], rng)
+    nb = _draw(s["nb_shift_angstrom"], rng)
+    opt = _optics_for(cfg, rng)
+    cells = _thickness_cells(cfg["training"], a, rng)
+    if len(cells) != n_th:  # a range too narrow for distinct thicknesses: repeat the last
+        cells = (cells + [cells[-1]] * n_th)[:n_th]
+    pos = _probe_positions(pr, n_pos, rng)
+    task = {
+        "kind": "training", "index": i, "rows": [i * per_task, (i + 1) * per_task], "class": k,
+        "variant": list(v), "a": a, "nb_shift": nb, "a_ratio": _mid(s["a_ratio"]),
+        "k_fraction": float(s["k_fraction"]), "cells": int(s["cells"]), "exit_cells": cells,
+        "positions_frac": pos.tolist(), "optics": opt,
+        "phonons": {"configs": int(cfg["phonons"]["configs"]), "sigmas": cfg["phonons"]["sigmas"],
+                    "seed": int(rng.integers(2**31))},
+        "structure_seed": int(rng.integers(2**31)),
+        "out_mrad_per_px": out_mrad_per_px,
+    }
+    if isinstance(s["a_ratio"], (list, tuple)):  # drawn last: fixed-ratio configs keep their streams
+        task["a_ratio"] = _draw(s["a_ratio"], rng)
+    if vac_fraction > 0:  # own stream: the structure's other draws do not depend on it
+        vr = np.random.default_rng([seed, i, 7])
+        if vr.random() < vac_fraction:
+            task["o_vacancy_site"] = int(vr.integers(len(O_SITES)))
+    return task, pos
+
+
+def _probe_positions(pr: dict, n_pos: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_pos, 2) probe positions (x, y fractions of the cell): a g x g grid at a random or given
+    offset, or ``n_pos`` random ones."""
+    if "grid" in pr:
+        g = int(pr["grid"])
+        off = rng.random(2) / g if pr.get("offset", "random") == "random" else np.asarray(pr["offset"], float)
+        gy, gx = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
+        return (np.stack([gx.ravel(), gy.ravel()], 1) / g + off) % 1.0
+    return rng.random((n_pos, 2))
+
+
+def _fill_training_rows(per_row: dict[str, np.ndarray], task: dict, pos: np.ndarray, n_acq: int, n_th: int) -> None:
+    """Record a training task's labels, thicknesses, probe positions and optics in its rows."""
+    r0, r1 = task["rows"]
+    if "acquisitions" in task:
+        acq = task["acquisitions"]
+        per_row["energy_kev"][r0:r1] = np.repeat([q["energy_kev"] for q in acq], n_th)[:, None]
+        per_row["convergence_mrad"][r0:r1] = np.repeat([q["convergence_mrad"] for q in acq], n_th)[:, None]
+    per_row["labels"][r0:r1] = task["class"]
+    per_row["thickness_nm"][r0:r1] = np.tile(np.asarray(task["exit_cells"], np.float32) * task["a"] / 10.0,
+                                             n_acq)[:, None]
+    per_row["probe_frac"][r0:r1] = pos[None].astype(np.float32)
+    per_row["structure"][r0:r1] = task["index"]
+    per_row["variant"][r0:r1] = np.asarray(task["variant"], np.int8)
+    per_row["defects"][r0:r1] = "o_vacancy_site" in task
+
+
+def _plan_scan(cfg: dict, seed: int) -> dict:
+    """:func:`plan` of a scan config: one structure, tasks of ``rows_per_task`` scan rows."""
+    s, sc = cfg["structure"], cfg["scan"]
     n = int(sc["cells"][0])
     rng = np.random.default_rng([seed, 0])
     a = _draw(s["a_angstrom"], rng)
@@ -400,85 +435,23 @@ def simulate(cfg: dict, out: str | Path, workers: int = 1, scheduler: str | None
 
     ``max_tasks`` stops after that many new tasks (for measuring rates); the folder stays resumable.
     """
-    from ..io import Calibration
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PolarstemError(f"{out}: exists and is not a folder")
     p = plan(cfg)
     h, rh = config_hash(cfg), resume_hash(cfg)
-    pc = p["calibration"]
-    if "inv_angstrom_per_px" in pc:  # several beam energies: reciprocal-length axes, per-row energies
-        k = pc["inv_angstrom_per_px"]
-        cal = Calibration(detector_scale=(k, k), detector_units="1/Å",
-                          detector_center_px=tuple(pc["detector_center_px"]))
-    else:
-        cal = Calibration(scan_step_nm=tuple(pc["scan_step_nm"]), mrad_per_px=pc["mrad_per_px"],
-                          beam_energy_kev=cfg["optics"]["energy_kev"], convergence_mrad=cfg["optics"]["convergence_mrad"],
-                          detector_center_px=tuple(pc["detector_center_px"]))
-    progress_path = out / "progress.json"
-    done: set[int] = set()
-    if progress_path.exists():
-        try:
-            prog = json.loads(progress_path.read_text())
-        except ValueError:
-            raise PolarstemError(f"{progress_path}: unreadable; delete the folder to start again") from None
-        if prog.get("config_hash") != h and prog.get("resume_hash") != rh:
-            raise PolarstemError(f"{out}: holds a different simulation (config or seed changed); "
-                                 "choose another folder or delete it")
-        done = set(int(i) for i in prog.get("done", []) if int(i) < len(p["tasks"]))
-        data = _open_data(out / DATA_FILE)
-        if tuple(data.shape) != tuple(p["shape"]):  # more or fewer training structures than before
-            data.resize(tuple(p["shape"]))
-            _set_axis_sizes(out / DATA_FILE, p["shape"][:2])
-        write_json(progress_path, {"config_hash": h, "resume_hash": rh, "done": sorted(done)}, indent=1)
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        data = _create_data_file(out / DATA_FILE, p["shape"], p["chunk_rows"], cal,
-                                 title=f"KNN simulation ({cfg['kind']})")
-        write_json(progress_path, {"config_hash": h, "resume_hash": rh, "done": []}, indent=1)
-    arrays = p["arrays"]
-    full_labels = arrays["labels"]
-    for name, arr in arrays.items():
+    cal = _calibration(cfg, p["calibration"])
+    data, done = _open_or_create(out, cfg, p, cal, (h, rh))
+    for name, arr in p["arrays"].items():
         if name != "labels":
             save_npy(out / f"{name}.npy", arr)
-    row_done = np.zeros(p["shape"][0], bool)
-    for t in p["tasks"]:
-        if t["index"] in done:
-            row_done[t["rows"][0]:t["rows"][1]] = True
-
-    def write_labels():
-        lab = np.where(row_done[:, None], full_labels, np.int8(-1)).astype(np.int8)
-        save_npy(out / "labels.npy", lab)
-
-    manifest = {
-        "format": "polarstem-simulation", "format_version": FORMAT_VERSION, "data_file": DATA_FILE,
-        "kind": cfg["kind"], "config": cfg, "config_file": config_path, "config_hash": h,
-        "shape": p["shape"], "chunk_rows": p["chunk_rows"], "layout": (
-            "rows = structure x acquisition x thickness (chunk_rows rows per structure), cols = probe positions"
-            if cfg["kind"] == "training" else "real scan: rows = y, cols = x"),
-        "calibration": cal.to_dict() | {k: v for k, v in pc.items() if k == "inv_angstrom_per_px"},
-        "n_tasks": len(p["tasks"]), "software": _versions(),
-        "arrays": sorted(["labels"] + [k for k in arrays if k != "labels"]),
-        "defaults": DEFAULTS,
-    }
+    folder = _Folder(out, data, p, done, (h, rh), _manifest(cfg, p, cal, h, config_path))
     if cfg["kind"] == "training":
-        manifest["structures"] = "structures.json"
         keys = ("index", "class", "variant", "a", "nb_shift", "exit_cells", "optics", "structure_seed", "acquisitions")
         structures = [{k: t[k] for k in keys if k in t} | {"phonon_seed": t["phonons"]["seed"]} for t in p["tasks"]]
         write_json(out / "structures.json", structures, indent=1)
-    else:
-        manifest["cell_labels"] = p["cell_labels"]
-        manifest["thickness_nm"] = p["thickness_nm"]
-
-    def write_manifest(status):
-        manifest["status"] = status
-        manifest["tasks_done"] = len(done)
-        manifest["patterns_done"] = int(row_done.sum()) * p["shape"][1]
-        write_json(out / "manifest.json", manifest, indent=1)
-
-    write_labels()
-    write_manifest("running" if len(done) < len(p["tasks"]) else "complete")
+    folder.write_labels()
+    folder.write_manifest("running" if len(done) < len(p["tasks"]) else "complete")
     todo = [t for t in p["tasks"] if t["index"] not in done]
     if max_tasks is not None:
         todo = todo[: int(max_tasks)]
@@ -488,19 +461,9 @@ def simulate(cfg: dict, out: str | Path, workers: int = 1, scheduler: str | None
     bar = tqdm(total=len(p["tasks"]), initial=len(done), unit="task", file=sys.stderr, disable=not progress,
                desc=f"simulate {out.name}")
     t0 = time.perf_counter()
-    n_new = 0
 
     def finish(task, block):
-        nonlocal n_new
-        r0, r1 = task["rows"]
-        data[r0:r1] = np.asarray(block, np.float32)
-        done.add(task["index"])
-        row_done[r0:r1] = True
-        write_json(progress_path, {"config_hash": h, "resume_hash": rh, "done": sorted(done)}, indent=1)
-        write_labels()
-        n_new += 1
-        if n_new % 10 == 0:
-            write_manifest("running")
+        folder.store(task, block)
         bar.update(1)
 
     try:
@@ -511,12 +474,116 @@ def simulate(cfg: dict, out: str | Path, workers: int = 1, scheduler: str | None
             _run_distributed(todo, finish, workers, scheduler)
     finally:
         bar.close()
-        write_manifest("complete" if len(done) == len(p["tasks"]) else "running")
+        folder.write_manifest("complete" if len(done) == len(p["tasks"]) else "running")
     elapsed = time.perf_counter() - t0
+    manifest, n_new = folder.manifest, folder.n_new
     manifest["last_run"] = {"seconds": elapsed, "tasks": n_new, "workers": workers, "scheduler": scheduler,
                             "patterns_per_s": n_new * p["chunk_rows"] * p["shape"][1] / elapsed if elapsed else None}
     write_json(out / "manifest.json", manifest, indent=1)
     return manifest
+
+
+def _calibration(cfg: dict, pc: dict):
+    """The data file's calibration from a plan's: reciprocal-length detector axes for a set spanning
+    beam energies (the energies travel per row), else mrad and the config's optics."""
+    from ..io import Calibration
+
+    if "inv_angstrom_per_px" in pc:  # several beam energies: reciprocal-length axes, per-row energies
+        k = pc["inv_angstrom_per_px"]
+        return Calibration(detector_scale=(k, k), detector_units="1/Å",
+                           detector_center_px=tuple(pc["detector_center_px"]))
+    return Calibration(scan_step_nm=tuple(pc["scan_step_nm"]), mrad_per_px=pc["mrad_per_px"],
+                       beam_energy_kev=cfg["optics"]["energy_kev"], convergence_mrad=cfg["optics"]["convergence_mrad"],
+                       detector_center_px=tuple(pc["detector_center_px"]))
+
+
+def _open_or_create(out: Path, cfg: dict, p: dict, cal, hashes: tuple[str, str]):
+    """(zarr data array, finished task indices) of the folder ``out``: an existing simulation of the
+    same config is resumed (a training set resized to its new number of structures), another one
+    is refused, a new folder gets an empty data file."""
+    h, rh = hashes
+    progress_path = out / "progress.json"
+    if not progress_path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        data = _create_data_file(out / DATA_FILE, p["shape"], p["chunk_rows"], cal,
+                                 title=f"KNN simulation ({cfg['kind']})")
+        write_json(progress_path, {"config_hash": h, "resume_hash": rh, "done": []}, indent=1)
+        return data, set()
+    try:
+        prog = json.loads(progress_path.read_text())
+    except ValueError:
+        raise PolarstemError(f"{progress_path}: unreadable; delete the folder to start again") from None
+    if prog.get("config_hash") != h and prog.get("resume_hash") != rh:
+        raise PolarstemError(f"{out}: holds a different simulation (config or seed changed); "
+                             "choose another folder or delete it")
+    done = set(int(i) for i in prog.get("done", []) if int(i) < len(p["tasks"]))
+    data = _open_data(out / DATA_FILE)
+    if tuple(data.shape) != tuple(p["shape"]):  # more or fewer training structures than before
+        data.resize(tuple(p["shape"]))
+        _set_axis_sizes(out / DATA_FILE, p["shape"][:2])
+    write_json(progress_path, {"config_hash": h, "resume_hash": rh, "done": sorted(done)}, indent=1)
+    return data, done
+
+
+def _manifest(cfg: dict, p: dict, cal, h: str, config_path: str | None) -> dict:
+    """The manifest of a simulation folder before any task runs (the status fields come later)."""
+    arrays = p["arrays"]
+    manifest = {
+        "format": "polarstem-simulation", "format_version": FORMAT_VERSION, "data_file": DATA_FILE,
+        "kind": cfg["kind"], "config": cfg, "config_file": config_path, "config_hash": h,
+        "shape": p["shape"], "chunk_rows": p["chunk_rows"], "layout": (
+            "rows = structure x acquisition x thickness (chunk_rows rows per structure), cols = probe positions"
+            if cfg["kind"] == "training" else "real scan: rows = y, cols = x"),
+        "calibration": cal.to_dict() | {k: v for k, v in p["calibration"].items() if k == "inv_angstrom_per_px"},
+        "n_tasks": len(p["tasks"]), "software": _versions(),
+        "arrays": sorted(["labels"] + [k for k in arrays if k != "labels"]),
+        "defaults": DEFAULTS,
+    }
+    if cfg["kind"] == "training":
+        manifest["structures"] = "structures.json"
+    else:
+        manifest["cell_labels"] = p["cell_labels"]
+        manifest["thickness_nm"] = p["thickness_nm"]
+    return manifest
+
+
+class _Folder:
+    """A simulation folder while its tasks finish. Each finished block is written at once, with its
+    task in progress.json and its rows in labels.npy (unfinished rows -1), so an interrupted run
+    leaves a readable folder that resumes where it stopped."""
+
+    def __init__(self, out: Path, data, p: dict, done: set[int], hashes: tuple[str, str], manifest: dict):
+        self.out, self.data, self.p, self.done, self.hashes, self.manifest = out, data, p, done, hashes, manifest
+        self.full_labels = p["arrays"]["labels"]
+        self.row_done = np.zeros(p["shape"][0], bool)
+        for t in p["tasks"]:
+            if t["index"] in done:
+                self.row_done[t["rows"][0]:t["rows"][1]] = True
+        self.n_new = 0
+
+    def write_labels(self) -> None:
+        lab = np.where(self.row_done[:, None], self.full_labels, np.int8(-1)).astype(np.int8)
+        save_npy(self.out / "labels.npy", lab)
+
+    def write_manifest(self, status: str) -> None:
+        self.manifest["status"] = status
+        self.manifest["tasks_done"] = len(self.done)
+        self.manifest["patterns_done"] = int(self.row_done.sum()) * self.p["shape"][1]
+        write_json(self.out / "manifest.json", self.manifest, indent=1)
+
+    def store(self, task: dict, block) -> None:
+        """Write a finished task's block and record it (the manifest every 10 tasks: it is larger)."""
+        r0, r1 = task["rows"]
+        self.data[r0:r1] = np.asarray(block, np.float32)
+        self.done.add(task["index"])
+        self.row_done[r0:r1] = True
+        h, rh = self.hashes
+        write_json(self.out / "progress.json", {"config_hash": h, "resume_hash": rh, "done": sorted(self.done)},
+                   indent=1)
+        self.write_labels()
+        self.n_new += 1
+        if self.n_new % 10 == 0:
+            self.write_manifest("running")
 
 
 def _run_distributed(todo: list[dict], finish, workers: int, scheduler: str | None) -> None:

@@ -401,3 +401,18 @@ def test_cli_warns_when_the_adf_annulus_reaches_beyond_the_detector(tmp_path, ca
     assert main(["virtual", str(tmp_path / "scan.npy"), "--kind", "adf", "--inner", "25", "--outer", "60",
                  "-o", str(tmp_path / "out.tif")]) == 0
     assert "warning: the ADF annulus (outer 60 mrad) reaches beyond the detector edge" in capsys.readouterr().err
+
+
+def test_the_bright_field_disk_is_the_convergence_angle_not_the_bright_centre():
+    """On the bundled sample the mean pattern's brightest part is a channelling spot a few px wide; the
+    bright-field detector must span the whole disk: alpha / (mrad per px) from the calibration, or the
+    ruler's edge measurement when the convergence is not given."""
+    from polarstem.io import load
+    from polarstem.sample import sample_dataset_path
+    from polarstem.virtual import detector_geometry
+
+    ds = load(sample_dataset_path())
+    expected = ds.calibration.convergence_mrad / ds.calibration.mrad_per_px
+    assert detector_geometry(ds).disk_radius_px == pytest.approx(expected)
+    ds.calibration = ds.calibration.with_(convergence_mrad=None)
+    assert detector_geometry(ds).disk_radius_px == pytest.approx(expected, rel=0.05)

@@ -17,6 +17,7 @@ import numpy as np
 from .chunks import FrameBlock, ProgressCallback, map_frame_blocks, read_region
 from .errors import CalibrationError, PolarstemError
 from .io import Dataset4D
+from .ruler import measure_ruler, sample_frames
 
 KINDS = ("bf", "adf", "com")
 
@@ -102,6 +103,15 @@ def detector_geometry(dataset: Dataset4D, pattern: np.ndarray | None = None) -> 
     if pattern is None:
         pattern = sampled_mean_pattern(dataset)
     cy, cx, r = find_bright_field_disk(pattern)
+    # The bright-field disk is the convergence angle, whatever the specimen does inside it: with both
+    # calibrations its radius is known; else the ruler's edge measurement (polarstem.ruler), which a
+    # bright channelling spot inside the disk does not fool as the mean pattern's threshold can
+    if cal.mrad_per_px and cal.convergence_mrad:
+        r = cal.convergence_mrad / cal.mrad_per_px
+    else:
+        ruler = measure_ruler(sample_frames(dataset))
+        if ruler is not None and ruler.trusted:
+            r = ruler.disk_radius_px
     center = cal.detector_center_px or (cy, cx)
     mrad = cal.mrad_per_px
     if mrad is None and cal.convergence_mrad and r > 0:

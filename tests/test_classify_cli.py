@@ -171,8 +171,8 @@ def test_evaluate_reports_accuracy_without_the_probes_on_wall_planes(tmp_path, c
 
 
 def test_lattice_survives_random_descan_on_a_small_detector():
-    """The sample (43 px detector, disk radius 10 px) with a random ±3 px descan per pattern (physics.md's
-    range): the lattice finder's annulus keeps clear of the flickering disk edge."""
+    """The sample (64 px detector, disk radius 16 px) with a further random ±3 px descan per pattern
+    (physics.md's range): the lattice finder's detectors keep clear of the flickering disk edge."""
     from pathlib import Path
 
     import dask.array as da

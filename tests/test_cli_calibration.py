@@ -209,7 +209,7 @@ def test_overlay_shows_uncertain_grey_and_is_world_readable(tmp_path):
     """overlay.png: uncertain (-2) grey, not classified (-1) showing the background, a 0644 file."""
     from PIL import Image
 
-    from polarstem.export import UNCERTAIN_RGBA, class_rgba, nice_length, write_overlay
+    from polarstem.overlay import UNCERTAIN_RGBA, class_rgba, nice_length, write_overlay
 
     classes = np.zeros((20, 20), np.int8)
     classes[:, :10] = -2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..classes import CLASS_DIRECTIONS, CLASS_NAMES, N_CLASSES, UNCERTAIN, direction_colors
-from ..export import ANOMALY_OUTLINE, UNCERTAIN_RGBA
+from ..overlay import ANOMALY_OUTLINE, UNCERTAIN_RGBA
 from ._state import SOURCE_KEY
 
 CLASS_LAYER = "polarization classes"

@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..classes import CLASS_NAMES, N_CLASSES, direction_colors
-from ..export import ANOMALY_MEANING, ANOMALY_OUTLINE, UNCERTAIN_RGBA
+from ..overlay import ANOMALY_MEANING, ANOMALY_OUTLINE, UNCERTAIN_RGBA
 from ._calibration import CalibrationForm
 from ._classify_worker import ClassifyDone, ClassifyPartial, classify_updates
 from ._layers import OUTLINE_RGBA, class_label, shapes_to_mask, show_result

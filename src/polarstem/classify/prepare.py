@@ -37,8 +37,11 @@ def scan_lattice(dataset: Dataset4D, progress=None, cancel=None) -> tuple[Lattic
     that image shows no lattice, a second one, made in the same pass, starts
     ``LATTICE_DESCAN_MARGIN_PX`` further out: a descan offset of up to ±3 px (physics.md) that varies
     from pattern to pattern moves the disk edge into an annulus that hugs it, and on a small detector
-    (the sample: 43 px, disk radius 10 px) that flicker buries the lattice (not found with a random
-    3 px descan; found with the margin).
+    (43 px, disk radius 10 px) that flicker buries the lattice (not found with a random 3 px descan;
+    found with the margin). Last, a bright-field image whose detector stays that margin inside the
+    disk's edge: the columns show in bright field too, and no descan within the margin moves the disk's
+    edge into it (on the 64 px sample with a random 3 px descan the thin outer annulus left is too
+    weak at 2e4 electrons, the bright field is not).
     """
     try:
         geometry = detector_geometry(dataset)
@@ -46,8 +49,12 @@ def scan_lattice(dataset: Dataset4D, progress=None, cancel=None) -> tuple[Lattic
         inners = [inner]
         if inner + LATTICE_DESCAN_MARGIN_PX < 0.9 * min(dataset.detector_shape) / 2:  # room for the wider margin
             inners.append(inner + LATTICE_DESCAN_MARGIN_PX)
-        images = virtual_images(dataset, [VirtualDetector("adf", inner=r, units="px") for r in inners],
-                                geometry=geometry, progress=progress, cancel=cancel)  # one pass for both
+        detectors = [VirtualDetector("adf", inner=r, units="px") for r in inners]
+        bf_outer = geometry.disk_radius_px - LATTICE_DESCAN_MARGIN_PX
+        if bf_outer >= 0.5 * geometry.disk_radius_px:  # a bright-field disk well inside the disk's edge
+            detectors.append(VirtualDetector("bf", outer=bf_outer, units="px"))
+        images = virtual_images(dataset, detectors, geometry=geometry, progress=progress,
+                                cancel=cancel)  # one pass for all
     except PolarstemError:
         return None, None
     step = dataset.calibration.scan_step_nm

@@ -53,6 +53,27 @@ def test_round_trip_through_the_card():
     assert back.max_distance == pytest.approx(ab.max_distance, rel=1e-4) and back.calibrated
 
 
+def test_a_whole_scan_of_unsure_patterns_is_out_of_scope_though_each_passes():
+    """Single in-scope patterns may be as unsure as another crystal's, so each position passes the
+    per-position thresholds; the median of a scan is judged against in-scope scans' medians."""
+    rng = np.random.default_rng(3)
+    z, y = _clusters(rng, dim=8)
+    ab = Abstention.fit(z, y)
+    d = ab.distance(z)
+    conf_in = rng.uniform(0.15, 1.0, len(d))  # single KNN patterns: from near chance to sure
+    ab.calibrate(d, conf_in, 1)
+    rows_c = np.median(rng.uniform(0.15, 1.0, (200, 36)), axis=1)  # in-scope rows: medians near 0.57
+    ab.calibrate_scan(np.median(d[:3200].reshape(200, 16), axis=1), rows_c, 1)
+    judged = np.ones(400, bool)
+    unsure = np.full(400, 0.26)  # every position just above the per-position threshold
+    assert ab.uncertain(d[:400], unsure, np.ones(400)).mean() < 0.05  # (the distance test lets 1 % go)
+    assert ab.scan_out_of_scope(d[:400], unsure, np.ones(400), judged)
+    assert not ab.scan_out_of_scope(d[:400], conf_in[:400], np.ones(400), judged)
+    back = Abstention.from_dict(ab.to_dict())
+    assert back.scan_min_confidence == pytest.approx(ab.scan_min_confidence, rel=1e-4)
+    assert back.scan_out_of_scope(d[:400], unsure, np.ones(400), judged)
+
+
 def test_a_scan_that_mostly_abstains_gets_one_sentence():
     done = np.ones((4, 4), bool)
     unc = np.zeros((4, 4), bool)

@@ -16,6 +16,15 @@ small fraction of in-scope positions abstains and everything less typical than t
 A window of n patterns averages n scores, so its spread shrinks with n: the thresholds are
 calibrated per window size (1, 4, 9 and 36 patterns: one pattern, and the regular 2 x 2, 3 x 3
 and 6 x 6 samplings of a cell) and interpolated in log n.
+
+3. Does the scan as a whole look like KNN? A single KNN pattern can be as unsure as a pattern of
+   another crystal (some probe positions carry little information), so the per-position thresholds
+   must let such patterns through. A whole scan of them cannot: the median of a scan's window
+   scores is compared with the medians of in-scope scans (each calibration row, one structure at one
+   thickness seen on a 6 x 6 probe grid per cell, stands for one), again split-conformal. A scan whose
+   median confidence lies below, or median distance above, what 99 % of in-scope rows reach is out of
+   scope: every position abstains (Si down [001] at 200 kV: median top probability 0.26 against
+   0.73 for KNN in pattern mode).
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ class Abstention:
     max_distance: dict = field(default_factory=dict)  # window size -> threshold on the mean distance
     min_confidence: dict = field(default_factory=dict)  # window size -> threshold on the pooled top probability
     curve: dict = field(default_factory=dict)  # window size -> {alpha: (max distance, min confidence)}
+    scan_max_distance: dict = field(default_factory=dict)  # window size -> threshold on a scan's median distance
+    scan_min_confidence: dict = field(default_factory=dict)  # ... on a scan's median pooled top probability
 
     @classmethod
     def fit(cls, embeddings: np.ndarray, labels: np.ndarray, shrinkage: float | None = None) -> "Abstention":
@@ -80,6 +91,27 @@ class Abstention:
         self.max_distance[int(window)], self.min_confidence[int(window)] = at(alpha)
         self.curve[int(window)] = {a: at(a) for a in CURVE_ALPHAS}
 
+    def calibrate_scan(self, row_distance: np.ndarray, row_confidence: np.ndarray, window: int,
+                       alpha: float = ALPHA) -> None:
+        """Scan-level thresholds at ``window`` patterns from in-scope rows' median window scores."""
+        n = len(row_distance)
+        q = min(1.0, np.ceil((n + 1) * (1 - alpha)) / n)
+        self.scan_max_distance[int(window)] = float(np.quantile(row_distance, q))
+        self.scan_min_confidence[int(window)] = float(np.quantile(row_confidence, 1 - q))
+
+    def scan_out_of_scope(self, distance: np.ndarray, confidence: np.ndarray, n_patterns: np.ndarray,
+                          judged: np.ndarray) -> bool:
+        """True when the median scores of the ``judged`` positions fall outside what in-scope scans reach."""
+        if not self.scan_max_distance or not judged.any():
+            return False
+        n = float(np.median(np.broadcast_to(n_patterns, judged.shape)[judged]))
+        sizes = np.array(sorted(self.scan_max_distance), float)
+        x, xs = np.log(np.clip(n, sizes[0], sizes[-1])), np.log(sizes)
+        max_d = np.interp(x, xs, [self.scan_max_distance[int(k)] for k in sizes])
+        min_c = np.interp(x, xs, [self.scan_min_confidence[int(k)] for k in sizes])
+        d, c = np.nanmedian(distance[judged]), np.nanmedian(confidence[judged])
+        return bool(d > max_d or c < min_c)
+
     def thresholds(self, n_patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(max distance, min confidence) for windows of ``n_patterns`` voters, interpolated in log n."""
         sizes = np.array(sorted(self.max_distance), float)
@@ -108,7 +140,9 @@ class Abstention:
                 "min_confidence": {str(k): round(v, 5) for k, v in sorted(self.min_confidence.items())},
                 "alpha": ALPHA,
                 "curve": {str(n): {str(a): [round(d, 5), round(c, 5)] for a, (d, c) in sorted(v.items())}
-                          for n, v in sorted(self.curve.items())}}
+                          for n, v in sorted(self.curve.items())},
+                "scan_max_distance": {str(k): round(v, 5) for k, v in sorted(self.scan_max_distance.items())},
+                "scan_min_confidence": {str(k): round(v, 5) for k, v in sorted(self.scan_min_confidence.items())}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Abstention":
@@ -118,7 +152,9 @@ class Abstention:
         chol[np.tril_indices(dim)] = np.asarray(d["cholesky"], np.float32)
         curve = {int(n): {float(a): tuple(v) for a, v in c.items()} for n, c in d.get("curve", {}).items()}
         return cls(means, chol, {int(k): float(v) for k, v in d.get("max_distance", {}).items()},
-                   {int(k): float(v) for k, v in d.get("min_confidence", {}).items()}, curve)
+                   {int(k): float(v) for k, v in d.get("min_confidence", {}).items()}, curve,
+                   {int(k): float(v) for k, v in d.get("scan_max_distance", {}).items()},
+                   {int(k): float(v) for k, v in d.get("scan_min_confidence", {}).items()})
 
 
 def _tril_list(m: np.ndarray) -> list:

@@ -125,25 +125,34 @@ class ClassificationResult:
         self.n_patterns += int(sel.sum())
 
 
+def _without_usable_pattern(result: ClassificationResult) -> np.ndarray:
+    """Positions without an informative (or usable) pattern: they abstain whatever the scores."""
+    bad = ~result.informative
+    if result.usable is not None:
+        bad = bad | ~result.usable
+    return bad
+
+
 def abstain(result: ClassificationResult, abstention, outside: list[str] | None = None) -> None:
     """Mark the positions where the model abstains: -2 in the class map, ``uncertain`` True.
 
     Positions without an informative pattern (broken: non-finite, empty, no bright-field disk; or,
     in a cell window, no pattern whose disk stands out from its surroundings: noise, a blank
     detector) always abstain; with the model's calibrated thresholds (``polarstem.abstain``) so do
-    positions whose patterns lie far from the training data or where no direction clearly wins.
+    positions whose patterns lie far from the training data or where no direction clearly wins, and
+    every position of a scan whose median scores are unlike in-scope scans' (``scan_out_of_scope``).
     ``outside``: the file's acquisition values beyond the ranges the model's card was validated on
     (:func:`polarstem.acquisition.outside_scope`); then every position abstains, with one sentence why.
     Runs after the wall bands and the anomaly score, which read the model's leading class everywhere.
     """
     done = result.done
-    unc = done & ~result.informative
-    if result.usable is not None:
-        unc |= done & ~result.usable
+    unc = done & _without_usable_pattern(result)
+    scan_out = False
     if abstention is not None and abstention.calibrated and result.distance is not None:
         votes = np.where(np.isfinite(result.votes), result.votes, 1.0) if result.votes is not None else 1.0
         unc |= done & abstention.uncertain(result.distance, result.confidence, votes)
-    if outside:
+        scan_out = abstention.scan_out_of_scope(result.distance, result.confidence, votes, done & ~unc)
+    if outside or scan_out:
         unc = done.copy()
     result.uncertain = unc
     result.classes = np.where(unc, np.int8(UNCERTAIN), result.classes).astype(np.int8)

@@ -37,8 +37,11 @@ def fit_abstention(model, sim: SimSet, grid: InputGrid, aug: dict | None = None,
     for n in WINDOW_SIZES:
         d_w, p_w = _grid_windows(dist, logp, g, n)
         abst.calibrate(d_w, p_w, n)
+        rows = len(cal_pick)  # _grid_windows stacks the rows' windows offset by offset
+        abst.calibrate_scan(np.median(d_w.reshape(-1, rows), axis=0), np.median(p_w.reshape(-1, rows), axis=0), n)
         log(f"abstention at {n} patterns: distance <= {abst.max_distance[n]:.3f}, "
-            f"top probability >= {abst.min_confidence[n]:.3f} ({len(d_w)} windows)")
+            f"top probability >= {abst.min_confidence[n]:.3f} ({len(d_w)} windows); scan medians: distance <= "
+            f"{abst.scan_max_distance[n]:.3f}, top probability >= {abst.scan_min_confidence[n]:.3f} ({rows} rows)")
     model.abstention = abst
     return abst
 

@@ -158,7 +158,8 @@ def markdown_card(cards: list[dict]) -> str:
              f"- Training data: `{c0['training'].get('data')}` ({c0['training'].get('n_patterns_raw')} simulated patterns), "
              f"{c0['training']['config'].get('copies')} copies each (copy 0 ideal, the rest with experiment-like corruptions"
              f"{_source_note(c0['training']['config'])}), square-symmetry augmentation", "",
-             "## Meant for (outside the beam energy and convergence ranges the model abstains on the whole scan; outside the others the tools warn)", ""]
+             "## Meant for (outside the beam energy and convergence ranges the model abstains on the whole scan; "
+             "outside the others the tools warn)", ""]
     for k, v in c0.get("acquisition", {}).items():
         lines.append(f"- {k}: {v}")
     for c in cards:

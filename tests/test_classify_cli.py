@@ -268,7 +268,7 @@ def test_ctrl_c_keeps_the_finished_work_and_resume_completes_it(tmp_path):
     rest = proc.communicate(timeout=240)[1]
     assert proc.returncode == 130, seen + rest
     assert "interrupted (partial maps written; --resume continues)" in rest
-    done = read_maps(out)["class"] >= 0
+    done = read_maps(out)["class"] != -1  # a direction, or -2 where the model abstains on these synthetic disks
     assert 0 < done.sum() < 1600
     assert main(["classify", str(tmp_path / "scan.npy"), "--model", "cnn", "--mode", "pattern", "--batch-size", "64",
                  "--resume", "-o", str(out)]) == 0

@@ -180,7 +180,7 @@ def _result(classes, anomaly=None):
 
 def test_uncertain_is_grey_not_classified_transparent_and_the_legend_says_so(make_napari_viewer):
     from polarstem._napari._layers import OUTLINE_LAYER, show_result
-    from polarstem.export import UNCERTAIN_RGBA
+    from polarstem.overlay import UNCERTAIN_RGBA
     from polarstem.io import Calibration
 
     viewer = make_napari_viewer()

@@ -104,12 +104,15 @@ def test_order_statistics_by_radix_are_exact():
     rng = np.random.default_rng(4)
     cand, hist = np.empty(3000, np.uint32), np.empty(2048, np.int64)
     for x in (rng.normal(size=3000).astype(np.float32), np.round(rng.random(3000) * 5).astype(np.float32),
-              np.full(3000, 2.5, np.float32)):
+              np.full(3000, 2.5, np.float32), np.arange(3000, dtype=np.float32) - 1000.5,
+              (1 + np.arange(3000) * 2.0 ** -23).astype(np.float32)):
         keys = np.empty(3000, np.uint32)
         fk._order_keys(x, keys)
         s = np.sort(x)
         for k in (0, 1, 150, 2999):
             assert fk._key_value(fk._select(keys, k, cand, hist)) == s[k]
+        for k in (0, 1, 150, 1499, 2998):
+            assert [fk._key_value(v) for v in fk._select_pair(keys, k, cand, hist)] == [s[k], s[k + 1]]
 
 
 @pytest.mark.parametrize("step", [0.3, 1.0, 2.7])

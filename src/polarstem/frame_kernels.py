@@ -407,6 +407,50 @@ def _select(keys, k, cand, hist):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, cache=True)
+def _select_pair(keys, k, cand, hist):  # pragma: no cover - compiled
+    """The ``k``-th and ``k + 1``-th smallest of ``keys`` in one radix descent (as ``_select``): where the
+    two ranks fall in different buckets, the first is the largest of its bucket and the second the
+    smallest of the next non-empty one."""
+    m = keys.size
+    src = keys
+    for level in range(3):
+        shift = np.uint32(21 - 11 * level) if level < 2 else np.uint32(0)
+        mask = np.uint32(0x7FF) if level < 2 else np.uint32(0x3FF)
+        hist[:] = 0
+        for i in range(m):
+            hist[(src[i] >> shift) & mask] += 1
+        b = 0
+        while k >= hist[b]:
+            k -= hist[b]
+            b += 1
+        bb = np.uint32(b)
+        if k + 1 < hist[b]:  # both in bucket b: keep only it
+            j = 0
+            for i in range(m):
+                if (src[i] >> shift) & mask == bb:
+                    cand[j] = src[i]
+                    j += 1
+            m = j
+            src = cand
+            continue
+        b2 = b + 1
+        while hist[b2] == 0:
+            b2 += 1
+        bb2 = np.uint32(b2)
+        first = np.uint32(0)
+        second = np.uint32(0xFFFFFFFF)
+        for i in range(m):
+            v = src[i]
+            t = (v >> shift) & mask
+            if t == bb and v > first:
+                first = v
+            elif t == bb2 and v < second:
+                second = v
+        return first, second
+    return cand[0], cand[0]
+
+
+@njit(nogil=True, cache=True)
 def _key_value(key):  # pragma: no cover - compiled
     """The float32 whose ``_order_keys`` key is ``key``."""
     b = key ^ np.uint32(0x80000000) if key >> np.uint32(31) else key ^ np.uint32(0xFFFFFFFF)
@@ -447,8 +491,13 @@ def disk_moments(frames, w, stride, kth, gamma, fractions, radix, out):  # pragm
             for j in range(m):
                 sub[j] = flat[j * stride]
             _order_keys(sub, keys)
-            for q in range(4):
-                stats[q] = _key_value(_select(keys, kth[q], cand, hist))
+            for q in range(0, 4, 2):
+                if kth[q + 1] == kth[q] + 1:
+                    a, b = _select_pair(keys, kth[q], cand, hist)
+                else:
+                    a, b = _select(keys, kth[q], cand, hist), _select(keys, kth[q + 1], cand, hist)
+                stats[q] = _key_value(a)
+                stats[q + 1] = _key_value(b)
             lo = _lerp(np.float32(stats[0]), np.float32(stats[1]), gamma[0])
             hi = _lerp(np.float32(stats[2]), np.float32(stats[3]), gamma[1])
         else:

@@ -92,6 +92,11 @@ def clean_pixels(frames: np.ndarray) -> np.ndarray:
     single pixel that bright against its neighbours). Dead: 0 where the neighbours are well above the
     frame mean (cannot happen by counting noise at the doses of interest).
     """
+    if frames.dtype == np.float32 and frames.flags.c_contiguous:  # every call from here (_as_float_frames)
+        from .frame_kernels import clean_frames
+
+        clean_frames(frames)
+        return frames
     from scipy import ndimage
 
     nb = (ndimage.uniform_filter(frames, size=(1, 3, 3), mode="nearest") * 9.0 - frames) / 8.0
@@ -128,28 +133,35 @@ def find_disk_centers(frames: np.ndarray, sigma: float = 1.0,
     the aperture, not the polarization-dependent intensity inside); the radius is that of a disk with
     the area above 35 % (close to the edge of a blurred uniform disk). Flat frames get the detector centre and radius 0.
     """
-    from scipy import ndimage
+    from .frame_kernels import disk_moments
 
+    frames = np.ascontiguousarray(frames, np.float64 if frames.dtype == np.float64 else np.float32)
     n, ky, kx = frames.shape
-    smooth = ndimage.gaussian_filter(frames, sigma=(0, sigma, sigma), mode="nearest")
-    flat = smooth.reshape(n, -1)
+    sd = float(sigma)
+    radius = int(4.0 * sd + 0.5)  # scipy's gaussian_filter kernel (truncate 4), mode "nearest"
+    x = np.arange(-radius, radius + 1)
+    w = np.exp(-0.5 / (sd * sd) * x ** 2) if sd > 0 else np.ones(1)
+    w = np.ascontiguousarray((w / w.sum())[::-1])
     frac = 0.15 if not expected_radius_px else min(0.5, np.pi * expected_radius_px ** 2 / (ky * kx))
     q = float(np.clip(100.0 - 100.0 * 0.06 * frac, 95.0, 99.95))
-    sub = flat[:, ::3] if flat.shape[1] > 4096 else flat
-    lo, hi = np.percentile(sub, [5, q], axis=1)
-    valid = (hi - lo) > 0
-    mask = (smooth > (lo + 0.1 * (hi - lo))[:, None, None]) & valid[:, None, None]
-    area = mask.reshape(n, -1).sum(axis=1).astype(np.float64)
-    yy = np.arange(ky, dtype=np.float64)
-    xx = np.arange(kx, dtype=np.float64)
+    stride = 3 if ky * kx > 4096 else 1  # the percentiles from every third pixel of big detectors
+    m = len(range(0, ky * kx, stride))
+    virtual = (m - 1) * np.true_divide([5, q], 100)  # np.percentile's linear interpolation
+    below = np.floor(virtual)
+    kth = np.stack([below, below + 1], axis=1)
+    kth[virtual >= m - 1] = m - 1
+    kth[virtual < 0] = 0
+    moments = np.empty((n, 4))
+    disk_moments(frames, w, stride, kth.ravel().astype(np.int64), virtual - below, np.array([0.1, 0.35]),
+                 frames.dtype == np.float32, moments)
+    area = moments[:, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
-        cy = (mask.sum(axis=2) @ yy) / area
-        cx = (mask.sum(axis=1) @ xx) / area
+        cy = moments[:, 1] / area
+        cx = moments[:, 2] / area
     empty = area == 0
     cy[empty] = (ky - 1) / 2
     cx[empty] = (kx - 1) / 2
-    half = ((smooth > (lo + 0.35 * (hi - lo))[:, None, None]) & valid[:, None, None]).reshape(n, -1).sum(axis=1)
-    return np.stack([cy, cx], axis=1), np.sqrt(half / np.pi)
+    return np.stack([cy, cx], axis=1), np.sqrt(moments[:, 3].astype(np.int64) / np.pi)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,11 +175,13 @@ def _axis_weights(centers: np.ndarray, n_in: int, n_out: int, step: float) -> np
     of half-width ``max(step, 1)`` input px (linear interpolation when upsampling, an anti-aliasing
     filter when downsampling), normalised by its full integral so that off-detector pixels read 0.
     """
+    from .frame_kernels import triangle_weights
+
     width = max(float(step), 1.0)
     u = centers[:, None] + (np.arange(n_out) - (n_out - 1) / 2.0)[None, :] * step  # (N, n_out)
-    r = np.arange(n_in, dtype=np.float64)
-    w = np.maximum(0.0, 1.0 - np.abs(r[None, None, :] - u[:, :, None]) / width)
-    return (w / width).astype(np.float32)
+    w = np.zeros((len(u), n_out, n_in), np.float32)
+    triangle_weights(np.ascontiguousarray(u, np.float64), width, w)
+    return w
 
 
 def resample(frames: np.ndarray, centers: np.ndarray, in_mrad_per_px: float, size: int,
@@ -187,6 +201,11 @@ def resample(frames: np.ndarray, centers: np.ndarray, in_mrad_per_px: float, siz
 
 def normalize(x: np.ndarray, kind: str = "sqrt") -> np.ndarray:
     """Dose-independent, variance-stabilised, standardised intensities (float32, in place allowed)."""
+    if kind == "sqrt" and x.dtype == np.float32 and x.flags.c_contiguous and x.ndim == 3:
+        from .frame_kernels import sqrt_standardize
+
+        sqrt_standardize(x, np.empty(x.shape[1:], np.float32))
+        return x
     n = len(x)
     mean = x.reshape(n, -1).mean(axis=1)[:, None, None]
     x = np.maximum(x, 0.0) / np.maximum(mean, 1e-12)
@@ -227,22 +246,36 @@ def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: 
     ``usable``: the informative mask without the featureless test (what a cell vote may count).
     """
     grid = grid or InputGrid()
-    f, finite = _as_float_frames(frames)
-    n = len(f)
+    raw = np.asarray(frames)
+    raw = raw[None] if raw.ndim == 2 else raw
+    if raw.ndim != 3:
+        raise ValueError(f"frames must be (N, ky, kx), got shape {raw.shape}")
+    n = len(raw)
     if n == 0:
         out = np.zeros((0, grid.size, grid.size), np.float32)
         return (out, np.zeros(0, bool), {}) if return_info else (out, np.zeros(0, bool))
-    if min(f.shape[1:]) < MIN_DETECTOR_PX:
-        raise PolarstemError(f"patterns of {f.shape[1]}x{f.shape[2]} px are too small to classify "
+    if min(raw.shape[1:]) < MIN_DETECTOR_PX:
+        raise PolarstemError(f"patterns of {raw.shape[1]}x{raw.shape[2]} px are too small to classify "
                              f"(at least {MIN_DETECTOR_PX}x{MIN_DETECTOR_PX} px are needed)")
-    totals = f.reshape(n, -1).sum(axis=1, dtype=np.float64)
-    integer_like = bool(np.issubdtype(np.asarray(frames).dtype, np.integer))
+    integer_like = bool(np.issubdtype(raw.dtype, np.integer))
     mrad_in = getattr(calibration, "mrad_per_px", None) if calibration is not None else None
     out_mrad = grid.sampling_mrad(getattr(calibration, "beam_energy_kev", None) if calibration is not None else None)
     factor = int(np.floor(out_mrad / mrad_in)) if mrad_in else 1
-    factor = min(factor, min(f.shape[1:]) // MIN_DETECTOR_PX)  # binning never leaves fewer pixels than that
-    if factor >= 2:  # cheap exact block-binning first: everything after runs on fewer pixels
-        f = bin_frames(f, factor)
+    factor = max(1, min(factor, min(raw.shape[1:]) // MIN_DETECTOR_PX))  # never fewer pixels than that
+    f = None
+    if integer_like and raw.dtype.isnative:  # counts: float32 conversion, totals and block sums in one pass
+        from .frame_kernels import EXACT_F32, load_binned
+
+        f = np.empty((n, raw.shape[1] // factor, raw.shape[2] // factor), np.float32)
+        totals = np.empty(n)
+        if load_binned(raw, factor, f, totals) * factor ** 2 >= EXACT_F32:  # float32 rounding: numpy's order
+            f = None
+        finite = np.ones(n, bool)
+    if f is None:
+        f, finite = _as_float_frames(raw)
+        totals = f.reshape(n, -1).sum(axis=1, dtype=np.float64)
+        f = bin_frames(f, factor)  # cheap exact block-binning first: everything after runs on fewer pixels
+    if factor >= 2:
         calibration = calibration.with_(mrad_per_px=mrad_in * factor)
     f = clean_pixels(f)
     mrad_known = getattr(calibration, "mrad_per_px", None) if calibration is not None else None
@@ -317,12 +350,20 @@ def informative_mask(frames: np.ndarray, resampled: np.ndarray, finite: np.ndarr
     r_px = radius_mrad / grid_mrad_per_px
     yy, xx = np.indices(resampled.shape[1:], dtype=np.float64) - (size - 1) / 2
     rr = np.hypot(yy, xx)[None]
-    inner = rr <= 0.7 * r_px[:, None, None]
-    ring = (rr >= 1.25 * r_px[:, None, None]) & (rr <= 1.6 * r_px[:, None, None])
+    sums = np.empty((n, 2), np.float32)  # over the inner disk and the ring outside it
+    counts = np.empty((n, 2), np.int64)
+    if resampled.dtype == np.float32 and resampled.flags.c_contiguous:
+        from .frame_kernels import annulus_sums
+
+        annulus_sums(resampled, np.ascontiguousarray(rr[0]), 0.7 * r_px, 1.25 * r_px, 1.6 * r_px, sums, counts)
+    else:
+        for k, m in enumerate([rr <= 0.7 * r_px[:, None, None],
+                               (rr >= 1.25 * r_px[:, None, None]) & (rr <= 1.6 * r_px[:, None, None])]):
+            sums[:, k], counts[:, k] = (resampled * m).sum(axis=(1, 2)), m.sum(axis=(1, 2))
     with np.errstate(invalid="ignore", divide="ignore"):
-        m_in = (resampled * inner).sum(axis=(1, 2)) / inner.sum(axis=(1, 2))
-        m_ring = (resampled * ring).sum(axis=(1, 2)) / ring.sum(axis=(1, 2))
-        ratio = np.where(ring.any(axis=(1, 2)), m_in / np.maximum(m_ring, 1e-12), np.inf)
+        m_in = sums[:, 0] / counts[:, 0]
+        m_ring = sums[:, 1] / counts[:, 1]
+        ratio = np.where(counts[:, 1] > 0, m_in / np.maximum(m_ring, 1e-12), np.inf)
     usable = ok.copy()
     ok &= np.nan_to_num(ratio, nan=0.0) > 1.3
     return (ok, usable) if return_usable else ok

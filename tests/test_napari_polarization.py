@@ -180,8 +180,8 @@ def _result(classes, anomaly=None):
 
 def test_uncertain_is_grey_not_classified_transparent_and_the_legend_says_so(make_napari_viewer):
     from polarstem._napari._layers import OUTLINE_LAYER, show_result
-    from polarstem.overlay import UNCERTAIN_RGBA
     from polarstem.io import Calibration
+    from polarstem.overlay import UNCERTAIN_RGBA
 
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-polarstem", "Polarization map")

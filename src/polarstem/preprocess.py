@@ -236,6 +236,25 @@ def resolve_mrad_per_px(calibration, radius_px: float | None = None) -> float:
     raise CalibrationError("the detector has no mrad/px calibration and no bright-field disk to derive it from")
 
 
+def _binned_float_frames(raw: np.ndarray, factor: int, integer_like: bool):
+    """(float32 frames binned ``factor`` x ``factor``, finite mask, totals before binning).
+
+    Binning comes first, exactly (block sums): everything after runs on fewer pixels. Native-endian
+    counts go through one compiled pass (conversion, totals and block sums); when the sums could
+    exceed float32's exact integers, or for other input, numpy does it in its own order."""
+    n = len(raw)
+    if integer_like and raw.dtype.isnative:
+        from .frame_kernels import EXACT_F32, load_binned
+
+        f = np.empty((n, raw.shape[1] // factor, raw.shape[2] // factor), np.float32)
+        totals = np.empty(n)
+        if load_binned(raw, factor, f, totals) * factor ** 2 < EXACT_F32:
+            return f, np.ones(n, bool), totals
+    f, finite = _as_float_frames(raw)
+    totals = f.reshape(n, -1).sum(axis=1, dtype=np.float64)
+    return bin_frames(f, factor), finite, totals
+
+
 def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: str = "each",
                return_info: bool = False):
     """Raw frames (N, ky, kx) -> (float32 (N, size, size), informative mask (N,) bool).
@@ -262,19 +281,7 @@ def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: 
     out_mrad = grid.sampling_mrad(getattr(calibration, "beam_energy_kev", None) if calibration is not None else None)
     factor = int(np.floor(out_mrad / mrad_in)) if mrad_in else 1
     factor = max(1, min(factor, min(raw.shape[1:]) // MIN_DETECTOR_PX))  # never fewer pixels than that
-    f = None
-    if integer_like and raw.dtype.isnative:  # counts: float32 conversion, totals and block sums in one pass
-        from .frame_kernels import EXACT_F32, load_binned
-
-        f = np.empty((n, raw.shape[1] // factor, raw.shape[2] // factor), np.float32)
-        totals = np.empty(n)
-        if load_binned(raw, factor, f, totals) * factor ** 2 >= EXACT_F32:  # float32 rounding: numpy's order
-            f = None
-        finite = np.ones(n, bool)
-    if f is None:
-        f, finite = _as_float_frames(raw)
-        totals = f.reshape(n, -1).sum(axis=1, dtype=np.float64)
-        f = bin_frames(f, factor)  # cheap exact block-binning first: everything after runs on fewer pixels
+    f, finite, totals = _binned_float_frames(raw, factor, integer_like)
     if factor >= 2:
         calibration = calibration.with_(mrad_per_px=mrad_in * factor)
     f = clean_pixels(f)

@@ -82,11 +82,8 @@ class Abstention:
     def calibrate(self, distance: np.ndarray, top_probability: np.ndarray, window: int, alpha: float = ALPHA) -> None:
         """Thresholds at ``window`` patterns from in-scope windows' pooled distance and top probability
         (split conformal: the (1 - alpha) quantile with the finite-sample correction)."""
-        n = len(distance)
-
         def at(a):
-            q = min(1.0, np.ceil((n + 1) * (1 - a)) / n)
-            return float(np.quantile(distance, q)), float(np.quantile(top_probability, 1 - q))
+            return _conformal(distance, top_probability, a)
 
         self.max_distance[int(window)], self.min_confidence[int(window)] = at(alpha)
         self.curve[int(window)] = {a: at(a) for a in CURVE_ALPHAS}
@@ -94,10 +91,8 @@ class Abstention:
     def calibrate_scan(self, row_distance: np.ndarray, row_confidence: np.ndarray, window: int,
                        alpha: float = ALPHA) -> None:
         """Scan-level thresholds at ``window`` patterns from in-scope rows' median window scores."""
-        n = len(row_distance)
-        q = min(1.0, np.ceil((n + 1) * (1 - alpha)) / n)
-        self.scan_max_distance[int(window)] = float(np.quantile(row_distance, q))
-        self.scan_min_confidence[int(window)] = float(np.quantile(row_confidence, 1 - q))
+        self.scan_max_distance[int(window)], self.scan_min_confidence[int(window)] = _conformal(
+            row_distance, row_confidence, alpha)
 
     def scan_out_of_scope(self, distance: np.ndarray, confidence: np.ndarray, n_patterns: np.ndarray,
                           judged: np.ndarray) -> bool:
@@ -105,21 +100,13 @@ class Abstention:
         if not self.scan_max_distance or not judged.any():
             return False
         n = float(np.median(np.broadcast_to(n_patterns, judged.shape)[judged]))
-        sizes = np.array(sorted(self.scan_max_distance), float)
-        x, xs = np.log(np.clip(n, sizes[0], sizes[-1])), np.log(sizes)
-        max_d = np.interp(x, xs, [self.scan_max_distance[int(k)] for k in sizes])
-        min_c = np.interp(x, xs, [self.scan_min_confidence[int(k)] for k in sizes])
+        max_d, min_c = _in_log_n(self.scan_max_distance, n), _in_log_n(self.scan_min_confidence, n)
         d, c = np.nanmedian(distance[judged]), np.nanmedian(confidence[judged])
         return bool(d > max_d or c < min_c)
 
     def thresholds(self, n_patterns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(max distance, min confidence) for windows of ``n_patterns`` voters, interpolated in log n."""
-        sizes = np.array(sorted(self.max_distance), float)
-        n = np.clip(np.asarray(n_patterns, float), sizes[0], sizes[-1])
-        x, xs = np.log(n), np.log(sizes)
-        dist = np.interp(x, xs, [self.max_distance[int(s)] for s in sizes])
-        conf = np.interp(x, xs, [self.min_confidence[int(s)] for s in sizes])
-        return dist, conf
+        return _in_log_n(self.max_distance, n_patterns), _in_log_n(self.min_confidence, n_patterns)
 
     def uncertain(self, distance: np.ndarray, confidence: np.ndarray, n_patterns: np.ndarray) -> np.ndarray:
         """True where the model abstains (NaN scores abstain too: nothing to judge by)."""
@@ -155,6 +142,21 @@ class Abstention:
                    {int(k): float(v) for k, v in d.get("min_confidence", {}).items()}, curve,
                    {int(k): float(v) for k, v in d.get("scan_max_distance", {}).items()},
                    {int(k): float(v) for k, v in d.get("scan_min_confidence", {}).items()})
+
+
+def _conformal(distance: np.ndarray, top_probability: np.ndarray, alpha: float) -> tuple[float, float]:
+    """Split-conformal (max distance, min top probability) letting ``alpha`` of in-scope scores past:
+    the (1 - alpha) quantile with the finite-sample correction."""
+    n = len(distance)
+    q = min(1.0, np.ceil((n + 1) * (1 - alpha)) / n)
+    return float(np.quantile(distance, q)), float(np.quantile(top_probability, 1 - q))
+
+
+def _in_log_n(by_size: dict, n_patterns) -> np.ndarray:
+    """A threshold calibrated per window size, at ``n_patterns``: interpolated in log n, clipped to the sizes."""
+    sizes = np.array(sorted(by_size), float)
+    n = np.clip(np.asarray(n_patterns, float), sizes[0], sizes[-1])
+    return np.interp(np.log(n), np.log(sizes), [by_size[int(k)] for k in sizes])
 
 
 def _tril_list(m: np.ndarray) -> list:

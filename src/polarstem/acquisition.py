@@ -30,43 +30,30 @@ SCOPE_KEYS = (("beam_energy_kev", "beam energy", "keV"), ("convergence_mrad", "c
 RANGE_TOLERANCE = 0.02
 
 
-def card_ranges(model_name: str) -> dict | None:
-    """The acquisition ranges a registered model's card states, or None (not registered, or no ranges)."""
-    from .models import list_models
-
-    for entry in list_models():
-        if entry["name"] == model_name:
-            acq = entry.get("acquisition") or {}
-            return {k: list(acq[k]) for k, _, _ in SCOPE_KEYS if isinstance(acq.get(k), (list, tuple))} or None
-    return None
+def _within(value: float, lo: float, hi: float) -> bool:
+    """Is ``value`` inside ``lo``-``hi`` with the calibration slack (``RANGE_TOLERANCE``)?"""
+    return lo * (1 - RANGE_TOLERANCE) <= value <= hi * (1 + RANGE_TOLERANCE)
 
 
-def outside_scope(model_name: str, calibration: Calibration) -> list[str]:
-    """One sentence per stated acquisition value (beam energy, convergence) outside the ranges the model's
-    card was validated on; empty when inside, when the file does not say, or when the card states none."""
-    ranges = card_ranges(model_name) or {}
-    out = []
+def _outside(acquisition: dict, calibration: Calibration):
+    """(key, what, unit, value, lo, hi) of each stated beam energy / convergence outside a card's ranges."""
     for key, what, unit in SCOPE_KEYS:
-        value = getattr(calibration, key, None)
-        if key not in ranges or value is None:
-            continue
-        lo, hi = ranges[key]
-        if not (lo * (1 - RANGE_TOLERANCE) <= value <= hi * (1 + RANGE_TOLERANCE)):
-            out.append(f"{what} {value:g} {unit} (model '{model_name}' validated at {lo:g}-{hi:g} {unit})")
-    return out
+        value, rng = getattr(calibration, key, None), acquisition.get(key)
+        if value is not None and isinstance(rng, (list, tuple)) and len(rng) == 2 and not _within(value, *rng):
+            yield key, what, unit, value, rng[0], rng[1]
+
+
+def outside_scope(model_name: str, acquisition: dict | None, calibration: Calibration) -> list[str]:
+    """One sentence per stated acquisition value (beam energy, convergence) outside the ranges the model's
+    card (its ``acquisition``) was validated on; empty when inside, when the file does not say, or when
+    the card states none."""
+    return [f"{what} {value:g} {unit} (model '{model_name}' validated at {lo:g}-{hi:g} {unit})"
+            for _, what, unit, value, lo, hi in _outside(acquisition or {}, calibration)]
 
 
 def covers(entry: dict, calibration: Calibration | None) -> bool:
     """Does a registry entry's card range contain the calibration's beam energy and convergence?"""
-    if calibration is None:
-        return True
-    acq = entry.get("acquisition") or {}
-    for key, _, _ in SCOPE_KEYS:
-        value, rng = getattr(calibration, key, None), acq.get(key)
-        if value is not None and isinstance(rng, (list, tuple)) and not (
-                rng[0] * (1 - RANGE_TOLERANCE) <= value <= rng[1] * (1 + RANGE_TOLERANCE)):
-            return False
-    return True
+    return calibration is None or not any(_outside(entry.get("acquisition") or {}, calibration))
 
 
 def acquisition_warnings(model_name: str, calibration: Calibration, detector_shape=None) -> list[str]:
@@ -85,7 +72,7 @@ def acquisition_warnings(model_name: str, calibration: Calibration, detector_sha
         span = f"{lo:g} {unit}" if lo == hi else f"{lo:g}-{hi:g} {unit}"
         if value is None:
             out.append(f"the file does not give the {what}; '{model_name}' was trained for {span}")
-        elif not (lo * 0.98 <= value <= hi * 1.02):
+        elif not _within(value, lo, hi):
             out.append(f"{what} {value:g} {unit} is outside the range of '{model_name}' ({span}): "
                        "results may be unreliable")
     if detector_shape is not None and "detector_px" in ranges:

@@ -380,28 +380,42 @@ def _order_keys(x, keys):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, cache=True)
+def _radix_bucket(src, m, level, k, hist):  # pragma: no cover - compiled
+    """One level of the radix selection (11, 11 and 10 bits): the digit's shift and mask, the histogram of
+    ``src[:m]`` by that digit (``hist``: 2048), and the bucket that holds rank ``k`` with ``k``'s rank in it."""
+    shift = np.uint32(21 - 11 * level) if level < 2 else np.uint32(0)
+    mask = np.uint32(0x7FF) if level < 2 else np.uint32(0x3FF)
+    hist[:] = 0
+    for i in range(m):
+        hist[(src[i] >> shift) & mask] += 1
+    b = 0
+    while k >= hist[b]:
+        k -= hist[b]
+        b += 1
+    return shift, mask, b, k
+
+
+@njit(nogil=True, cache=True)
+def _keep_bucket(src, m, shift, mask, b, cand):  # pragma: no cover - compiled
+    """Copy the keys of ``src[:m]`` whose digit is ``b`` to the front of ``cand`` (may be ``src``); their count."""
+    j = 0
+    bb = np.uint32(b)
+    for i in range(m):
+        if (src[i] >> shift) & mask == bb:
+            cand[j] = src[i]
+            j += 1
+    return j
+
+
+@njit(nogil=True, cache=True)
 def _select(keys, k, cand, hist):  # pragma: no cover - compiled
     """The ``k``-th smallest of ``keys`` (uint32), by radix: 11, 11 and 10 bits, keeping only the bucket
     that holds rank ``k`` (``cand``: scratch as long as ``keys``, ``hist``: 2048)."""
     m = keys.size
     src = keys
     for level in range(3):
-        shift = np.uint32(21 - 11 * level) if level < 2 else np.uint32(0)
-        mask = np.uint32(0x7FF) if level < 2 else np.uint32(0x3FF)
-        hist[:] = 0
-        for i in range(m):
-            hist[(src[i] >> shift) & mask] += 1
-        b = 0
-        while k >= hist[b]:
-            k -= hist[b]
-            b += 1
-        j = 0
-        bb = np.uint32(b)
-        for i in range(m):
-            if (src[i] >> shift) & mask == bb:
-                cand[j] = src[i]
-                j += 1
-        m = j
+        shift, mask, b, k = _radix_bucket(src, m, level, k, hist)
+        m = _keep_bucket(src, m, shift, mask, b, cand)
         src = cand
     return cand[0]
 
@@ -414,29 +428,15 @@ def _select_pair(keys, k, cand, hist):  # pragma: no cover - compiled
     m = keys.size
     src = keys
     for level in range(3):
-        shift = np.uint32(21 - 11 * level) if level < 2 else np.uint32(0)
-        mask = np.uint32(0x7FF) if level < 2 else np.uint32(0x3FF)
-        hist[:] = 0
-        for i in range(m):
-            hist[(src[i] >> shift) & mask] += 1
-        b = 0
-        while k >= hist[b]:
-            k -= hist[b]
-            b += 1
-        bb = np.uint32(b)
+        shift, mask, b, k = _radix_bucket(src, m, level, k, hist)
         if k + 1 < hist[b]:  # both in bucket b: keep only it
-            j = 0
-            for i in range(m):
-                if (src[i] >> shift) & mask == bb:
-                    cand[j] = src[i]
-                    j += 1
-            m = j
+            m = _keep_bucket(src, m, shift, mask, b, cand)
             src = cand
             continue
         b2 = b + 1
         while hist[b2] == 0:
             b2 += 1
-        bb2 = np.uint32(b2)
+        bb, bb2 = np.uint32(b), np.uint32(b2)
         first = np.uint32(0)
         second = np.uint32(0xFFFFFFFF)
         for i in range(m):

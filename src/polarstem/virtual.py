@@ -16,7 +16,7 @@ import numpy as np
 
 from .chunks import FrameBlock, ProgressCallback, map_frame_blocks, read_region
 from .errors import CalibrationError, PolarstemError
-from .io import Dataset4D
+from .io import Calibration, Dataset4D
 from .ruler import measure_ruler, sample_frames
 
 KINDS = ("bf", "adf", "com")
@@ -97,9 +97,11 @@ def find_bright_field_disk(pattern: np.ndarray) -> tuple[float, float, float]:
     return float(cy), float(cx), radius
 
 
-def detector_geometry(dataset: Dataset4D, pattern: np.ndarray | None = None) -> DetectorGeometry:
-    """The detector geometry from the calibration, completed from the mean pattern where needed."""
-    cal = dataset.calibration
+def detector_geometry(dataset: Dataset4D, pattern: np.ndarray | None = None,
+                      calibration: Calibration | None = None) -> DetectorGeometry:
+    """The detector geometry from the calibration (``calibration``, e.g. one the ruler already completed,
+    else the dataset's), completed from the mean pattern where needed."""
+    cal = calibration or dataset.calibration
     if pattern is None:
         pattern = sampled_mean_pattern(dataset)
     cy, cx, r = find_bright_field_disk(pattern)

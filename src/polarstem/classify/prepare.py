@@ -30,7 +30,8 @@ def calibrate_from_patterns(dataset: Dataset4D) -> tuple[Calibration, list[str]]
     return complete_calibration(dataset.calibration, ruler)
 
 
-def scan_lattice(dataset: Dataset4D, progress=None, cancel=None) -> tuple[Lattice | None, np.ndarray | None]:
+def scan_lattice(dataset: Dataset4D, progress=None, cancel=None,
+                 calibration: Calibration | None = None) -> tuple[Lattice | None, np.ndarray | None]:
     """The lattice from the virtual ADF image (atomic columns show best in ADF), and that image.
 
     The annulus first hugs the bright-field disk (from 1.1 disk radii: the best column contrast). When
@@ -44,7 +45,7 @@ def scan_lattice(dataset: Dataset4D, progress=None, cancel=None) -> tuple[Lattic
     weak at 2e4 electrons, the bright field is not).
     """
     try:
-        geometry = detector_geometry(dataset)
+        geometry = detector_geometry(dataset, calibration=calibration)  # the ruler is not measured twice
         inner = 1.1 * geometry.disk_radius_px
         inners = [inner]
         if inner + LATTICE_DESCAN_MARGIN_PX < 0.9 * min(dataset.detector_shape) / 2:  # room for the wider margin

@@ -43,7 +43,7 @@ def iter_classify(dataset: Dataset4D, params: ClassifyParams | None = None, prog
     lattice, background = params.lattice, None
     if lattice is None:  # cell windows need it, and the anomaly score's phase model in every mode
         try:
-            lattice, background = scan_lattice(dataset, progress=progress, cancel=cancel)
+            lattice, background = scan_lattice(dataset, progress=progress, cancel=cancel, calibration=calibration)
         except (Cancelled, KeyboardInterrupt):  # stopped before any position was classified
             yield ClassificationResult.empty(dataset.scan_shape, mode="pattern" if params.mode == "auto" else params.mode,
                                              complete=False, notes=list(notes))
@@ -194,5 +194,7 @@ def _finish(result: ClassificationResult, plan: RunPlan, params: ClassifyParams,
     result.seconds = time.perf_counter() - t0
     if params.anomaly and result.done.any():
         result.anomaly = score_anomaly(result)
-    abstain(result, getattr(plan.model, "abstention", None), outside_scope(plan.name, plan.calibration))
+    card = getattr(plan.model, "card", None) or {}  # the loaded model's own card: no registry read per run
+    abstain(result, getattr(plan.model, "abstention", None),
+            outside_scope(plan.name, card.get("acquisition"), plan.calibration))
     result.finished = True

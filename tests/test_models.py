@@ -224,3 +224,14 @@ def test_every_model_names_its_family_and_regime(capsys):
         for mode in e["modes"]:
             card = read_card(e["name"], mode)
             assert (card["family"], card["regime"]) == (e["family"], e["regime"])
+
+
+def test_a_capped_family_says_so_where_it_is_picked(capsys):
+    """PCA-kNN's measured cap travels from its card to `models --json` and the dock's card text."""
+    from polarstem._napari._polarization_widget import card_text, is_baseline
+    from polarstem.cli import main
+
+    assert main(["models", "--json"]) == 0
+    entry = {e["name"]: e for e in json.loads(capsys.readouterr().out)}["pca-knn"]
+    assert entry["baseline"] is True and "0.3 per pattern" in entry["limits"]
+    assert is_baseline(entry) and entry["limits"] in card_text(entry)

@@ -134,6 +134,8 @@ def card_text(entry: dict) -> str:
     if is_baseline(entry):
         lines.append("Baseline for comparison with the study, not for maps.")
     lines.append(entry["summary"])
+    if entry.get("limits"):
+        lines.append(entry["limits"])
     if acc is not None:
         lines.append(f"held-out accuracy {acc:.2f} per pattern (unseen simulated structures)")
     if ranges:

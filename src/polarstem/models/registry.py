@@ -115,6 +115,9 @@ def list_models(folder: Path | None = None) -> list[dict]:
             except ModelFileError:
                 card = {}
             entry["acquisition"] = card.get("acquisition", {})
+            entry["limits"] = card.get("limits")
+            if "baseline" in card:
+                entry["baseline"] = bool(card["baseline"])
             entry["input_grid"] = card.get("input_grid", {})
             cards = {m: _safe_card(name, m, folder) for m in modes}
             entry["accuracy"] = {m: cards[m].get("heldout", {}).get("accuracy") for m in modes}

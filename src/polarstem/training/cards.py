@@ -164,7 +164,8 @@ def markdown_card(cards: list[dict]) -> str:
         lines.append(f"- {k}: {v}")
     for c in cards:
         lines += _mode_section(c)
-    lines += ["", "Limitations: trained on simulations only; see docs/models.md for the domain gap and the filter.", ""]
+    lines += ["", "Limitations: trained on simulations only; see docs/models.md for the domain gap and the filter."
+              + (f" {c0['limits']}" if c0.get("limits") else ""), ""]
     return "\n".join(lines)
 
 

@@ -341,3 +341,37 @@ def test_the_regression_regime_trains_a_direction_vector_and_ships(simfolder, ca
     clear_cache()
     with pytest.raises(PolarstemError, match="two regimes"):
         TrainConfig.from_dict({"prototype": {"per_class": 2}, "regression": True})
+
+
+def test_the_studys_pipeline_crops_about_the_centre_of_mass_and_trains_a_resnet50(simfolder, cache, tmp_path,
+                                                                                   monkeypatch):
+    """The study's input is a crop of raw pixels about the intensity centre of mass (no angular grid) and
+    its encoder a ResNet-50; a seeds study varies the training seed over one data draw (data_seed), so
+    the cached arrays are made once."""
+    from polarstem.models import load_model
+    from polarstem.models.nets import ResNet50
+    from polarstem.preprocess import preprocess
+
+    frames = np.zeros((2, 80, 96), np.float32)
+    frames[0, 10:20, 60:70] = 100.0  # a bright spot off the detector centre: the crop follows it
+    frames[1, 50:60, 20:30] = 100.0
+    x, ok, info = preprocess(frames, None, InputGrid(size=16, intensity="log", raw_crop=True), return_info=True)
+    assert x.shape == (2, 16, 16) and ok.all()
+    assert np.allclose(info["centers"], [[14.5, 64.5], [54.5, 24.5]])
+    assert all(np.unravel_index(np.argmax(xi), xi.shape) in {(r, c) for r in range(3, 13) for c in range(3, 13)}
+               for xi in x)
+
+    out = tmp_path / "study"
+    grid = {"size": 32, "intensity": "log", "raw_crop": True}
+    cards = [run(_cfg(simfolder, out / f"seed{s}", name="study-resnet50", arch="resnet50", modes=["pattern"], steps=2,
+                      grid=grid, seed=s, data_seed=0), progress=False, log=lambda *_: None)[0] for s in (1, 2)]
+    assert len(list(cache.glob("train/arrays-pattern-*.npz"))) == 1  # one data draw for both seeds
+    assert cards[0]["architecture"]["arch"] == "resnet50" and cards[0]["input_grid"]["raw_crop"] is True
+    monkeypatch.setenv("POLARSTEM_WEIGHTS", str(out / "seed1"))
+    clear_cache()
+    model = load_model("study-resnet50", mode="pattern")
+    assert isinstance(model.net, ResNet50)
+    raw = np.random.default_rng(0).poisson(3.0, (3, 48, 48)).astype(np.uint16)
+    xin, _ = model.preprocess(raw, None)
+    assert xin.shape == (3, 32, 32) and model.predict(xin, tta=1)["proba"].shape == (3, 8)
+    clear_cache()

@@ -48,13 +48,16 @@ class InputGrid:
     mrad_per_px: float = 1.0
     intensity: str = "sqrt"  # "sqrt" | "log"
     lattice_units: bool = False
+    #: The reference study's input instead (its published pipeline, kept for the benchmark): a ``size`` x
+    #: ``size`` crop of raw detector pixels about the pattern's intensity centre of mass, no angular grid.
+    raw_crop: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputGrid":
-        return cls(**{k: d[k] for k in ("size", "mrad_per_px", "intensity", "lattice_units") if k in d})
+        return cls(**{k: d[k] for k in ("size", "mrad_per_px", "intensity", "lattice_units", "raw_crop") if k in d})
 
     def sampling_mrad(self, beam_energy_kev: float | None) -> float:
         """mrad per input pixel for a pattern recorded at ``beam_energy_kev`` (None: the canonical 200 kV)."""
@@ -277,6 +280,8 @@ def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: 
         raise PolarstemError(f"patterns of {raw.shape[1]}x{raw.shape[2]} px are too small to classify "
                              f"(at least {MIN_DETECTOR_PX}x{MIN_DETECTOR_PX} px are needed)")
     integer_like = bool(np.issubdtype(raw.dtype, np.integer))
+    if grid.raw_crop:
+        return centre_of_mass_crop(raw, grid, integer_like, return_info)
     mrad_in = getattr(calibration, "mrad_per_px", None) if calibration is not None else None
     out_mrad = grid.sampling_mrad(getattr(calibration, "beam_energy_kev", None) if calibration is not None else None)
     factor = int(np.floor(out_mrad / mrad_in)) if mrad_in else 1
@@ -313,6 +318,31 @@ def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: 
         return x, info, {"centers": centers, "radius_mrad": radius * mrad, "totals": totals, "mrad_per_px": mrad,
                          "usable": usable}
     return x, info
+
+
+def centre_of_mass_crop(raw: np.ndarray, grid: InputGrid, integer_like: bool, return_info: bool = False):
+    """The reference study's input: ``grid.size`` px of the cleaned raw pattern about its intensity
+    centre of mass (zeros beyond the detector), intensities normalised as the grid says. No angular
+    resampling: the model sees the detector's own sampling, whatever it is."""
+    f, finite, totals = _binned_float_frames(raw, 1, integer_like)
+    f = clean_pixels(f)
+    n, ky, kx = f.shape
+    total = np.maximum(f.sum(axis=(1, 2)), 1e-12)
+    cy = np.einsum("nyx,y->n", f, np.arange(ky, dtype=np.float32)) / total
+    cx = np.einsum("nyx,x->n", f, np.arange(kx, dtype=np.float32)) / total
+    half = grid.size // 2
+    pad = np.pad(f, ((0, 0), (half, half), (half, half)))
+    y0 = np.clip(np.rint(cy).astype(int), 0, ky - 1)
+    x0 = np.clip(np.rint(cx).astype(int), 0, kx - 1)
+    x = np.stack([pad[i, y0[i]:y0[i] + grid.size, x0[i]:x0[i] + grid.size] for i in range(n)]).astype(np.float32)
+    ok = finite & (totals > 0)
+    x = normalize(np.ascontiguousarray(x), grid.intensity)
+    x[~ok] = 0.0
+    if return_info:
+        centers = np.stack([cy, cx], axis=1)  # (row, col), as find_disk_centers
+        return x, ok, {"centers": centers, "radius_mrad": np.zeros(n), "totals": totals, "mrad_per_px": None,
+                       "usable": ok}
+    return x, ok
 
 
 def disk_stands_out(frames: np.ndarray, max_ratio: float = 0.5) -> np.ndarray:

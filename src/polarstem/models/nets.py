@@ -1,4 +1,4 @@
-"""Network architectures of the study (ResNet-18, VGG-11/16, a compact CNN) for 1-channel patterns.
+"""Network architectures of the study (ResNet-18/50, VGG-11/16, a compact CNN) for 1-channel patterns.
 
 Every network is an ``nn.Module`` with ``embed(x) -> (N, D)`` (the representation the prototype regime
 and the anomaly score use) and ``forward(x) -> (N, 8)`` logits. Build them by name with
@@ -82,6 +82,50 @@ class ResNet18(Classifier):
             stride = 1 if i == 0 else 2
             layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
             cin = cout
+        self.backbone = nn.Sequential(*layers)
+        self.embed_dim = embed_dim
+        self.neck = nn.Sequential(nn.Linear(cin * pool * pool, embed_dim), nn.BatchNorm1d(embed_dim), nn.ReLU(inplace=True))
+        self.head = nn.Linear(embed_dim, n_classes)
+        self._make_aux(aux_dim)
+
+
+class Bottleneck(nn.Module):
+    """ResNet-50 bottleneck: 1x1 reduce, 3x3, 1x1 expand (x4), projected shortcut when the shape changes."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int = 1):
+        super().__init__()
+        cout = width * self.expansion
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNet50(Classifier):
+    """The reference study's ResNet-50 encoder: the torchvision topology ([3, 4, 6, 3] bottlenecks, width
+    64, 7x7 stride-2 stem and max-pool, global average pooling), 1-channel input, an 8-class head.
+    Kept to reproduce the study's pipeline in the benchmark (benchmarks/seeds.py), not shipped."""
+
+    def __init__(self, width: int = 64, embed_dim: int = 128, n_classes: int = N_CLASSES, pool: int = 1,
+                 friedel: bool = False, aux_dim: int = 0):
+        super().__init__()
+        self.pool, self.friedel = pool, friedel
+        layers = [nn.Conv2d(2 if friedel else 1, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
+                  nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
+        cin = width
+        for i, blocks in enumerate([3, 4, 6, 3]):
+            w = width * 2 ** i
+            for b in range(blocks):
+                layers.append(Bottleneck(cin, w, 2 if (b == 0 and i > 0) else 1))
+                cin = w * Bottleneck.expansion
         self.backbone = nn.Sequential(*layers)
         self.embed_dim = embed_dim
         self.neck = nn.Sequential(nn.Linear(cin * pool * pool, embed_dim), nn.BatchNorm1d(embed_dim), nn.ReLU(inplace=True))
@@ -199,6 +243,7 @@ class PrototypeNet(nn.Module):
 
 ARCHITECTURES = {
     "resnet18": lambda **kw: ResNet18(**kw),
+    "resnet50": lambda **kw: ResNet50(**kw),
     "vgg11": lambda **kw: VGG("vgg11", **kw),
     "vgg16": lambda **kw: VGG("vgg16", **kw),
     "cnn": lambda **kw: CompactCNN(**kw),

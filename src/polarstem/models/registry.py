@@ -35,6 +35,18 @@ MODEL_DEFS: dict[str, dict] = {
                           "summary": "ResNet-18 trained in the regression regime (direction vector, von Mises loss)"},
     "cnn-proto": {"family": "CNN", "regime": "prototype", "kind": "net", "arch": "cnn", "prototype": True,
                   "summary": "compact CNN trained in the prototype-representation regime"},
+    # the rest of the study's family x regime grid and its own pipeline: trained by benchmarks/seeds.py
+    # into a benchmark folder; not shipped (no weights in the package)
+    "vgg-proto": {"family": "VGG", "regime": "prototype", "kind": "net", "arch": "vgg11", "prototype": True,
+                  "summary": "VGG-11 trained in the prototype-representation regime"},
+    "vgg-regression": {"family": "VGG", "regime": "regression", "kind": "net", "arch": "vgg11",
+                       "summary": "VGG-11 trained in the regression regime (direction vector, von Mises loss)"},
+    "cnn-regression": {"family": "CNN", "regime": "regression", "kind": "net", "arch": "cnn",
+                       "summary": "compact CNN trained in the regression regime (direction vector, von Mises loss)"},
+    "study-resnet50": {"family": "ResNet", "regime": "classification", "kind": "net", "arch": "resnet50",
+                       "summary": "the reference study's pipeline: 64 px raw crop about the centre of mass, ResNet-50"},
+    "study-vgg16": {"family": "VGG", "regime": "classification", "kind": "net", "arch": "vgg16",
+                    "summary": "the reference study's pipeline: 64 px raw crop about the centre of mass, VGG-16"},
 }
 
 _CACHE: dict[tuple, object] = {}

@@ -48,6 +48,7 @@ class TrainConfig(BaseModel):
     max_minutes: Number = 30.0  # time budget of the pattern mode
     cell_max_minutes: Number = 8.0
     seed: int = 0
+    data_seed: int | None = None  # the corruption draws of the cached arrays (None: seed); fixed across a seeds study
     threads: int | None = None
     device: str = "cpu"
     pca_components: int = 50

@@ -50,7 +50,8 @@ def _train_mode(cfg: TrainConfig, mode: str, sims: list[SimSet], held: SimSet | 
     """One mode: arrays, training, the card (held-out accuracy, class means, abstention), weights + index."""
     sim = sims[0]
     log(f"== {cfg.name} / {mode}: {sum(len(s) for s in sims)} raw patterns from {', '.join(str(s.folder) for s in sims)}")
-    parts = [build_arrays(s, mode, grid, cfg.copies, aug, cfg.seed, cfg.cell_subsets, progress) for s in sims]
+    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    parts = [build_arrays(s, mode, grid, cfg.copies, aug, data_seed, cfg.cell_subsets, progress) for s in sims]
     arrays = parts[0] if len(parts) == 1 else concat_arrays(parts)
     del parts  # the per-folder arrays are copied into ``arrays``: keep one copy (GBs with several folders)
     log(f"{len(arrays['y'])} inputs, {int((~arrays['informative']).sum())} flagged uninformative")

@@ -132,3 +132,31 @@ def test_the_default_model_is_one_validated_at_the_files_acquisition():
     assert default_model(entries, Calibration(beam_energy_kev=300.0, convergence_mrad=20.0)) == "wide"
     assert default_model(entries, Calibration(beam_energy_kev=200.0, convergence_mrad=20.0)) == best
     assert default_model(entries, Calibration()) == default_model(entries)
+
+
+def test_the_default_model_reads_other_beam_energies_at_the_disk_overlap_it_knows():
+    """resnet-proto reads its input in reciprocal-lattice units, so its card's range is a disk overlap
+    alpha/(lambda/a): 300 kV / 15 mrad (overlap 3.0, as 200 kV / 20 mrad's 3.15) is inside it, 300 kV /
+    20 mrad (4.0) and 80 kV are not, and the sentence says why. The bundled sample is a 200 kV
+    recording: told 300 kV, its disks fall on the wrong pixels of the lattice-unit grid, and the scores
+    catch that instead (a wrong energy typed in is not mapped)."""
+    from polarstem.acquisition import acquisition_warnings, disk_overlap
+    from polarstem.classify import classify_scan
+    from polarstem.io import Calibration, apply_calibration, load
+    from polarstem.sample import sample_dataset_path
+
+    assert disk_overlap(200.0, 20.0) == pytest.approx(3.15, abs=0.01)
+    assert disk_overlap(300.0, 15.0) == pytest.approx(3.01, abs=0.01)
+    ds = load(sample_dataset_path())
+    roi = _roi(ds, (slice(0, 6), slice(0, 6)))
+    apply_calibration(ds, {"beam_energy_kev": 300.0, "convergence_mrad": 15.0})
+    near = classify_scan(ds, "resnet-proto", mode="pattern", anomaly=False, roi=roi)
+    assert "validated at" not in near.verdict and "does not look like polar KNN" in near.verdict
+    apply_calibration(ds, {"beam_energy_kev": 300.0, "convergence_mrad": 20.0})
+    far = classify_scan(ds, "resnet-proto", mode="pattern", anomaly=False, roi=roi)
+    assert (far.classes[far.done] == -2).all() and "disk overlap" in far.verdict and "13.4-18.0 mrad at 300 keV" in far.verdict
+    apply_calibration(ds, {"beam_energy_kev": 80.0, "convergence_mrad": 30.0})
+    low = classify_scan(ds, "resnet-proto", mode="pattern", anomaly=False, roi=roi)
+    assert (low.classes[low.done] == -2).all() and "beam energy 80 keV" in low.verdict
+    warn = acquisition_warnings("resnet-proto", Calibration(beam_energy_kev=300.0, convergence_mrad=21.5))
+    assert any("disk overlap" in w and "beam energy 300 keV" in w for w in warn)

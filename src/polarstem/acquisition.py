@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .io import Calibration
+
+#: The pseudo-cubic lattice parameter of KNN (Å): the Bragg angle lambda / a of the {100} disks.
+KNN_LATTICE_A = 3.95
+
+
+def disk_overlap(beam_energy_kev, convergence_mrad):
+    """alpha / (lambda / a): the convergence semi-angle in units of the {100} Bragg angle, which sets how
+    far the diffracted disks overlap (1.4 at 80 kV / 15 mrad to 6.0 at 300 kV / 30 mrad). With the input
+    read in reciprocal-lattice units it is the one geometric parameter of the pattern left."""
+    e = np.asarray(beam_energy_kev, float)
+    lam = 12.398419843320026 / np.sqrt(e * (2 * 510.99895 + e))  # relativistic wavelength (Å)
+    out = np.asarray(convergence_mrad, float) / (1e3 * lam / KNN_LATTICE_A)
+    return float(out) if out.ndim == 0 else out
 
 #: Ranges the shipped models are judged on (physics.md) when a card does not say.
 DEFAULT_RANGES = {"beam_energy_kev": [200.0, 200.0], "convergence_mrad": [18.0, 22.0],
@@ -26,6 +41,9 @@ def model_ranges(model_name: str) -> dict:
 #: The acquisition parameters that set the pattern's physics (geometry lambda/a, overlap alpha/(lambda/a),
 #: dynamical contrast): a model is only trusted inside the ranges its card says it was validated on.
 SCOPE_KEYS = (("beam_energy_kev", "beam energy", "keV"), ("convergence_mrad", "convergence semi-angle", "mrad"))
+#: A card may state its range of disk overlap alpha / (lambda / a) too (a model reading its input in
+#: reciprocal-lattice units holds across beam energies wherever the overlap is the one it knows).
+OVERLAP_KEY = (("disk_overlap", "disk overlap alpha/(lambda/a)", ""),)
 #: Slack on a card's range: a calibration is rarely better than 2 %.
 RANGE_TOLERANCE = 0.02
 
@@ -36,9 +54,13 @@ def _within(value: float, lo: float, hi: float) -> bool:
 
 
 def _outside(acquisition: dict, calibration: Calibration):
-    """(key, what, unit, value, lo, hi) of each stated beam energy / convergence outside a card's ranges."""
-    for key, what, unit in SCOPE_KEYS:
-        value, rng = getattr(calibration, key, None), acquisition.get(key)
+    """(key, what, unit, value, lo, hi) of each stated beam energy / convergence / disk overlap outside a
+    card's ranges (the overlap only when the file gives both the energy and the convergence)."""
+    values = {key: getattr(calibration, key, None) for key, _, _ in SCOPE_KEYS}
+    if values["beam_energy_kev"] and values["convergence_mrad"]:
+        values["disk_overlap"] = disk_overlap(values["beam_energy_kev"], values["convergence_mrad"])
+    for key, what, unit in SCOPE_KEYS + OVERLAP_KEY:
+        value, rng = values.get(key), acquisition.get(key)
         if value is not None and isinstance(rng, (list, tuple)) and len(rng) == 2 and not _within(value, *rng):
             yield key, what, unit, value, rng[0], rng[1]
 
@@ -47,8 +69,17 @@ def outside_scope(model_name: str, acquisition: dict | None, calibration: Calibr
     """One sentence per stated acquisition value (beam energy, convergence) outside the ranges the model's
     card (its ``acquisition``) was validated on; empty when inside, when the file does not say, or when
     the card states none."""
-    return [f"{what} {value:g} {unit} (model '{model_name}' validated at {lo:g}-{hi:g} {unit})"
-            for _, what, unit, value, lo, hi in _outside(acquisition or {}, calibration)]
+    return [_overlap_sentence(model_name, calibration, value, lo, hi) if key == "disk_overlap" else
+            f"{what} {value:g} {unit} (model '{model_name}' validated at {lo:g}-{hi:g} {unit})"
+            for key, what, unit, value, lo, hi in _outside(acquisition or {}, calibration)]
+
+
+def _overlap_sentence(model_name: str, calibration: Calibration, value: float, lo: float, hi: float) -> str:
+    """The disk overlap outside a card's range, with the convergence range it means at the file's energy."""
+    e = calibration.beam_energy_kev
+    per_overlap = calibration.convergence_mrad / value  # lambda / a in mrad at this energy
+    return (f"disk overlap alpha/(lambda/a) {value:.2f} (model '{model_name}' validated at {lo:g}-{hi:g}: "
+            f"{lo * per_overlap:.1f}-{hi * per_overlap:.1f} mrad at {e:g} keV)")
 
 
 def covers(entry: dict, calibration: Calibration | None) -> bool:
@@ -75,6 +106,13 @@ def acquisition_warnings(model_name: str, calibration: Calibration, detector_sha
         elif not _within(value, lo, hi):
             out.append(f"{what} {value:g} {unit} is outside the range of '{model_name}' ({span}): "
                        "results may be unreliable")
+    overlap = ranges.get("disk_overlap")
+    if overlap and calibration.beam_energy_kev and calibration.convergence_mrad:
+        value = disk_overlap(calibration.beam_energy_kev, calibration.convergence_mrad)
+        if not _within(value, *overlap):
+            out.append(f"the disk overlap alpha/(lambda/a) {value:.2f} at beam energy {calibration.beam_energy_kev:g} keV "
+                       f"and convergence {calibration.convergence_mrad:g} mrad is outside the range of '{model_name}' "
+                       f"({overlap[0]:g}-{overlap[1]:g}): results may be unreliable")
     if detector_shape is not None and "detector_px" in ranges:
         lo, hi = ranges["detector_px"]
         if min(detector_shape) < lo:

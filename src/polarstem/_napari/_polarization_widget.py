@@ -41,7 +41,7 @@ from ._workers import JobFailed, Progress
 
 #: Card entries shown in the dock (the whole card is in the tooltip).
 CARD_RANGES = {"beam_energy_kev": "keV", "convergence_mrad": "mrad", "thickness_nm": "nm thick",
-               "detector_px": "px detector", "mrad_per_px": "mrad/px"}
+               "detector_px": "px detector", "mrad_per_px": "mrad/px", "disk_overlap": "disk overlap α/(λ/a)"}
 #: Side of the clicked position's pattern (px).
 PATTERN_SIZE = 90
 #: Model families kept as baselines for comparison (a card may say so itself with "baseline": true).

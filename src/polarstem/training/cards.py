@@ -162,6 +162,8 @@ def markdown_card(cards: list[dict]) -> str:
              "outside the others the tools warn)", ""]
     for k, v in c0.get("acquisition", {}).items():
         lines.append(f"- {k}: {v}")
+    if c0.get("acquisition_note"):
+        lines += ["", c0["acquisition_note"]]
     for c in cards:
         lines += _mode_section(c)
     lines += ["", "Limitations: trained on simulations only; see docs/models.md for the domain gap and the filter."

@@ -4,11 +4,11 @@ energy and by the disk overlap alpha / (lambda / a), per pattern and per cell (t
 of one structure at one thickness voted, as a scan's cell vote pools them).
 
     .venv/bin/python benchmarks/acquisition_map.py resnet-proto --data .cache/sim/acquisitions --rows 1500
-        [--weights FOLDER] [--lattice-units]
+        [--weights FOLDER] [--grid card|lattice|mrad]
 
-With experiment-like corruptions (the model's training augmentation). ``--lattice-units`` reads the model's
-input grid in reciprocal-lattice units (its sampling scaled with lambda(E) / lambda(200 kV)), as its
-card can say; compare with and without. The bins where a model holds are what its card's
+With experiment-like corruptions (the model's training augmentation). ``--grid lattice`` reads the model's
+input grid in reciprocal-lattice units (its sampling scaled with lambda(E) / lambda(200 kV)), ``mrad``
+in milliradians, ``card`` as its card says; compare the two. The bins where a model holds are what its card's
 ``disk_overlap`` and ``beam_energy_kev`` ranges may state (docs/acquisitions.md).
 """
 
@@ -49,11 +49,11 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=".cache/sim/acquisitions")
     ap.add_argument("--rows", type=int, default=1500)
     ap.add_argument("--weights", default=None)
-    ap.add_argument("--lattice-units", action="store_true")
+    ap.add_argument("--grid", choices=("card", "lattice", "mrad"), default="card")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     model = load_model(args.model, "pattern", folder=Path(args.weights) if args.weights else None)
-    grid = dataclasses.replace(model.grid, lattice_units=True) if args.lattice_units else model.grid
+    grid = model.grid if args.grid == "card" else dataclasses.replace(model.grid, lattice_units=args.grid == "lattice")
     sim = load_simset(args.data)
     n_pos = probe_grid_side(sim) ** 2
     rng = np.random.default_rng(args.seed)
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     overlap = disk_overlap(np.asarray(energy, float), np.asarray(conv, float))
     per_pattern = (proba.argmax(-1) == y[:, None]).mean(axis=1)
     per_cell = (np.log(np.clip(proba, 1e-6, 1)).mean(axis=1).argmax(-1) == y).astype(float)
-    print(f"{args.model}{' (lattice units)' if args.lattice_units else ''}: {len(rows)} rows of {args.data}\n")
+    print(f"{args.model} ({'lattice units' if grid.lattice_units else 'mrad'}): {len(rows)} rows of {args.data}\n")
     print(table(per_pattern, energy, overlap, "per pattern: kV \\ overlap"), "\n")
     print(table(per_cell, energy, overlap, "per cell (36 voted): kV \\ overlap"))
     return 0

@@ -67,8 +67,26 @@ def main(argv=None) -> int:
     per_cell = (np.log(np.clip(proba, 1e-6, 1)).mean(axis=1).argmax(-1) == y).astype(float)
     print(f"{args.model} ({'lattice units' if grid.lattice_units else 'mrad'}): {len(rows)} rows of {args.data}\n")
     print(table(per_pattern, energy, overlap, "per pattern: kV \\ overlap"), "\n")
-    print(table(per_cell, energy, overlap, "per cell (36 voted): kV \\ overlap"))
+    print(table(per_cell, energy, overlap, f"per cell ({n_pos} voted): kV \\ overlap"), "\n")
+    print(scope_summary(model.card.get("acquisition") or {}, energy, overlap, per_pattern, per_cell, rows, sim, n_pos))
     return 0
+
+
+def scope_summary(acq: dict, energy, overlap, per_pattern, per_cell, rows, sim, n_pos) -> str:
+    """Pooled accuracy inside the card's energy and overlap ranges, and at 195-205 kV alone, with the
+    number of rows and of distinct (structure, acquisition) pairs behind each (rows of one pair share
+    most of their errors)."""
+    lo_e, hi_e = acq.get("beam_energy_kev", [0, 1e9])
+    lo_o, hi_o = acq.get("disk_overlap", [0, 1e9])
+    inside = (energy >= lo_e) & (energy <= hi_e) & (overlap >= lo_o) & (overlap <= hi_o)
+    pairs = np.round(energy).astype(int) * 100000 + sim.structure[rows * n_pos]
+    out = []
+    for label, m in (("inside the card's range", inside), ("of which 195-205 kV", inside & (abs(energy - 200) <= 5)),
+                     ("of which other energies", inside & (abs(energy - 200) > 5)), ("outside", ~inside)):
+        if m.any():
+            out.append(f"{label}: per pattern {per_pattern[m].mean():.3f}, per cell {per_cell[m].mean():.3f} "
+                       f"({m.sum()} rows, {len(np.unique(pairs[m]))} structure x acquisition pairs)")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

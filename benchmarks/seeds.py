@@ -67,7 +67,10 @@ def evaluate_one(name: str, folder: Path, scan: str, mode: str) -> dict:
 
 
 def run_all(cfg: dict, out: Path, results: dict, log) -> None:
-    """Train and evaluate what ``results`` does not hold yet, saving after each step."""
+    """Train and evaluate what ``results`` does not hold yet, saving after each step; then the shipped
+    reference models on the same scans."""
+    from polarstem.models.registry import package_weights_dir
+
     for name, seed in runs(cfg):
         key = f"{name}/seed{seed}"
         folder = out / name / f"seed{seed}"
@@ -76,12 +79,20 @@ def run_all(cfg: dict, out: Path, results: dict, log) -> None:
             log(f"== train {key}")
             entry["train_minutes"] = round(train_one(cfg, name, seed, folder, log), 2)
             save(out, results)
-        for test, scan in cfg["tests"].items():
-            for mode in cfg["eval_modes"]:
-                if f"{test}|{mode}" not in entry["eval"]:
-                    entry["eval"][f"{test}|{mode}"] = evaluate_one(name, folder, scan, mode)
-                    log(f"{key} {test} {mode}: {entry['eval'][f'{test}|{mode}']}")
-                    save(out, results)
+        evaluate_entry(cfg, entry, key, folder, out, results, log)
+    for name in cfg.get("reference_models", []):
+        key = f"{name}/shipped"
+        entry = results.setdefault(key, {"model": name, "seed": None, "shipped": True, "eval": {}})
+        evaluate_entry(cfg, entry, key, package_weights_dir(), out, results, log)
+
+
+def evaluate_entry(cfg: dict, entry: dict, key: str, folder: Path, out: Path, results: dict, log) -> None:
+    for test, scan in cfg["tests"].items():
+        for mode in cfg["eval_modes"]:
+            if f"{test}|{mode}" not in entry["eval"]:
+                entry["eval"][f"{test}|{mode}"] = evaluate_one(entry["model"], folder, scan, mode)
+                log(f"{key} {test} {mode}: {entry['eval'][f'{test}|{mode}']}")
+                save(out, results)
 
 
 def save(out: Path, results: dict) -> None:
@@ -95,10 +106,11 @@ def summary(cfg: dict, results: dict) -> list[dict]:
     from polarstem.models.registry import MODEL_DEFS
 
     rows = []
-    for name in cfg["models"]:
-        entries = [e for e in results.values() if e["model"] == name]
-        row = {"model": name, "family": MODEL_DEFS[name]["family"], "regime": MODEL_DEFS[name]["regime"],
-               "seeds": len(entries), "cells": {}}
+    names = [(n, False) for n in cfg["models"]] + [(n, True) for n in cfg.get("reference_models", [])]
+    for name, shipped in names:
+        entries = [e for e in results.values() if e["model"] == name and bool(e.get("shipped")) == shipped]
+        row = {"model": f"{name} (shipped, for reference)" if shipped else name, "family": MODEL_DEFS[name]["family"],
+               "regime": MODEL_DEFS[name]["regime"], "seeds": "-" if shipped else len(entries), "cells": {}}
         for test in cfg["tests"]:
             for mode in cfg["eval_modes"]:
                 vals = [e["eval"][f"{test}|{mode}"][METRIC] for e in entries if f"{test}|{mode}" in e["eval"]]

@@ -38,10 +38,11 @@ def load_config(path) -> dict:
     return cfg
 
 
-def runs(cfg: dict) -> list[tuple[str, int]]:
+def runs(cfg: dict, only: list[str] | None = None) -> list[tuple[str, int]]:
     """(model, seed) in training order: seed by seed, so a stopped run leaves whole seeds."""
-    seeds = sorted({s for m in cfg["models"] for s in cfg.get("model_seeds", {}).get(m, cfg["seeds"])})
-    return [(m, s) for s in seeds for m in cfg["models"] if s in cfg.get("model_seeds", {}).get(m, cfg["seeds"])]
+    models = [m for m in cfg["models"] if not only or m in only]
+    seeds = sorted({s for m in models for s in cfg.get("model_seeds", {}).get(m, cfg["seeds"])})
+    return [(m, s) for s in seeds for m in models if s in cfg.get("model_seeds", {}).get(m, cfg["seeds"])]
 
 
 def train_one(cfg: dict, name: str, seed: int, folder: Path, log) -> float:
@@ -66,12 +67,12 @@ def evaluate_one(name: str, folder: Path, scan: str, mode: str) -> dict:
     return {k: res.get(k) for k in (METRIC, "accuracy", "abstention_outside_defects", "anomaly_auc")}
 
 
-def run_all(cfg: dict, out: Path, results: dict, log) -> None:
+def run_all(cfg: dict, out: Path, results: dict, log, only: list[str] | None = None) -> None:
     """Train and evaluate what ``results`` does not hold yet, saving after each step; then the shipped
     reference models on the same scans."""
     from polarstem.models.registry import package_weights_dir
 
-    for name, seed in runs(cfg):
+    for name, seed in runs(cfg, only):
         key = f"{name}/seed{seed}"
         folder = out / name / f"seed{seed}"
         entry = results.setdefault(key, {"model": name, "seed": seed, "eval": {}})
@@ -172,6 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--out", default=".cache/seeds")
     ap.add_argument("--docs", action="store_true", help="write the table and figure into docs/benchmark.md")
     ap.add_argument("--report-only", action="store_true", help="no training or evaluation: tabulate results.json")
+    ap.add_argument("--models", default=None, help="comma-separated subset of the config's models to run")
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
     out = Path(args.out)
@@ -185,7 +187,7 @@ def main(argv=None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     if not args.report_only:
-        run_all(cfg, out, results, log)
+        run_all(cfg, out, results, log, args.models.split(",") if args.models else None)
     rows = summary(cfg, results)
     table = markdown(cfg, rows)
     print(table)

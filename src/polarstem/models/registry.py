@@ -47,6 +47,8 @@ MODEL_DEFS: dict[str, dict] = {
                        "summary": "the reference study's pipeline: 64 px raw crop about the centre of mass, ResNet-50"},
     "study-vgg16": {"family": "VGG", "regime": "classification", "kind": "net", "arch": "vgg16",
                     "summary": "the reference study's pipeline: 64 px raw crop about the centre of mass, VGG-16"},
+    "study-input-cnn": {"family": "CNN", "regime": "classification", "kind": "net", "arch": "cnn",
+                        "summary": "the compact CNN on the study's input (64 px raw crop about the centre of mass)"},
 }
 
 _CACHE: dict[tuple, object] = {}

@@ -65,7 +65,7 @@ def _models(args) -> int:
         accs = ", ".join(parts)
         modes = ",".join(e["modes"]) or "no weights"
         mark = "  [default]" if e["name"] == default else ""
-        print(f"{e['name']:<13} {e['family']:<8} [{modes}] {e['summary']}" + (f"  (held-out acc: {accs})" if accs else "")
+        print(f"{e['name']:<17} {e['family']:<8} [{modes}] {e['summary']}" + (f"  (held-out acc: {accs})" if accs else "")
               + mark)
     return 0
 

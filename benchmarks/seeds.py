@@ -125,12 +125,16 @@ def markdown(cfg: dict, rows: list[dict]) -> str:
     cols = [(t, m) for t in cfg["tests"] for m in cfg["eval_modes"]]
     head = "| model | family | regime | seeds | " + " | ".join(f"{t}, {'default' if m == 'auto' else m}" for t, m in cols) + " |"
     lines = [head, "|" + " --- |" * (4 + len(cols))]
+    missing = [r["model"] for r in rows if r["seeds"] == 0]
+    rows = [r for r in rows if r["seeds"] != 0]
     for r in rows:
         cells = []
         for t, m in cols:
             c = r["cells"].get(f"{t}|{m}")
             cells.append("-" if c is None else (f"{c[0]:.3f} ± {c[1]:.3f}" if c[2] > 1 else f"{c[0]:.3f}"))
         lines.append(f"| {r['model']} | {r['family']} | {r['regime']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    if missing:
+        lines += ["", f"Not run here (configured in the same file): {', '.join(missing)}."]
     return "\n".join(lines)
 
 
@@ -142,6 +146,7 @@ def figure(cfg: dict, rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     cols = [(t, m) for t in cfg["tests"] for m in cfg["eval_modes"]]
+    rows = [r for r in rows if r["seeds"] != 0]
     fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols), 4.2), sharey=True)
     for ax, (t, m) in zip(np.atleast_1d(axes), cols):
         vals = [r["cells"].get(f"{t}|{m}") or (np.nan, 0.0, 0) for r in rows]

@@ -53,7 +53,11 @@ class InputGrid:
     raw_crop: bool = False
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, ``raw_crop`` only when set (the cards and cache keys of angular grids stay as they were)."""
+        d = asdict(self)
+        if not self.raw_crop:
+            del d["raw_crop"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputGrid":

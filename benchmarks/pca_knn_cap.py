@@ -23,7 +23,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 
-from polarstem.models.symmetry import CONVENTION_GENERATORS, ELEMENTS, class_permutation, transform
+from polarstem.models.symmetry import all_images
 
 FEATURES = {
     "pixels": lambda x: x,
@@ -35,12 +35,6 @@ FEATURES = {
 
 def _unit(f):
     return f / (np.sqrt((f ** 2).sum((1, 2), keepdims=True)) + 1e-6)
-
-
-def d4(x, y):
-    """All eight square-symmetry images of the inputs, with their classes permuted accordingly."""
-    xs, ys = zip(*[(transform(x, e), class_permutation(e, CONVENTION_GENERATORS)[y]) for e in ELEMENTS])
-    return np.concatenate(xs), np.concatenate(ys)
 
 
 def classifiers(n_components):
@@ -67,7 +61,7 @@ def cell_means(x, y, group, thickness, copy):
 
 def run(x, y, group, copy, train_groups, test_groups, n_components, label):
     tr, te = np.isin(group, train_groups), np.isin(group, test_groups) & (copy == 1)
-    xtr, ytr = d4(x[tr], y[tr])
+    xtr, ytr = all_images(x[tr], y[tr])
     for fname, f in FEATURES.items():
         for cname, clf in classifiers(min(n_components, len(xtr) - 1)).items():
             t0 = time.time()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .io import Calibration
+from .io import Calibration, electron_wavelength_angstrom
 
 #: The pseudo-cubic lattice parameter of KNN (Å): the Bragg angle lambda / a of the {100} disks.
 KNN_LATTICE_A = 3.95
@@ -14,9 +14,8 @@ def disk_overlap(beam_energy_kev, convergence_mrad):
     """alpha / (lambda / a): the convergence semi-angle in units of the {100} Bragg angle, which sets how
     far the diffracted disks overlap (1.4 at 80 kV / 15 mrad to 6.0 at 300 kV / 30 mrad). With the input
     read in reciprocal-lattice units it is the one geometric parameter of the pattern left."""
-    e = np.asarray(beam_energy_kev, float)
-    lam = 12.398419843320026 / np.sqrt(e * (2 * 510.99895 + e))  # relativistic wavelength (Å)
-    out = np.asarray(convergence_mrad, float) / (1e3 * lam / KNN_LATTICE_A)
+    lam = electron_wavelength_angstrom(beam_energy_kev)
+    out = np.asarray(convergence_mrad, float) / (1e3 * np.asarray(lam) / KNN_LATTICE_A)
     return float(out) if out.ndim == 0 else out
 
 #: Ranges the shipped models are judged on (physics.md) when a card does not say.
@@ -106,13 +105,10 @@ def acquisition_warnings(model_name: str, calibration: Calibration, detector_sha
         elif not _within(value, lo, hi):
             out.append(f"{what} {value:g} {unit} is outside the range of '{model_name}' ({span}): "
                        "results may be unreliable")
-    overlap = ranges.get("disk_overlap")
-    if overlap and calibration.beam_energy_kev and calibration.convergence_mrad:
-        value = disk_overlap(calibration.beam_energy_kev, calibration.convergence_mrad)
-        if not _within(value, *overlap):
-            out.append(f"the disk overlap alpha/(lambda/a) {value:.2f} at beam energy {calibration.beam_energy_kev:g} keV "
-                       f"and convergence {calibration.convergence_mrad:g} mrad is outside the range of '{model_name}' "
-                       f"({overlap[0]:g}-{overlap[1]:g}): results may be unreliable")
+    for _, _, _, value, lo, hi in _outside({"disk_overlap": ranges.get("disk_overlap")}, calibration):
+        out.append(f"the disk overlap alpha/(lambda/a) {value:.2f} at beam energy {calibration.beam_energy_kev:g} keV "
+                   f"and convergence {calibration.convergence_mrad:g} mrad is outside the range of '{model_name}' "
+                   f"({lo:g}-{hi:g}): results may be unreliable")
     if detector_shape is not None and "detector_px" in ranges:
         lo, hi = ranges["detector_px"]
         if min(detector_shape) < lo:

@@ -36,12 +36,14 @@ _INVERSE_LENGTH_TO_INV_ANGSTROM = {
 _LENGTH_TO_NM = {"nm": 1.0, "å": 0.1, "a": 0.1, "angstrom": 0.1, "pm": 1e-3, "µm": 1e3, "um": 1e3, "m": 1e9}
 
 
-def electron_wavelength_angstrom(energy_kev: float) -> float:
-    """Relativistic electron wavelength (Å) at the given beam energy (keV)."""
+def electron_wavelength_angstrom(energy_kev):
+    """Relativistic electron wavelength (Å) at the given beam energy (keV): a float for a number, an
+    array for an array."""
     m0c2 = 510.99895  # keV
     hc = 12.398419843320026  # keV·Å
-    e = float(energy_kev)
-    return hc / math.sqrt(e * (2 * m0c2 + e))
+    e = np.asarray(energy_kev, float)
+    lam = hc / np.sqrt(e * (2 * m0c2 + e))
+    return float(lam) if lam.ndim == 0 else lam
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,13 @@ def class_permutation(element: tuple[int, bool], generators: dict | None = None)
     return k.astype(np.int64)
 
 
+def all_images(x: np.ndarray, y: np.ndarray, generators: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs (N, H, W) under every square-symmetry element (``ELEMENTS`` order) with their classes
+    permuted to match: the symmetry as exact augmentation, (8N, H, W) and (8N,)."""
+    xs, ys = zip(*[(transform(x, e), class_permutation(e, generators)[y]) for e in ELEMENTS])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
 def measure_generators(class_means: np.ndarray) -> tuple[dict, float]:
     """Generator permutations measured on (8, H, W) class-mean patterns, and the worst match error.
 

@@ -53,7 +53,7 @@ class SimSet:
                     np.full(index.shape, cal.convergence_mrad or CANONICAL_CONVERGENCE_MRAD))
         k = float(self.manifest["calibration"]["inv_angstrom_per_px"])
         e = self.energy[index]
-        lam = np.array([electron_wavelength_angstrom(v) for v in e]) if e.ndim else electron_wavelength_angstrom(float(e))
+        lam = electron_wavelength_angstrom(e)
         return k * lam * 1e3, e, self.convergence[index]
 
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from ..models.pca_knn import make_pipeline, vote_logits
-from ..models.symmetry import ELEMENTS, class_permutation, transform
+from ..models.symmetry import ELEMENTS, all_images
 from .config import TrainConfig
 from .data import thickness_split
 from .temperature import fit_temperature
@@ -30,11 +30,8 @@ def train_pca_knn(cfg: TrainConfig, arrays: dict, generators: dict, log=print):
     per = max(1, cfg.knn_max_train // len(ELEMENTS))
     if len(tr_idx) > per:
         tr_idx = rng.choice(tr_idx, per, replace=False)
-    xs, ys = [], []
-    for e in ELEMENTS:
-        xs.append(transform(x[tr_idx].astype(np.float32), e).reshape(len(tr_idx), -1))
-        ys.append(class_permutation(e, generators)[y[tr_idx]])
-    X, Y = np.concatenate(xs), np.concatenate(ys)
+    X, Y = all_images(x[tr_idx].astype(np.float32), y[tr_idx], generators)
+    X = X.reshape(len(X), -1)
     pipe = make_pipeline(min(cfg.pca_components, X.shape[0] - 1, X.shape[1]), cfg.knn_neighbors, cfg.seed)
     t0 = time.time()
     pipe.fit(X, Y)

@@ -345,9 +345,11 @@ def test_the_regression_regime_trains_a_direction_vector_and_ships(simfolder, ca
 
 def test_the_studys_pipeline_crops_about_the_centre_of_mass_and_trains_a_resnet50(simfolder, cache, tmp_path,
                                                                                    monkeypatch):
-    """The study's input is a crop of raw pixels about the intensity centre of mass (no angular grid) and
+    """The study's input is a crop about the intensity centre of mass (no disk finding; in mrad when the
+    detector is calibrated, raw pixels when not) and
     its encoder a ResNet-50; a seeds study varies the training seed over one data draw (data_seed), so
     the cached arrays are made once."""
+    from polarstem.io import Calibration
     from polarstem.models import load_model
     from polarstem.models.nets import ResNet50
     from polarstem.preprocess import preprocess
@@ -360,6 +362,16 @@ def test_the_studys_pipeline_crops_about_the_centre_of_mass_and_trains_a_resnet5
     assert np.allclose(info["centers"], [[14.5, 64.5], [54.5, 24.5]])
     assert all(np.unravel_index(np.argmax(xi), xi.shape) in {(r, c) for r in range(3, 13) for c in range(3, 13)}
                for xi in x)
+    # with a calibrated detector the crop is in mrad: one disk recorded at 1 and at 0.5 mrad/px reads alike
+    yy, xx = np.mgrid[:64, :64] - 31.5
+    coarse = ((np.hypot(yy, xx + 6) < 10) * 100.0 + (np.hypot(yy, xx - 8) < 5) * 40.0)[None].astype(np.float32)
+    yy, xx = (np.mgrid[:128, :128] - 63.5) / 2
+    fine = ((np.hypot(yy, xx + 6) < 10) * 100.0 + (np.hypot(yy, xx - 8) < 5) * 40.0)[None].astype(np.float32)
+    g = InputGrid(size=32, mrad_per_px=1.0, intensity="log", raw_crop=True)
+    a, _ = preprocess(coarse, Calibration(mrad_per_px=1.0), g)
+    b, _ = preprocess(fine, Calibration(mrad_per_px=0.5), g)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95
+    assert np.corrcoef(a.ravel(), preprocess(fine, None, g)[0].ravel())[0, 1] < 0.8  # raw pixels: another scale
 
     out = tmp_path / "study"
     grid = {"size": 32, "intensity": "log", "raw_crop": True}

@@ -284,10 +284,10 @@ def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: 
         raise PolarstemError(f"patterns of {raw.shape[1]}x{raw.shape[2]} px are too small to classify "
                              f"(at least {MIN_DETECTOR_PX}x{MIN_DETECTOR_PX} px are needed)")
     integer_like = bool(np.issubdtype(raw.dtype, np.integer))
-    if grid.raw_crop:
-        return centre_of_mass_crop(raw, grid, integer_like, return_info)
     mrad_in = getattr(calibration, "mrad_per_px", None) if calibration is not None else None
     out_mrad = grid.sampling_mrad(getattr(calibration, "beam_energy_kev", None) if calibration is not None else None)
+    if grid.raw_crop:
+        return centre_of_mass_crop(raw, grid, integer_like, return_info, mrad_in, out_mrad)
     factor = int(np.floor(out_mrad / mrad_in)) if mrad_in else 1
     factor = max(1, min(factor, min(raw.shape[1:]) // MIN_DETECTOR_PX))  # never fewer pixels than that
     f, finite, totals = _binned_float_frames(raw, factor, integer_like)
@@ -324,27 +324,36 @@ def preprocess(frames, calibration=None, grid: InputGrid | None = None, center: 
     return x, info
 
 
-def centre_of_mass_crop(raw: np.ndarray, grid: InputGrid, integer_like: bool, return_info: bool = False):
-    """The reference study's input: ``grid.size`` px of the cleaned raw pattern about its intensity
-    centre of mass (zeros beyond the detector), intensities normalised as the grid says. No angular
-    resampling: the model sees the detector's own sampling, whatever it is."""
+def centre_of_mass_crop(raw: np.ndarray, grid: InputGrid, integer_like: bool, return_info: bool = False,
+                        mrad_in: float | None = None, out_mrad: float | None = None):
+    """The reference study's input: ``grid.size`` px of the cleaned pattern about its intensity centre of
+    mass (zeros beyond the detector), intensities normalised as the grid says; no disk finding, no
+    informative filter.
+
+    The study simulated its training patterns at its own detector's sampling. Here training sets and
+    files differ in sampling, so with a calibrated detector (``mrad_in``) the crop is taken at the grid's
+    sampling (``out_mrad``), as the study's matched simulation would have seen it; without one, raw
+    detector pixels, as its code does."""
     f, finite, totals = _binned_float_frames(raw, 1, integer_like)
     f = clean_pixels(f)
     n, ky, kx = f.shape
     total = np.maximum(f.sum(axis=(1, 2)), 1e-12)
     cy = np.einsum("nyx,y->n", f, np.arange(ky, dtype=np.float32)) / total
     cx = np.einsum("nyx,x->n", f, np.arange(kx, dtype=np.float32)) / total
-    half = grid.size // 2
-    pad = np.pad(f, ((0, 0), (half, half), (half, half)))
-    y0 = np.clip(np.rint(cy).astype(int), 0, ky - 1)
-    x0 = np.clip(np.rint(cx).astype(int), 0, kx - 1)
-    x = np.stack([pad[i, y0[i]:y0[i] + grid.size, x0[i]:x0[i] + grid.size] for i in range(n)]).astype(np.float32)
+    if mrad_in and out_mrad:
+        x = resample(f, np.stack([cy, cx], axis=1).astype(np.float64), mrad_in, grid.size, out_mrad)
+    else:
+        half = grid.size // 2
+        pad = np.pad(f, ((0, 0), (half, half), (half, half)))
+        y0 = np.clip(np.rint(cy).astype(int), 0, ky - 1)
+        x0 = np.clip(np.rint(cx).astype(int), 0, kx - 1)
+        x = np.stack([pad[i, y0[i]:y0[i] + grid.size, x0[i]:x0[i] + grid.size] for i in range(n)]).astype(np.float32)
     ok = finite & (totals > 0)
     x = normalize(np.ascontiguousarray(x), grid.intensity)
     x[~ok] = 0.0
     if return_info:
         centers = np.stack([cy, cx], axis=1)  # (row, col), as find_disk_centers
-        return x, ok, {"centers": centers, "radius_mrad": np.zeros(n), "totals": totals, "mrad_per_px": None,
+        return x, ok, {"centers": centers, "radius_mrad": np.zeros(n), "totals": totals, "mrad_per_px": mrad_in,
                        "usable": ok}
     return x, ok
 

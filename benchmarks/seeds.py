@@ -7,7 +7,9 @@ Each (model, seed) trains into ``OUT/<model>/seed<k>/`` (a weights folder with i
 registry loads it as ``POLARSTEM_WEIGHTS`` would) and is evaluated there; ``OUT/results.json`` collects
 every figure and is the resume point (a trained seed or an evaluated scan is not redone). Prints the
 table (mean and spread over seeds) and, with ``--docs``, writes it and the figure
-(docs/images/seeds.png) into docs/benchmark.md between its ``seeds`` markers.
+(docs/images/seeds.png) into docs/benchmark.md between its ``seeds`` markers. A model this
+results.json has no run of keeps the row the docs already show, so machines that each run part of
+the study (``--models``) fill one table; a model run again replaces its row.
 """
 
 from __future__ import annotations
@@ -138,6 +140,32 @@ def markdown(cfg: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def docs_rows(cfg: dict) -> dict[str, dict]:
+    """The rows of the table docs/benchmark.md shows now, as ``summary`` gives them, by model name."""
+    text = DOCS.read_text() if DOCS.exists() else ""
+    if MARKERS[0] not in text:
+        return {}
+    cols = [f"{t}|{m}" for t in cfg["tests"] for m in cfg["eval_modes"]]
+    rows = {}
+    for line in text.split(MARKERS[0], 1)[1].split(MARKERS[1], 1)[0].splitlines():
+        parts = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(parts) != 4 + len(cols) or not parts[3].isdigit():
+            continue
+        n = int(parts[3])
+        cells = {}
+        for key, c in zip(cols, parts[4:]):
+            v = [float(x) for x in c.split("±")] if c != "-" else None
+            cells[key] = None if v is None else (v[0], v[1] if len(v) > 1 else 0.0, n)
+        rows[parts[0]] = {"model": parts[0], "family": parts[1], "regime": parts[2], "seeds": n, "cells": cells}
+    return rows
+
+
+def with_docs_rows(cfg: dict, rows: list[dict]) -> list[dict]:
+    """``rows`` with each model that has no run here taken from the table in the docs, if it is there."""
+    shown = docs_rows(cfg)
+    return [shown.get(r["model"], r) if r["seeds"] == 0 else r for r in rows]
+
+
 def figure(cfg: dict, rows: list[dict], path: Path) -> None:
     """Accuracy outside defects per model, one panel per (test, mode), error bars over seeds."""
     import matplotlib
@@ -194,6 +222,8 @@ def main(argv=None) -> int:
     if not args.report_only:
         run_all(cfg, out, results, log, args.models.split(",") if args.models else None)
     rows = summary(cfg, results)
+    if args.docs:
+        rows = with_docs_rows(cfg, rows)
     table = markdown(cfg, rows)
     print(table)
     if args.docs:

@@ -35,8 +35,8 @@ MODEL_DEFS: dict[str, dict] = {
                           "summary": "ResNet-18 trained in the regression regime (direction vector, von Mises loss)"},
     "cnn-proto": {"family": "CNN", "regime": "prototype", "kind": "net", "arch": "cnn", "prototype": True,
                   "summary": "compact CNN trained in the prototype-representation regime"},
-    # the rest of the study's family x regime grid and its own pipeline: trained by benchmarks/seeds.py
-    # into a benchmark folder; not shipped (no weights in the package)
+    # the rest of the study's family x regime grid (configs/train/<name>.yaml; a model is shipped when its
+    # weights are in the package) and the study's own pipeline (benchmarks/seeds.py only, never shipped)
     "vgg-proto": {"family": "VGG", "regime": "prototype", "kind": "net", "arch": "vgg11", "prototype": True,
                   "summary": "VGG-11 trained in the prototype-representation regime"},
     "vgg-regression": {"family": "VGG", "regime": "regression", "kind": "net", "arch": "vgg11",

@@ -379,3 +379,29 @@ def test_out_of_scope_crystals_are_built_and_need_a_scan_without_domains(tmp_pat
     bad.write_text(yaml.safe_dump({"kind": "training", "structure": {"material": "srtio3"}}))
     assert main(["simulate", str(bad), "-o", str(tmp_path / "x"), "--quiet"]) == 2
     assert "material" in capsys.readouterr().err
+
+
+def test_non_polar_training_sets_are_labelled_minus_one_and_keep_the_cubic_symmetry(tmp_path, capsys):
+    """``classes: [-1]`` with no Nb shift: the outliers of outlier-exposure training. Every pattern is
+    labelled -1, the material is recorded, and with neither polarization nor tilt the pattern keeps
+    the square symmetry of the cubic cell (a polar KNN pattern does not)."""
+    def run(name, structure):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump(MINI | {"structure": MINI["structure"] | structure,
+                                              "phonons": {"configs": 0}, "training": MINI["training"] | {
+                                                  "structures": 1, "probes": {"grid": 1, "offset": [0.5, 0.5]}}}))
+        assert main(["simulate", str(cfg), "-o", str(tmp_path / name), "--quiet"]) == 0
+        return _arrays(tmp_path / name)
+
+    bto = run("bto", {"material": "batio3", "classes": [-1], "nb_shift_angstrom": 0.0, "a_angstrom": 4.0,
+                      "k_fraction": 1.0, "a_ratio": 0.5})
+    assert set(np.load(tmp_path / "bto" / "labels.npy").ravel()) == {-1}
+    assert json.loads((tmp_path / "bto" / "structures.json").read_text())[0]["material"] == "batio3"
+    polar = run("polar", {"classes": [1], "nb_shift_angstrom": 0.2, "a_angstrom": 4.0, "k_fraction": 1.0})
+    thick_bto, thick_polar = bto[-1, 0], polar[-1, 0]  # the thicker exit plane, probe on the B-site column
+    assert _rel(_rot90(thick_bto), thick_bto) < 1e-3 < 0.1 < _rel(_rot90(thick_polar), thick_polar)
+    for bad in ({"classes": [-1], "nb_shift_angstrom": [0.1, 0.2]}, {"material": "batio3"}):
+        cfg = tmp_path / "bad.yaml"
+        cfg.write_text(yaml.safe_dump(MINI | {"structure": MINI["structure"] | bad}))
+        assert main(["simulate", str(cfg), "-o", str(tmp_path / "x"), "--quiet"]) == 2
+        assert "non-polar" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from ..classes import NO_CLASS
 from ..errors import PolarstemError
 
 DEFAULTS: dict[str, Any] = {
@@ -75,8 +76,8 @@ OPTIONAL_KEYS = {("training", "o_vacancy_fraction"), ("numerics", "parametrizati
 PARAMETRIZATIONS = ("lobato", "kirkland")
 PROJECTIONS = ("infinite", "finite")
 #: Crystals a config may simulate (``structure.material``; absent = knn). The others are what the
-#: models must recognise as out of scope: a non-polar perovskite and a crystal of another structure.
-MATERIALS = ("knn", "srtio3", "si")
+#: models must recognise as out of scope: non-polar cubic perovskites and a crystal of another structure.
+MATERIALS = ("knn", "srtio3", "batio3", "si")
 
 _RANGE_KEYS = {("optics", "defocus_nm"), ("optics", "mistilt_mrad"), ("structure", "a_angstrom"),
                ("structure", "nb_shift_angstrom"), ("structure", "a_ratio")}
@@ -195,12 +196,16 @@ def _check_detector(d: dict) -> None:
 
 
 def _check_structure(cfg: dict) -> None:
-    """The structure section; a material other than KNN needs a scan config (it has no polar
-    domains to label)."""
+    """The structure section. Classes [-1] make a training set of non-polar structures (no Nb shift,
+    labelled -1: the outliers a model learns to give no direction); a material other than KNN is for
+    those and for scans without domains (it has no polar domains to label)."""
     s = cfg["structure"]
     classes = s["classes"]
-    if not isinstance(classes, list) or not classes or any(c not in range(8) for c in classes):
-        raise PolarstemError("'structure.classes' must be a non-empty list of classes 0..7")
+    nonpolar = classes == [NO_CLASS]
+    if not isinstance(classes, list) or not classes or (not nonpolar and any(c not in range(8) for c in classes)):
+        raise PolarstemError("'structure.classes' must be a non-empty list of classes 0..7, or [-1] (non-polar)")
+    if nonpolar and (cfg["kind"] != "training" or s["nb_shift_angstrom"] != 0):
+        raise PolarstemError("'structure.classes: [-1]' (non-polar) is for training sets with nb_shift_angstrom: 0")
     if not isinstance(s["cells"], int) or not 1 <= s["cells"] <= 64:
         raise PolarstemError("'structure.cells' must be an integer 1..64")
     _range(s["a_angstrom"], "structure.a_angstrom", 2.0, 8.0)
@@ -209,8 +214,9 @@ def _check_structure(cfg: dict) -> None:
     _num(s["k_fraction"], "structure.k_fraction", 0, 1)
     if s.get("material", "knn") not in MATERIALS:
         raise PolarstemError(f"'structure.material' must be one of {', '.join(MATERIALS)}")
-    if s.get("material", "knn") != "knn" and (cfg["kind"] != "scan" or cfg["scan"]["domains"]):
-        raise PolarstemError("'structure.material' other than knn is for scans without domains (nothing polar to label)")
+    if s.get("material", "knn") != "knn" and not nonpolar and (cfg["kind"] != "scan" or cfg["scan"]["domains"]):
+        raise PolarstemError("'structure.material' other than knn is for scans without domains or for non-polar "
+                             "training sets (classes: [-1]): it has nothing polar to label")
     if s["out_of_plane_sign"] not in ("+", "-", "random"):
         raise PolarstemError("'structure.out_of_plane_sign' must be '+', '-' or 'random'")
 

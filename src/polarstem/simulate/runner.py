@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..classes import NO_CLASS
 from ..errors import PolarstemError
 from ..fileio import save_npy, write_json
 from .config import DEFAULTS
@@ -201,7 +202,10 @@ def _training_task(cfg: dict, seed: int, i: int, per_task: int, n_th: int, n_pos
     rng = np.random.default_rng([seed, i])
     k = int(s["classes"][i % len(s["classes"])])
     sign = s["out_of_plane_sign"]
-    v = variant_for_class(k, rng) if sign == "random" else variant_for_class(k, z_sign=1 if sign == "+" else -1)
+    if k == NO_CLASS:  # a non-polar structure (config check: nb_shift 0): no variant
+        v = (0, 0, 0)
+    else:
+        v = variant_for_class(k, rng) if sign == "random" else variant_for_class(k, z_sign=1 if sign == "+" else -1)
     a = _draw(s["a_angstrom"], rng)
     nb = _draw(s["nb_shift_angstrom"], rng)
     opt = _optics_for(cfg, rng)
@@ -218,7 +222,7 @@ def _training_task(cfg: dict, seed: int, i: int, per_task: int, n_th: int, n_pos
                     "seed": int(rng.integers(2**31))},
         "structure_seed": int(rng.integers(2**31)),
         "out_mrad_per_px": out_mrad_per_px,
-    }
+    } | ({"material": s["material"]} if "material" in s else {})
     if isinstance(s["a_ratio"], (list, tuple)):  # drawn last: fixed-ratio configs keep their streams
         task["a_ratio"] = _draw(s["a_ratio"], rng)
     if vac_fraction > 0:  # own stream: the structure's other draws do not depend on it
@@ -314,7 +318,7 @@ def run_task(task: dict) -> np.ndarray:
     a, n = float(task["a"]), int(task["cells"])
     nz = int(max(task["exit_cells"]))
     if task["kind"] == "training":
-        cells = uniform_cells(tuple(task["variant"]), n, n, task["nb_shift"])
+        cells = uniform_cells(tuple(task["variant"]) if any(task["variant"]) else None, n, n, task["nb_shift"])
         if task.get("o_vacancy_site") is not None:  # every cell: one missing O site (see knn_supercell)
             cells = [[replace(c, o_vacancies=(task["o_vacancy_site"],)) for c in row] for row in cells]
         # probes in the middle cell, so the O cage around them is the one the fractions refer to
@@ -447,7 +451,8 @@ def simulate(cfg: dict, out: str | Path, workers: int = 1, scheduler: str | None
             save_npy(out / f"{name}.npy", arr)
     folder = _Folder(out, data, p, done, (h, rh), _manifest(cfg, p, cal, h, config_path))
     if cfg["kind"] == "training":
-        keys = ("index", "class", "variant", "a", "nb_shift", "exit_cells", "optics", "structure_seed", "acquisitions")
+        keys = ("index", "class", "variant", "a", "nb_shift", "exit_cells", "optics", "structure_seed", "acquisitions",
+                "material")
         structures = [{k: t[k] for k in keys if k in t} | {"phonon_seed": t["phonons"]["seed"]} for t in p["tasks"]]
         write_json(out / "structures.json", structures, indent=1)
     folder.write_labels()

@@ -26,11 +26,11 @@ O_SITES = ((0.5, 0.5, 0.0), (0.5, 0.0, 0.5), (0.0, 0.5, 0.5))
 
 #: Thermal vibration amplitudes (Å, per direction) for frozen phonons; room-temperature perovskite
 #: values (u_iso ≈ 0.005–0.01 Å²).
-THERMAL_SIGMAS = {"K": 0.10, "Na": 0.10, "Nb": 0.07, "O": 0.09, "Sr": 0.08, "Ti": 0.07, "Si": 0.075}
+THERMAL_SIGMAS = {"K": 0.10, "Na": 0.10, "Nb": 0.07, "O": 0.09, "Sr": 0.08, "Ba": 0.08, "Ti": 0.07, "Si": 0.075}
 
 #: Perovskites the builder makes: A-site species (first with probability ``k_fraction``), B-site species.
-#: SrTiO3 is the non-polar cubic perovskite the models must not mistake for KNN.
-PEROVSKITE_SPECIES = {"knn": (("K", "Na"), "Nb"), "srtio3": (("Sr", "Sr"), "Ti")}
+#: SrTiO3 and cubic (paraelectric) BaTiO3 are non-polar perovskites the models must not mistake for KNN.
+PEROVSKITE_SPECIES = {"knn": (("K", "Na"), "Nb"), "srtio3": (("Sr", "Sr"), "Ti"), "batio3": (("Ba", "Ba"), "Ti")}
 
 #: Fractional positions of the eight atoms of the diamond-cubic cell (silicon).
 DIAMOND_SITES = ((0, 0, 0), (0, 0.5, 0.5), (0.5, 0, 0.5), (0.5, 0.5, 0), (0.25, 0.25, 0.25), (0.25, 0.75, 0.75),

@@ -43,6 +43,8 @@ class TrainConfig(BaseModel):
     label_smoothing: Number = 0.05
     aux_weight: Number = 0.0  # > 0: auxiliary regression of probe position and thickness (loop.AUX_TARGETS)
     consistency: Number = 0.0  # > 0 (prototype regime): paired ideal/corrupted views, prototype-assignment term
+    outliers: list[str] = Field(default_factory=list)  # simulated folders of what is not polar KNN (outlier exposure)
+    outlier_weight: Number = 0.5  # weight of the outlier term (cross-entropy to the uniform class distribution)
     steps: int | None = None  # fixed number of optimiser steps (equal-footing comparisons); else the time budget
     patience: int = 4
     max_minutes: Number = 30.0  # time budget of the pattern mode
@@ -90,6 +92,8 @@ class TrainConfig(BaseModel):
     def _one_regime(self) -> TrainConfig:
         if self.prototype and self.regression:
             raise ValueError("prototype and regression are two regimes: set one of them")
+        if self.outliers and self.arch is None:
+            raise ValueError("outliers (outlier exposure) are for networks: PCA-kNN has no loss to add them to")
         return self
 
     def out_dir(self) -> Path:

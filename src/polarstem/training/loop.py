@@ -1,7 +1,13 @@
 """Training one network on the cached arrays: symmetry-augmented batches, AdamW with a warm-up +
 cosine schedule (``torch.optim.lr_scheduler.LambdaLR``) over the steps the time budget allows,
 validation and a checkpoint every round (a rerun resumes), early stopping, the best round's weights
-and the softmax temperature fitted on the validation split."""
+and the softmax temperature fitted on the validation split.
+
+With outliers (patterns of what is not polar KNN: non-polar perovskites), every step also takes
+``OUTLIER_FRACTION`` of a batch of them and adds the cross-entropy of their class distribution to the
+uniform one (outlier exposure, Hendrycks et al., ICLR 2019): the network learns to spread its
+probability where nothing polar is seen, so the calibrated confidence of the abstention separates
+such crystals from KNN. In the regression regime the same term drives the direction vector to zero."""
 
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ from .temperature import fit_temperature
 WARMUP = 0.05
 #: Steps between validations and checkpoints (at most; fewer when an epoch is shorter).
 ROUND_STEPS = 300
+#: Outlier inputs a step adds, as a fraction of its in-scope inputs (with ``outliers``).
+OUTLIER_FRACTION = 0.5
 
 #: What the auxiliary head regresses (``TrainConfig.aux_weight`` > 0): the probe position in the cell
 #: as cos/sin of 2 pi x and 2 pi y (periodic, no wrap-around jump) and the thickness, centred and scaled.
@@ -58,16 +66,18 @@ def lr_schedule(opt, base_lr: float, first_step: int, total_steps: int):
 
 
 def train_network(cfg: TrainConfig, mode: str, arrays: dict, generators: dict, progress: bool = True,
-                  max_steps: int | None = None, log=print):
+                  max_steps: int | None = None, log=print, outliers: dict | None = None):
     """Train one network on cached arrays; returns (net, history, temperature, val metrics).
 
-    ``max_steps`` stops after that many steps (smoke runs); such a run neither resumes from nor
-    ends with the best checkpoint, but still writes them."""
+    ``outliers``: arrays (as :func:`~.data.build_arrays` makes them) of patterns that are not polar
+    KNN, for the outlier-exposure term; their labels are ignored. ``max_steps`` stops after that
+    many steps (smoke runs); such a run neither resumes from nor ends with the best checkpoint, but
+    still writes them."""
     import torch
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    loop = _Loop.start(cfg, mode, arrays, generators, rng, resume=max_steps is None, log=log)
+    loop = _Loop.start(cfg, mode, arrays, generators, rng, resume=max_steps is None, log=log, outliers=outliers)
     patience_rounds = max(2, cfg.patience * max(1, loop.steps_per_epoch // loop.round_steps))
     steps = 0
     while loop.state["step"] < loop.state["total_steps"]:
@@ -109,10 +119,13 @@ class _Loop:
     ckdir: Path
     run_fingerprint: str
     state: dict = field(default_factory=dict)
+    outliers: dict | None = None
+    outlier_tr: np.ndarray | None = None  # outlier inputs trained on (thicknesses not held out)
+    outlier_val: np.ndarray | None = None  # their held-out thicknesses, whose confidence each round logs
 
     @classmethod
     def start(cls, cfg: TrainConfig, mode: str, arrays: dict, generators: dict, rng: np.random.Generator,
-              resume: bool, log) -> _Loop:
+              resume: bool, log, outliers: dict | None = None) -> _Loop:
         """Split, build (or warm-start) the network, and resume from the checkpoint of the same run."""
         import torch
 
@@ -141,7 +154,10 @@ class _Loop:
             np.random.default_rng(cfg.seed).choice(val_idx, 4000, replace=False)
         loop = cls(cfg, mode, arrays, generators, net, opt, device, tr_idx, val_idx, val_check, pool, per_step,
                    partner, use_aux, steps_per_epoch, max(1, min(steps_per_epoch, ROUND_STEPS)), ckdir,
-                   _run_fingerprint(cfg, mode, arrays), state)
+                   _run_fingerprint(cfg, mode, arrays, outliers), state)
+        if outliers is not None:
+            loop.outliers = outliers
+            loop.outlier_tr, loop.outlier_val = _outlier_split(outliers, cfg.val_every)
         resumed = resume and loop.resume(log)
         if cfg.prototype and not resumed and not warm_prototypes:  # (a stale checkpoint must not skip this)
             z = _embed_numpy(net, arrays["x"][tr_idx[:4000]], device)
@@ -208,9 +224,13 @@ class _Loop:
             xb, yb, pb = _d4_batch(a["x"][idx].astype(np.float32), a["y"][idx], brng, self.generators, a["probe"][idx])
         else:
             xb, yb = _d4_batch(a["x"][idx].astype(np.float32), a["y"][idx], brng, self.generators)
+        n_in = len(xb)
+        if self.outliers is not None:  # one forward pass: the batch norm sees both
+            xb = np.concatenate([xb, self._outlier_batch(brng, max(1, int(OUTLIER_FRACTION * n_in)))])
         xt = torch.from_numpy(xb)[:, None].to(self.device)
         yt = torch.from_numpy(yb).to(self.device)
-        z = base_net.embed(xt)
+        z_all = base_net.embed(xt)
+        z = z_all[:n_in]
         if cfg.prototype:
             logits = net.head(z)
             loss = prototype_loss(net, logits, z, yt)
@@ -221,12 +241,21 @@ class _Loop:
         else:
             logits = base_net.head(z)
             loss = F.cross_entropy(logits, yt, label_smoothing=cfg.label_smoothing)
+        if self.outliers is not None:
+            out_logits = (net.head if cfg.prototype else base_net.head)(z_all[n_in:])
+            loss = loss + cfg.outlier_weight * uniform_cross_entropy(out_logits)
         if self.use_aux:
             target = torch.from_numpy(aux_targets(pb, a["thickness"][idx])).to(self.device)
             known = torch.isfinite(target).all(dim=1)
             if bool(known.any()):
                 loss = loss + cfg.aux_weight * F.mse_loss(base_net.aux(z[known]), target[known])
         return loss
+
+    def _outlier_batch(self, brng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` training outliers under a random symmetry element of their own (float32)."""
+        pick = brng.choice(self.outlier_tr, size=n, replace=len(self.outlier_tr) < n)
+        x, _ = _d4_batch(self.outliers["x"][pick].astype(np.float32), np.zeros(n, np.int64), brng, self.generators)
+        return x
 
     def fit_budget(self, log) -> None:
         """After the first round: as many steps as the time budget allows at the speed measured."""
@@ -248,8 +277,15 @@ class _Loop:
         state["history"].append({"step": state["step"], "epoch": round(epoch, 3),
                                  "loss": float(np.mean(losses)) if losses else None, "val_accuracy": acc,
                                  "minutes": round(state["seconds"] / 60, 2)})
+        outlier_note = ""
+        if self.outliers is not None and len(self.outlier_val):
+            from scipy.special import softmax
+
+            p_out = softmax(_logits_numpy(self.net, self.outliers["x"][self.outlier_val[:4000]], self.device), axis=1)
+            state["history"][-1]["outlier_top_p"] = round(float(np.median(p_out.max(1))), 4)
+            outlier_note = f", outliers' median top probability {state['history'][-1]['outlier_top_p']:.3f}"
         log(f"{cfg.name}/{self.mode} step {state['step']}/{state['total_steps']} (epoch {epoch:.2f}): "
-            f"loss {np.mean(losses) if losses else float('nan'):.4f} val acc {acc:.4f}")
+            f"loss {np.mean(losses) if losses else float('nan'):.4f} val acc {acc:.4f}{outlier_note}")
         if acc > state["best_acc"]:
             state["best_acc"], state["bad_rounds"] = acc, 0
             save_state_dict(self.net, self.ckdir / "best.safetensors")
@@ -287,6 +323,24 @@ def _split(arrays: dict, val_every: int, rng: np.random.Generator) -> tuple[np.n
         val = np.isin(arrays["group"], vg) & keep
         tr = keep & ~val
     return tr, np.nonzero(tr)[0], np.nonzero(val)[0]
+
+
+def _outlier_split(outliers: dict, val_every: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) indices of the outlier inputs: the same thickness split as the in-scope data."""
+    keep = outliers["informative"]
+    val = thickness_split(outliers["thickness"], val_every) & keep
+    tr = np.nonzero(keep & ~val)[0]
+    if len(tr) == 0:
+        raise PolarstemError("outliers: no informative outlier patterns to train on")
+    return tr, np.nonzero(val)[0]
+
+
+def uniform_cross_entropy(logits):
+    """Cross-entropy of softmax(``logits``) to the uniform distribution, averaged over the batch: the
+    outlier-exposure term (minimal when every class gets 1/N)."""
+    import torch.nn.functional as F
+
+    return -F.log_softmax(logits, dim=1).mean()
 
 
 def _step_pool(cfg: TrainConfig, arrays: dict, tr: np.ndarray, tr_idx: np.ndarray):
@@ -341,9 +395,12 @@ def aux_targets(probe: np.ndarray, thickness: np.ndarray) -> np.ndarray:
                      (np.asarray(thickness, np.float32) - 25.0) / 12.0], 1).astype(np.float32)
 
 
-def _run_fingerprint(cfg: TrainConfig, mode: str, arrays: dict) -> str:
-    """What a checkpoint must match to be resumed: the config, the mode and the arrays."""
-    return fingerprint(cfg.to_dict(), mode, int(len(arrays["y"])), float(np.asarray(arrays["x"][:8], np.float32).sum()))
+def _run_fingerprint(cfg: TrainConfig, mode: str, arrays: dict, outliers: dict | None = None) -> str:
+    """What a checkpoint must match to be resumed: the config, the mode and the arrays (and outliers)."""
+    parts = [cfg.to_dict(), mode, int(len(arrays["y"])), float(np.asarray(arrays["x"][:8], np.float32).sum())]
+    if outliers is not None:  # a run without outliers keeps the fingerprint it always had
+        parts.append(int(len(outliers["x"])))
+    return fingerprint(*parts)
 
 
 def save_state_dict(net, path: Path) -> None:

@@ -39,14 +39,15 @@ def run(cfg: TrainConfig, progress: bool = True, log=print) -> list[dict]:
     held = load_simset(cfg.heldout) if cfg.heldout and Path(cfg.heldout).exists() else None
     out_dir = cfg.out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
-    cards = [_train_mode(cfg, mode, sims, held, grid, aug, out_dir, progress, log) for mode in cfg.modes]
+    outliers = [load_simset(f) for f in cfg.outliers]
+    cards = [_train_mode(cfg, mode, sims, held, grid, aug, out_dir, progress, log, outliers) for mode in cfg.modes]
     if out_dir.resolve() == weights_dir().resolve():  # only the shipped models get docs pages
         write_markdown_cards(out_dir)
     return cards
 
 
 def _train_mode(cfg: TrainConfig, mode: str, sims: list[SimSet], held: SimSet | None, grid: InputGrid, aug: dict,
-                out_dir: Path, progress: bool, log) -> dict:
+                out_dir: Path, progress: bool, log, outlier_sims: list[SimSet] = ()) -> dict:
     """One mode: arrays, training, the card (held-out accuracy, class means, abstention), weights + index."""
     sim = sims[0]
     log(f"== {cfg.name} / {mode}: {sum(len(s) for s in sims)} raw patterns from {', '.join(str(s.folder) for s in sims)}")
@@ -56,8 +57,13 @@ def _train_mode(cfg: TrainConfig, mode: str, sims: list[SimSet], held: SimSet | 
     del parts  # the per-folder arrays are copied into ``arrays``: keep one copy (GBs with several folders)
     log(f"{len(arrays['y'])} inputs, {int((~arrays['informative']).sum())} flagged uninformative")
     gens = class_mean_generators(arrays, log)
+    outliers = None
+    if outlier_sims:  # the same inputs as the in-scope data (grid, corruptions, copies), labels ignored
+        parts = [build_arrays(s, mode, grid, cfg.copies, aug, data_seed, cfg.cell_subsets, progress) for s in outlier_sims]
+        outliers = parts[0] if len(parts) == 1 else concat_arrays(parts)
+        log(f"{len(outliers['x'])} outlier inputs from {', '.join(str(s.folder) for s in outlier_sims)}")
     t0 = time.time()
-    model, card, info = _fit(cfg, mode, arrays, gens, sim, grid, out_dir, progress, log)
+    model, card, info = _fit(cfg, mode, arrays, gens, sim, grid, out_dir, progress, log, outliers)
     info["train_minutes"] = round((time.time() - t0) / 60, 2)
     card["training"]["n_patterns_raw"] = int(sum(len(s_) for s_ in sims))
     card["training"]["n_structures"] = int(sum(len(np.unique(s_.structure)) for s_ in sims))
@@ -77,7 +83,7 @@ def _train_mode(cfg: TrainConfig, mode: str, sims: list[SimSet], held: SimSet | 
 
 
 def _fit(cfg: TrainConfig, mode: str, arrays: dict, gens: dict, sim: SimSet, grid: InputGrid, out_dir: Path,
-         progress: bool, log):
+         progress: bool, log, outliers: dict | None = None):
     """Train the network (or fit PCA + kNN), write its weights; (model, first card, training info)."""
     if cfg.arch is None:
         pipe, temp, info = train_pca_knn(cfg, arrays, gens, log)
@@ -89,7 +95,7 @@ def _fit(cfg: TrainConfig, mode: str, arrays: dict, gens: dict, sim: SimSet, gri
         return PcaKnnModel(pipe, card), card, info
     from ..models.nets import n_parameters  # (torch)
 
-    net, history, temp, info = train_network(cfg, mode, arrays, gens, progress, log=log)
+    net, history, temp, info = train_network(cfg, mode, arrays, gens, progress, log=log, outliers=outliers)
     fname = f"{cfg.name}-{mode}.safetensors"
     save_state_dict(net, out_dir / fname)
     architecture = {"arch": cfg.arch, "kwargs": cfg.arch_kwargs, "prototype": cfg.prototype,

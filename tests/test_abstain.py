@@ -74,6 +74,27 @@ def test_a_whole_scan_of_unsure_patterns_is_out_of_scope_though_each_passes():
     assert back.scan_out_of_scope(d[:400], unsure, np.ones(400), judged)
 
 
+def test_the_scan_median_counts_the_windows_the_per_position_thresholds_withhold():
+    """The calibration rows' medians are over all their windows, so a scan's is too: a crystal whose
+    least sure half is withheld one by one must not pass the scan test on its surer half."""
+    from polarstem.classify import ClassificationResult, abstain
+
+    ab = Abstention.fit(*_clusters(np.random.default_rng(4), dim=8))
+    ab.calibrate(np.full(100, 2.0), np.linspace(0.2, 1.0, 100), 1, alpha=0.01)  # per position: >= ~0.2
+    ab.calibrate_scan(np.full(100, 2.0), np.linspace(0.3, 0.9, 100), 1, alpha=0.01)  # scan median: >= ~0.3
+    res = ClassificationResult.empty((10, 20))
+    res.done[:] = res.informative[:] = res.usable[:] = True
+    res.classes[:] = 1
+    res.distance[:], res.votes[:] = 1.0, 1.0
+    res.confidence[:, :10], res.confidence[:, 10:] = 0.15, 0.32  # half below the per-position threshold
+    abstain(res, ab)
+    assert res.uncertain.all() and res.verdict  # survivors' median 0.32 would pass, the scan's 0.235 not
+    res.classes[:], res.confidence[:, :10] = 1, 0.5  # a KNN scan with a few unsure positions: median 0.41
+    res.confidence[0, :3] = 0.15
+    abstain(res, ab)
+    assert res.uncertain.sum() == 3
+
+
 def test_a_scan_that_mostly_abstains_gets_one_sentence():
     done = np.ones((4, 4), bool)
     unc = np.zeros((4, 4), bool)

@@ -24,7 +24,9 @@ and 6 x 6 samplings of a cell) and interpolated in log n.
    thickness seen on a 6 x 6 probe grid per cell, stands for one), again split-conformal. A scan whose
    median confidence lies below, or median distance above, what 99 % of in-scope rows reach is out of
    scope: every position abstains (Si down [001] at 200 kV: median top probability 0.26 against
-   0.73 for KNN in pattern mode).
+   0.73 for KNN in pattern mode). The median is taken as the rows' is, over every window with a
+   usable pattern, including those the per-position thresholds already withhold: a median of the
+   survivors alone would sit above the calibrated one exactly on the scans it should catch.
 """
 
 from __future__ import annotations

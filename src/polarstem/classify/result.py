@@ -147,11 +147,12 @@ def abstain(result: ClassificationResult, abstention, outside: list[str] | None 
     """
     done = result.done
     unc = done & _without_usable_pattern(result)
+    judged = done & ~unc  # the scan median, as the calibration rows', counts every usable window
     scan_out = False
     if abstention is not None and abstention.calibrated and result.distance is not None:
         votes = np.where(np.isfinite(result.votes), result.votes, 1.0) if result.votes is not None else 1.0
         unc |= done & abstention.uncertain(result.distance, result.confidence, votes)
-        scan_out = abstention.scan_out_of_scope(result.distance, result.confidence, votes, done & ~unc)
+        scan_out = abstention.scan_out_of_scope(result.distance, result.confidence, votes, judged)
     if outside or scan_out:
         unc = done.copy()
     result.uncertain = unc

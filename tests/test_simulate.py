@@ -405,3 +405,27 @@ def test_non_polar_training_sets_are_labelled_minus_one_and_keep_the_cubic_symme
         cfg.write_text(yaml.safe_dump(MINI | {"structure": MINI["structure"] | bad}))
         assert main(["simulate", str(cfg), "-o", str(tmp_path / "x"), "--quiet"]) == 2
         assert "non-polar" in capsys.readouterr().err
+
+
+def test_a_disk_overlap_range_sets_each_acquisitions_convergence_from_its_energy(tmp_path, capsys):
+    """``optics.disk_overlap`` draws alpha/(lambda/a) instead of alpha: every acquisition stays inside a
+    model card's overlap range whatever its energy; sets without it plan as before."""
+    from polarstem.acquisition import disk_overlap
+    from polarstem.simulate.config import DEFAULTS, resolve
+    from polarstem.simulate.runner import plan
+
+    cfg = resolve(ACQ | {"optics": ACQ["optics"] | {"disk_overlap": [2.7, 3.6]}, "seed": 11,
+                                "training": ACQ["training"] | {"structures": 40}})
+    acq = [a for t in plan(cfg)["tasks"] for a in t["acquisitions"]]
+    energy = np.array([a["energy_kev"] for a in acq])
+    alpha = np.array([a["convergence_mrad"] for a in acq])
+    overlap = disk_overlap(energy, alpha)
+    assert overlap.min() >= 2.7 and overlap.max() <= 3.6 and np.ptp(overlap) > 0.6
+    assert alpha[energy < 150].mean() > 1.3 * alpha[energy > 250].mean()  # lambda falls with energy
+    plain = [a["convergence_mrad"] for t in plan(resolve(ACQ))["tasks"] for a in t["acquisitions"]]
+    assert all(15 <= c <= 30 for c in plain) and DEFAULTS["optics"].get("disk_overlap") is None
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(ACQ | {"optics": ACQ["optics"] | {"disk_overlap": [2.7, 3.6]},
+                                         "detector": {"max_mrad": 40}}))
+    assert main(["simulate", str(bad), "-o", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "disk_overlap" in capsys.readouterr().err

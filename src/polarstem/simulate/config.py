@@ -69,7 +69,8 @@ DEFAULTS: dict[str, Any] = {
 #: Keys a section may have without a default (a default would change the hash, so the resume check,
 #: of every existing simulation folder).
 OPTIONAL_KEYS = {("training", "o_vacancy_fraction"), ("numerics", "parametrization"), ("numerics", "projection"),
-                 ("training", "acquisitions"), ("detector", "max_g"), ("structure", "material")}
+                 ("training", "acquisitions"), ("detector", "max_g"), ("structure", "material"),
+                 ("optics", "disk_overlap")}
 #: abTEM potential choices a config may name (``numerics.parametrization`` / ``numerics.projection``;
 #: absent = lobato / infinite). A held-out set made with the other choice stands in for "another
 #: multislice setup".
@@ -175,6 +176,11 @@ def _check_optics(cfg: dict) -> None:
                              "config with 'detector.max_g' (patterns stored in reciprocal-lattice units)")
     if "max_g" in d:
         _num(d["max_g"], "detector.max_g", 1, 40)
+    if "disk_overlap" in o:  # convergence from the energy: alpha = overlap x lambda / a (acquisition.disk_overlap)
+        _range(o["disk_overlap"], "optics.disk_overlap", 0.5, 10)
+        if cfg["kind"] != "training" or "max_g" not in d:
+            raise PolarstemError("'optics.disk_overlap' needs a training config with 'detector.max_g' "
+                                 "(it sets each acquisition's convergence from its energy)")
     _range(o["defocus_nm"], "optics.defocus_nm", -1000, 1000)
     _range(o["mistilt_mrad"], "optics.mistilt_mrad", 0, 20)
 

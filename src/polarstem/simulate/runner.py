@@ -28,9 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..acquisition import KNN_LATTICE_A
 from ..classes import NO_CLASS
 from ..errors import PolarstemError
 from ..fileio import save_npy, write_json
+from ..io import electron_wavelength_angstrom
 from .config import DEFAULTS
 from .multislice import Optics, detector_geometry, reciprocal_detector
 from .structures import O_SITES, domain_cells, variant_for_class
@@ -86,7 +88,10 @@ def _acquisitions_for(cfg: dict, base: dict, seed: int, index: int) -> list[dict
 
     Drawn from a stream of their own, so the structure's other draws do not depend on them. The beam
     energy is stratified (one draw from each of n equal parts of its range, so every structure spans
-    it); convergence, defocus and mistilt are drawn independently for each acquisition.
+    it); convergence, defocus and mistilt are drawn independently for each acquisition. With
+    ``optics.disk_overlap`` the convergence is drawn as a disk overlap alpha/(lambda/a) instead (the
+    one geometric parameter left in reciprocal-lattice units), so every acquisition of a set stays
+    inside the overlap range a model's card states, whatever its energy.
     """
     o = cfg["optics"]
     n = int(cfg["training"].get("acquisitions", 1))
@@ -96,7 +101,11 @@ def _acquisitions_for(cfg: dict, base: dict, seed: int, index: int) -> list[dict
         e = o["energy_kev"]
         energy = float(e[0] + (e[1] - e[0]) * (j + rng.random()) / n) if isinstance(e, (list, tuple)) else float(e)
         tilt, phi = _draw(o["mistilt_mrad"], rng), rng.uniform(0, 2 * np.pi)
-        out.append(base | {"energy_kev": energy, "convergence_mrad": _draw(o["convergence_mrad"], rng),
+        if "disk_overlap" in o:
+            convergence = _draw(o["disk_overlap"], rng) * 1e3 * electron_wavelength_angstrom(energy) / KNN_LATTICE_A
+        else:
+            convergence = _draw(o["convergence_mrad"], rng)
+        out.append(base | {"energy_kev": energy, "convergence_mrad": float(convergence),
                            "defocus_nm": _draw(o["defocus_nm"], rng),
                            "tilt_mrad": [float(tilt * np.cos(phi)), float(tilt * np.sin(phi))]})
     return out

@@ -391,9 +391,11 @@ def test_the_studys_pipeline_crops_about_the_centre_of_mass_and_trains_a_resnet5
 
 def test_outlier_exposure_spreads_the_probability_of_non_polar_patterns(simfolder, cache, tmp_path):
     """With outliers (patterns without the polar tilt) a step adds the cross-entropy to the uniform class
-    distribution: after the same steps the network's confidence separates polar patterns from such
-    ones better than without them, it is near uniform on them, and it is about as accurate on the
-    polar ones; every round logs the outliers' confidence."""
+    distribution: after 120 steps (the term weighted 3) the network's class distribution on such
+    patterns is uniform, its confidence on them well below that on polar ones, and it is about as
+    accurate on the polar ones as without them (here 2.09 / 0.15 / 0.42 / 0.95, without the term
+    2.26 / 0.21 / 0.36 / 0.45: cross-entropy to uniform, top probability on outliers and on polar
+    patterns, validation accuracy); every round logs the outliers' confidence."""
     from scipy.special import softmax
 
     from polarstem.training.loop import _logits_numpy
@@ -403,17 +405,20 @@ def test_outlier_exposure_spreads_the_probability_of_non_polar_patterns(simfolde
     grid = InputGrid.from_dict({"size": 32, "mrad_per_px": 2.0, "intensity": "sqrt"})
     arrays = build_arrays(load_simset(simfolder / "train"), "pattern", grid, 1, DEFAULT_AUGMENT, 0, progress=False)
     outliers = build_arrays(load_simset(flat), "pattern", grid, 1, DEFAULT_AUGMENT, 0, progress=False)
-    top_p, acc = {}, {}
+    top_p, acc, spread = {}, {}, {}
     for name, extra in (("plain", None), ("exposed", outliers)):
-        cfg = _cfg(simfolder, tmp_path / name, name=name, steps=120, epochs=50, val_every=3)
+        cfg = _cfg(simfolder, tmp_path / name, name=name, steps=120, epochs=50, val_every=3,
+                   outlier_weight=3.0)
         net, history, _, info = train_network(cfg, "pattern", arrays, None, progress=False, log=lambda *_: None,
                                               outliers=extra)
-        top_p[name] = float(np.median(softmax(_logits_numpy(net, outliers["x"], "cpu"), axis=1).max(1)))
+        p_out = softmax(_logits_numpy(net, outliers["x"], "cpu"), axis=1)
+        spread[name] = float(-np.log(p_out).mean())  # cross-entropy to uniform: log 8 = 2.08 at best
+        top_p[name] = float(np.median(p_out.max(1)))
         top_p[name + " polar"] = float(np.median(softmax(_logits_numpy(net, arrays["x"], "cpu"), axis=1).max(1)))
         acc[name] = info["val_accuracy"]
     assert "outlier_top_p" in history[-1]
-    separation = {k: top_p[k + " polar"] / top_p[k] for k in ("plain", "exposed")}  # 1.7 and 2.8 here
-    assert top_p["exposed"] < 0.25 and separation["exposed"] > 1.3 * separation["plain"]  # uniform: 1/8
+    assert spread["exposed"] < np.log(8) + 0.02  # uniform on them, as the term asks
+    assert top_p["exposed polar"] > 2 * top_p["exposed"] and top_p["exposed"] < 0.2
     assert acc["exposed"] >= acc["plain"] - 0.15
     with pytest.raises(PolarstemError, match="PCA-kNN"):
         TrainConfig.from_dict({"arch": None, "outliers": [str(flat)]})

@@ -18,6 +18,13 @@ def disk_overlap(beam_energy_kev, convergence_mrad):
     out = np.asarray(convergence_mrad, float) / (1e3 * np.asarray(lam) / KNN_LATTICE_A)
     return float(out) if out.ndim == 0 else out
 
+
+def convergence_for_overlap(beam_energy_kev, overlap):
+    """The convergence semi-angle (mrad) that gives disk overlap ``overlap`` at this beam energy: the
+    inverse of :func:`disk_overlap`."""
+    return np.asarray(overlap, float) * 1e3 * electron_wavelength_angstrom(beam_energy_kev) / KNN_LATTICE_A
+
+
 #: Ranges the shipped models are judged on (physics.md) when a card does not say.
 DEFAULT_RANGES = {"beam_energy_kev": [200.0, 200.0], "convergence_mrad": [18.0, 22.0],
                   "mrad_per_px": [0.5, 2.0], "detector_px": [64, 256]}

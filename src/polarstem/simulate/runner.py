@@ -28,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..acquisition import KNN_LATTICE_A
+from ..acquisition import convergence_for_overlap
 from ..classes import NO_CLASS
 from ..errors import PolarstemError
 from ..fileio import save_npy, write_json
-from ..io import electron_wavelength_angstrom
 from .config import DEFAULTS
 from .multislice import Optics, detector_geometry, reciprocal_detector
 from .structures import O_SITES, domain_cells, variant_for_class
@@ -102,7 +101,7 @@ def _acquisitions_for(cfg: dict, base: dict, seed: int, index: int) -> list[dict
         energy = float(e[0] + (e[1] - e[0]) * (j + rng.random()) / n) if isinstance(e, (list, tuple)) else float(e)
         tilt, phi = _draw(o["mistilt_mrad"], rng), rng.uniform(0, 2 * np.pi)
         if "disk_overlap" in o:
-            convergence = _draw(o["disk_overlap"], rng) * 1e3 * electron_wavelength_angstrom(energy) / KNN_LATTICE_A
+            convergence = convergence_for_overlap(energy, _draw(o["disk_overlap"], rng))
         else:
             convergence = _draw(o["convergence_mrad"], rng)
         out.append(base | {"energy_kev": energy, "convergence_mrad": float(convergence),

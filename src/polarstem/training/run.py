@@ -51,16 +51,12 @@ def _train_mode(cfg: TrainConfig, mode: str, sims: list[SimSet], held: SimSet | 
     """One mode: arrays, training, the card (held-out accuracy, class means, abstention), weights + index."""
     sim = sims[0]
     log(f"== {cfg.name} / {mode}: {sum(len(s) for s in sims)} raw patterns from {', '.join(str(s.folder) for s in sims)}")
-    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
-    parts = [build_arrays(s, mode, grid, cfg.copies, aug, data_seed, cfg.cell_subsets, progress) for s in sims]
-    arrays = parts[0] if len(parts) == 1 else concat_arrays(parts)
-    del parts  # the per-folder arrays are copied into ``arrays``: keep one copy (GBs with several folders)
+    arrays = _mode_arrays(cfg, mode, sims, grid, aug, progress)
     log(f"{len(arrays['y'])} inputs, {int((~arrays['informative']).sum())} flagged uninformative")
     gens = class_mean_generators(arrays, log)
     outliers = None
     if outlier_sims:  # the same inputs as the in-scope data (grid, corruptions, copies), labels ignored
-        parts = [build_arrays(s, mode, grid, cfg.copies, aug, data_seed, cfg.cell_subsets, progress) for s in outlier_sims]
-        outliers = parts[0] if len(parts) == 1 else concat_arrays(parts)
+        outliers = _mode_arrays(cfg, mode, outlier_sims, grid, aug, progress)
         log(f"{len(outliers['x'])} outlier inputs from {', '.join(str(s.folder) for s in outlier_sims)}")
     t0 = time.time()
     model, card, info = _fit(cfg, mode, arrays, gens, sim, grid, out_dir, progress, log, outliers)
@@ -80,6 +76,13 @@ def _train_mode(cfg: TrainConfig, mode: str, sims: list[SimSet], held: SimSet | 
     write_index(out_dir)
     log(f"{cfg.name}/{mode}: val {info.get('val_accuracy')}, held-out {card['heldout']} -> {out_dir / card['weights_file']}")
     return card
+
+
+def _mode_arrays(cfg: TrainConfig, mode: str, sims: list[SimSet], grid: InputGrid, aug: dict, progress: bool) -> dict:
+    """The cached training arrays of ``mode`` for every folder of ``sims``, as one."""
+    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    parts = [build_arrays(s, mode, grid, cfg.copies, aug, data_seed, cfg.cell_subsets, progress) for s in sims]
+    return parts[0] if len(parts) == 1 else concat_arrays(parts)  # (the parts are freed on return)
 
 
 def _fit(cfg: TrainConfig, mode: str, arrays: dict, gens: dict, sim: SimSet, grid: InputGrid, out_dir: Path,

@@ -181,3 +181,51 @@ def test_the_default_model_reads_other_beam_energies_at_the_disk_overlap_it_know
     assert (low.classes[low.done] == -2).all() and "beam energy 80 keV" in low.verdict
     warn = acquisition_warnings("resnet-proto", Calibration(beam_energy_kev=300.0, convergence_mrad=21.5))
     assert any("disk overlap" in w and "beam energy 300 keV" in w for w in warn)
+
+
+def test_a_model_calibrated_per_acquisition_cell_is_judged_at_the_files_acquisition():
+    """Across acquisitions a model may read one cell (300 kV, overlap 3) surely and another (80 kV, overlap
+    1.4) near chance. Thresholds pooled over both let a confident non-polar crystal through everywhere;
+    per cell (Mondrian conformal) the sure cell keeps its own tight thresholds, and the cell read below
+    COVERED_ACCURACY is withheld whole, with one sentence, as outside a card's range."""
+    from polarstem.acquisition import COVERED_ACCURACY, covers, outside_scope
+    from polarstem.io import Calibration
+    from polarstem.training.abstention import calibrate_cells
+
+    rng = np.random.default_rng(4)
+    z, y = _clusters(rng, dim=8)
+    ab = Abstention.fit(z, y)
+    rows, g = 80, 6
+    energy = np.repeat([300.0, 80.0], rows // 2)
+    conv = np.full(rows, 15.0)  # overlap 3.01 at 300 kV, 1.42 at 80 kV
+    labels = rng.integers(0, 8, rows)
+    sure = energy == 300.0
+    logits = rng.normal(0, 1, (rows, g, g, 8))
+    logits[sure, :, :, labels[sure]] += 4.0  # sure and right at 300 kV; at 80 kV a guess
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    dist = rng.uniform(0.8, 1.2, (rows, g, g))
+    for n in (1, 4, 9, 36):  # pooled thresholds, as fit_abstention sets them
+        ab.calibrate(dist.reshape(-1), np.exp(logp).max(-1).reshape(-1), n)
+    calibrate_cells(ab, energy, conv, dist, logp, labels, log=lambda *_: None)
+    assert len(ab.cells) == 2
+    at_300, at_80, pooled = ab.at(300.0, 15.0), ab.at(80.0, 15.0), ab.at(None, None)
+    assert pooled is ab and at_300.cells == [] and at_80.cells == []
+    assert at_300.min_confidence[36] > pooled.min_confidence[36] > at_80.min_confidence[36] - 1e-9
+    # a confident crystal the pooled thresholds let through is withheld at the sure cell's acquisition
+    crystal = np.full(36, 0.5 * (pooled.min_confidence[1] + at_300.min_confidence[1]))
+    assert not pooled.uncertain(np.ones(36), crystal, np.ones(36)).any()
+    assert at_300.uncertain(np.ones(36), crystal, np.ones(36)).all()
+    back = Abstention.from_dict(ab.to_dict())
+    assert back.at(300.0, 15.0).min_confidence == pytest.approx(at_300.min_confidence, rel=1e-4)
+
+    card = {"beam_energy_kev": [78.0, 306.0], "convergence_mrad": [14.0, 31.0], "cells": ab.coverage()}
+    acc = {c["beam_energy_kev"][0]: c["accuracy"] for c in card["cells"]}
+    assert acc[240.0] >= COVERED_ACCURACY > acc[78.0]
+    assert outside_scope("wide", card, Calibration(beam_energy_kev=300.0, convergence_mrad=15.0)) == []
+    low = outside_scope("wide", card, Calibration(beam_energy_kev=80.0, convergence_mrad=15.0))
+    assert len(low) == 1 and f"at {acc[78.0]:.2f} per cell" in low[0] and "overlap alpha/(lambda/a) 1.42" in low[0]
+    none = outside_scope("wide", card, Calibration(beam_energy_kev=200.0, convergence_mrad=24.0))
+    assert len(none) == 1 and "no held-out data" in none[0]
+    assert covers({"acquisition": card}, Calibration(beam_energy_kev=300.0, convergence_mrad=15.0))
+    assert not covers({"acquisition": card}, Calibration(beam_energy_kev=80.0, convergence_mrad=15.0))
+    assert covers({"acquisition": card}, Calibration())  # a file that does not say: the pooled thresholds judge

@@ -27,11 +27,20 @@ and 6 x 6 samplings of a cell) and interpolated in log n.
    0.73 for KNN in pattern mode). The median is taken as the rows' is, over every window with a
    usable pattern, including those the per-position thresholds already withhold: a median of the
    survivors alone would sit above the calibrated one exactly on the scans it should catch.
+
+A model trained across acquisitions reads some far better than others (at 80 kV and little disk
+overlap it is unsure of KNN itself). Thresholds pooled over the whole range must then let the hardest
+acquisition's patterns through, and a confident non-polar crystal at an easy one passes with them. So
+such a model is calibrated one acquisition cell at a time (beam energy x disk overlap, ``CELLS``: a
+Mondrian split-conformal calibration, Vovk et al. 2005): the file says its acquisition, and the
+thresholds of its cell judge it (:meth:`Abstention.at`). Each cell also records how well the model
+reads its held-out rows in the cell vote; :mod:`polarstem.acquisition` withholds a scan whose cell is
+read below ``COVERED_ACCURACY``, as it withholds a scan outside a card's stated range.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -43,6 +52,11 @@ ALPHA = 0.01
 CURVE_ALPHAS = (0.005, 0.01, 0.02, 0.05, 0.1)
 #: A scan whose classified positions are mostly uncertain is not polar KNN at [001], as far as the model can tell.
 SCAN_UNCERTAIN_FRACTION = 0.5
+#: Acquisition cells of a calibration across acquisitions: beam energy (keV) x disk overlap alpha/(lambda/a)
+#: (the two things that change the pattern in reciprocal-lattice units: dynamical contrast and geometry).
+CELLS = {"beam_energy_kev": (78.0, 100.0, 160.0, 240.0, 306.0), "disk_overlap": (1.3, 2.0, 2.6, 3.3, 4.2, 6.5)}
+#: A cell with fewer held-out calibration rows (structure x thickness) gets no thresholds of its own.
+MIN_CELL_ROWS = 20
 
 
 @dataclass
@@ -56,6 +70,7 @@ class Abstention:
     curve: dict = field(default_factory=dict)  # window size -> {alpha: (max distance, min confidence)}
     scan_max_distance: dict = field(default_factory=dict)  # window size -> threshold on a scan's median distance
     scan_min_confidence: dict = field(default_factory=dict)  # ... on a scan's median pooled top probability
+    cells: list = field(default_factory=list)  # per acquisition cell: its ranges, rows, accuracy and thresholds
 
     @classmethod
     def fit(cls, embeddings: np.ndarray, labels: np.ndarray, shrinkage: float | None = None) -> "Abstention":
@@ -85,7 +100,7 @@ class Abstention:
         """Thresholds at ``window`` patterns from in-scope windows' pooled distance and top probability
         (split conformal: the (1 - alpha) quantile with the finite-sample correction)."""
         def at(a):
-            return _conformal(distance, top_probability, a)
+            return conformal_thresholds(distance, top_probability, a)
 
         self.max_distance[int(window)], self.min_confidence[int(window)] = at(alpha)
         self.curve[int(window)] = {a: at(a) for a in CURVE_ALPHAS}
@@ -93,7 +108,7 @@ class Abstention:
     def calibrate_scan(self, row_distance: np.ndarray, row_confidence: np.ndarray, window: int,
                        alpha: float = ALPHA) -> None:
         """Scan-level thresholds at ``window`` patterns from in-scope rows' median window scores."""
-        self.scan_max_distance[int(window)], self.scan_min_confidence[int(window)] = _conformal(
+        self.scan_max_distance[int(window)], self.scan_min_confidence[int(window)] = conformal_thresholds(
             row_distance, row_confidence, alpha)
 
     def scan_out_of_scope(self, distance: np.ndarray, confidence: np.ndarray, n_patterns: np.ndarray,
@@ -121,6 +136,18 @@ class Abstention:
     def calibrated(self) -> bool:
         return bool(self.max_distance)
 
+    def at(self, beam_energy_kev: float | None, convergence_mrad: float | None) -> "Abstention":
+        """The abstention that judges a scan of this acquisition: its cell's thresholds where the model was
+        calibrated per cell and the file says its acquisition, else the pooled ones."""
+        cell = find_cell(self.cells, beam_energy_kev, convergence_mrad)
+        if cell is None or "max_distance" not in cell:
+            return self
+        return replace(self, cells=[], **{k: dict(cell[k]) for k in _THRESHOLD_KEYS})
+
+    def coverage(self) -> list[dict]:
+        """The cells' ranges, held-out rows and cell-vote accuracy: what a card's ``acquisition.cells`` states."""
+        return [{k: c[k] for k in ("beam_energy_kev", "disk_overlap", "rows", "accuracy")} for c in self.cells]
+
     def to_dict(self) -> dict:
         return {"method": "Mahalanobis distance to class-conditional Gaussians (shared Ledoit-Wolf covariance) "
                           "of the embedding, and the pooled top probability; split-conformal thresholds",
@@ -131,7 +158,8 @@ class Abstention:
                 "curve": {str(n): {str(a): [round(d, 5), round(c, 5)] for a, (d, c) in sorted(v.items())}
                           for n, v in sorted(self.curve.items())},
                 "scan_max_distance": {str(k): round(v, 5) for k, v in sorted(self.scan_max_distance.items())},
-                "scan_min_confidence": {str(k): round(v, 5) for k, v in sorted(self.scan_min_confidence.items())}}
+                "scan_min_confidence": {str(k): round(v, 5) for k, v in sorted(self.scan_min_confidence.items())},
+                "cells": [_cell_to_dict(c) for c in self.cells]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Abstention":
@@ -143,10 +171,60 @@ class Abstention:
         return cls(means, chol, {int(k): float(v) for k, v in d.get("max_distance", {}).items()},
                    {int(k): float(v) for k, v in d.get("min_confidence", {}).items()}, curve,
                    {int(k): float(v) for k, v in d.get("scan_max_distance", {}).items()},
-                   {int(k): float(v) for k, v in d.get("scan_min_confidence", {}).items()})
+                   {int(k): float(v) for k, v in d.get("scan_min_confidence", {}).items()},
+                   [_cell_from_dict(c) for c in d.get("cells", [])])
 
 
-def _conformal(distance: np.ndarray, top_probability: np.ndarray, alpha: float) -> tuple[float, float]:
+_THRESHOLD_KEYS = ("max_distance", "min_confidence", "scan_max_distance", "scan_min_confidence")
+
+
+def find_cell(cells: list[dict], beam_energy_kev: float | None, convergence_mrad: float | None) -> dict | None:
+    """The cell (of a card's or an abstention's ``cells``) holding this acquisition, or None."""
+    if not cells or not beam_energy_kev or not convergence_mrad:
+        return None
+    from .acquisition import disk_overlap
+
+    values = {"beam_energy_kev": float(beam_energy_kev),
+              "disk_overlap": disk_overlap(beam_energy_kev, convergence_mrad)}
+    for cell in cells:
+        if all(cell[k][0] <= v < cell[k][1] for k, v in values.items()):
+            return cell
+    return None
+
+
+def cell_of(beam_energy_kev: np.ndarray, overlap: np.ndarray) -> np.ndarray:
+    """(N,) index of each acquisition's ``CELLS`` cell (energy-major), -1 outside them."""
+    e_edges, o_edges = CELLS["beam_energy_kev"], CELLS["disk_overlap"]
+    i = np.searchsorted(e_edges, beam_energy_kev, side="right") - 1
+    j = np.searchsorted(o_edges, overlap, side="right") - 1
+    inside = (i >= 0) & (i < len(e_edges) - 1) & (j >= 0) & (j < len(o_edges) - 1)
+    return np.where(inside, i * (len(o_edges) - 1) + j, -1)
+
+
+def cell_ranges(index: int) -> dict:
+    """The beam-energy and disk-overlap ranges of ``CELLS`` cell ``index``."""
+    e_edges, o_edges = CELLS["beam_energy_kev"], CELLS["disk_overlap"]
+    i, j = divmod(int(index), len(o_edges) - 1)
+    return {"beam_energy_kev": [e_edges[i], e_edges[i + 1]], "disk_overlap": [o_edges[j], o_edges[j + 1]]}
+
+
+def _cell_to_dict(cell: dict) -> dict:
+    out = {k: cell[k] for k in ("beam_energy_kev", "disk_overlap", "rows", "accuracy")}
+    for key in _THRESHOLD_KEYS:
+        if key in cell:
+            out[key] = {str(n): round(v, 5) for n, v in sorted(cell[key].items())}
+    return out
+
+
+def _cell_from_dict(d: dict) -> dict:
+    out = {k: d[k] for k in ("beam_energy_kev", "disk_overlap", "rows", "accuracy")}
+    for key in _THRESHOLD_KEYS:
+        if key in d:
+            out[key] = {int(n): float(v) for n, v in d[key].items()}
+    return out
+
+
+def conformal_thresholds(distance: np.ndarray, top_probability: np.ndarray, alpha: float) -> tuple[float, float]:
     """Split-conformal (max distance, min top probability) letting ``alpha`` of in-scope scores past:
     the (1 - alpha) quantile with the finite-sample correction."""
     n = len(distance)

@@ -52,6 +52,10 @@ SCOPE_KEYS = (("beam_energy_kev", "beam energy", "keV"), ("convergence_mrad", "c
 OVERLAP_KEY = (("disk_overlap", "disk overlap alpha/(lambda/a)", ""),)
 #: Slack on a card's range: a calibration is rarely better than 2 %.
 RANGE_TOLERANCE = 0.02
+#: A card calibrated per acquisition cell (``acquisition.cells``, :mod:`polarstem.abstain`) covers the cells
+#: whose held-out rows its cell vote reads at least this well (the issue's goal away from the canonical
+#: acquisition); elsewhere its maps are withheld, as outside a stated range.
+COVERED_ACCURACY = 0.90
 
 
 def _within(value: float, lo: float, hi: float) -> bool:
@@ -69,15 +73,37 @@ def _outside(acquisition: dict, calibration: Calibration):
         value, rng = values.get(key), acquisition.get(key)
         if value is not None and isinstance(rng, (list, tuple)) and len(rng) == 2 and not _within(value, *rng):
             yield key, what, unit, value, rng[0], rng[1]
+    if acquisition.get("cells") and "disk_overlap" in values:
+        from .abstain import find_cell
+
+        cell = find_cell(acquisition["cells"], values["beam_energy_kev"], values["convergence_mrad"])
+        if cell is None or cell["accuracy"] < COVERED_ACCURACY:
+            yield "cells", "acquisition cell", "", None if cell is None else cell["accuracy"], None, None
 
 
 def outside_scope(model_name: str, acquisition: dict | None, calibration: Calibration) -> list[str]:
     """One sentence per stated acquisition value (beam energy, convergence) outside the ranges the model's
     card (its ``acquisition``) was validated on; empty when inside, when the file does not say, or when
     the card states none."""
-    return [_overlap_sentence(model_name, calibration, value, lo, hi) if key == "disk_overlap" else
-            f"{what} {value:g} {unit} (model '{model_name}' validated at {lo:g}-{hi:g} {unit})"
-            for key, what, unit, value, lo, hi in _outside(acquisition or {}, calibration)]
+    sentences = []
+    for key, what, unit, value, lo, hi in _outside(acquisition or {}, calibration):
+        if key == "disk_overlap":
+            sentences.append(_overlap_sentence(model_name, calibration, value, lo, hi))
+        elif key == "cells":
+            sentences.append(_cell_sentence(model_name, calibration, value))
+        else:
+            sentences.append(f"{what} {value:g} {unit} (model '{model_name}' validated at {lo:g}-{hi:g} {unit})")
+    return sentences
+
+
+def _cell_sentence(model_name: str, calibration: Calibration, accuracy: float | None) -> str:
+    """An acquisition cell the model is not trusted in: how well it reads held-out KNN there, if measured."""
+    where = (f"beam energy {calibration.beam_energy_kev:g} keV with disk overlap alpha/(lambda/a) "
+             f"{disk_overlap(calibration.beam_energy_kev, calibration.convergence_mrad):.2f}")
+    if accuracy is None:
+        return f"{where} (model '{model_name}' has no held-out data at this acquisition)"
+    return (f"{where} (model '{model_name}' reads held-out simulated KNN there at {accuracy:.2f} per cell; "
+            f"it is trusted from {COVERED_ACCURACY:.2f})")
 
 
 def _overlap_sentence(model_name: str, calibration: Calibration, value: float, lo: float, hi: float) -> str:

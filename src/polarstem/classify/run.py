@@ -195,6 +195,8 @@ def _finish(result: ClassificationResult, plan: RunPlan, params: ClassifyParams,
     if params.anomaly and result.done.any():
         result.anomaly = score_anomaly(result)
     card = getattr(plan.model, "card", None) or {}  # the loaded model's own card: no registry read per run
-    abstain(result, getattr(plan.model, "abstention", None),
-            outside_scope(plan.name, card.get("acquisition"), plan.calibration))
+    abstention = getattr(plan.model, "abstention", None)
+    if abstention is not None:  # a model calibrated per acquisition cell: the thresholds of the file's
+        abstention = abstention.at(plan.calibration.beam_energy_kev, plan.calibration.convergence_mrad)
+    abstain(result, abstention, outside_scope(plan.name, card.get("acquisition"), plan.calibration))
     result.finished = True

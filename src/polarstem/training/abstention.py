@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..abstain import WINDOW_SIZES, Abstention
+from ..abstain import ALPHA, MIN_CELL_ROWS, WINDOW_SIZES, Abstention, cell_of, cell_ranges, conformal_thresholds
+from ..acquisition import disk_overlap
 from ..errors import PolarstemError
 from ..preprocess import InputGrid
 from .augment import DEFAULT_AUGMENT, corrupt_and_preprocess
@@ -13,25 +14,37 @@ from .data import SimSet, probe_grid_side, thickness_split
 
 
 def fit_abstention(model, sim: SimSet, grid: InputGrid, aug: dict | None = None, seed: int = 0, fit_rows: int = 600,
-                   calibration_rows: int = 600, tta: int = 8, ranges: dict | None = None, log=print) -> Abstention:
+                   calibration_rows: int = 600, tta: int = 8, ranges: dict | None = None, by_cell: bool = False,
+                   calibration: SimSet | None = None, log=print) -> Abstention:
     """Fit the class-conditional Gaussians of ``model``'s embedding on training-split rows of a probe-grid
-    set and calibrate the thresholds on rows of its validation thicknesses (never trained on), both
-    with experiment-like corruptions, as a scan's cell windows pool them (``abstain.WINDOW_SIZES``).
+    set and calibrate the thresholds on rows it never trained on, both with experiment-like corruptions,
+    as a scan's cell windows pool them (``abstain.WINDOW_SIZES``): the rows of a separate ``calibration``
+    set (other structures: what split conformal asks for), else ``sim``'s validation thicknesses.
     ``ranges`` ({"beam_energy_kev": [lo, hi], "convergence_mrad": [lo, hi]}, a card's): only rows of a set
-    simulated across acquisitions that lie inside them count as in scope.
+    simulated across acquisitions that lie inside them count as in scope. ``by_cell``: calibrate each
+    acquisition cell (``abstain.CELLS``) on its own rows too, and measure its cell-vote accuracy
+    (:func:`calibrate_cells`; every calibration row in range is then used, not ``calibration_rows``).
 
     Returns the :class:`polarstem.abstain.Abstention` (also set on ``model``)."""
+    cal_sim = sim if calibration is None else calibration
     g = probe_grid_side(sim)
-    if not g or g % 6:
-        raise PolarstemError(f"{sim.folder}: calibrating the abstention needs a set with a 6 x 6 probe grid per cell")
+    for s_ in (sim, cal_sim):
+        if not probe_grid_side(s_) or probe_grid_side(s_) % 6 or probe_grid_side(s_) != g:
+            raise PolarstemError(f"{s_.folder}: calibrating the abstention needs sets with a 6 x 6 probe grid per cell")
+    if by_cell and (cal_sim.energy is None or cal_sim.convergence is None):
+        raise PolarstemError(f"{cal_sim.folder}: calibrating per acquisition cell needs a set simulated across "
+                             "acquisitions")
     aug = dict(DEFAULT_AUGMENT, **(aug or {}))
     n_pos = g * g
     rng = np.random.default_rng(seed)
-    fit_pick, cal_pick = _fit_and_calibration_rows(sim, n_pos, fit_rows, calibration_rows, rng,
-                                                   _rows_in_range(sim, n_pos, ranges))
+    n_cal = len(cal_sim) if by_cell else calibration_rows
+    fit_pick, cal_pick = _fit_and_calibration_rows(sim, n_pos, fit_rows, n_cal, rng, _rows_in_range(sim, n_pos, ranges))
+    if calibration is not None:
+        cal_pick = _pick(rng, np.nonzero((calibration.labels[::n_pos] >= 0)
+                                         & _rows_in_range(calibration, n_pos, ranges))[0], n_cal)
     _, emb_fit, y_fit = _row_outputs(model, sim, fit_pick, n_pos, grid, aug, rng, tta=False)
     abst = Abstention.fit(emb_fit.reshape(-1, emb_fit.shape[-1]), np.repeat(y_fit, n_pos))
-    proba, emb, _ = _row_outputs(model, sim, cal_pick, n_pos, grid, aug, rng, tta=tta)
+    proba, emb, y_cal = _row_outputs(model, cal_sim, cal_pick, n_pos, grid, aug, rng, tta=tta)
     dist = abst.distance(emb.reshape(-1, emb.shape[-1])).reshape(len(cal_pick), g, g)
     logp = np.log(np.clip(proba, 1e-6, 1.0)).reshape(len(cal_pick), g, g, -1)
     for n in WINDOW_SIZES:
@@ -42,8 +55,41 @@ def fit_abstention(model, sim: SimSet, grid: InputGrid, aug: dict | None = None,
         log(f"abstention at {n} patterns: distance <= {abst.max_distance[n]:.3f}, "
             f"top probability >= {abst.min_confidence[n]:.3f} ({len(d_w)} windows); scan medians: distance <= "
             f"{abst.scan_max_distance[n]:.3f}, top probability >= {abst.scan_min_confidence[n]:.3f} ({rows} rows)")
+    if by_cell:
+        calibrate_cells(abst, cal_sim.energy[cal_pick * n_pos], cal_sim.convergence[cal_pick * n_pos], dist, logp,
+                        y_cal, log)
     model.abstention = abst
     return abst
+
+
+def calibrate_cells(abst: Abstention, energy: np.ndarray, convergence: np.ndarray, dist: np.ndarray,
+                    logp: np.ndarray, labels: np.ndarray, log=print) -> None:
+    """Mondrian split conformal: the thresholds of every acquisition cell with at least ``MIN_CELL_ROWS``
+    calibration rows, from its rows alone, and the share of its rows the cell vote (all 36 patterns)
+    reads correctly and does not withhold. Per row: ``energy`` (keV), ``convergence`` (mrad), ``labels``,
+    the (g, g) distances ``dist`` and (g, g, 8) log-probabilities ``logp`` of its probe grid."""
+    g = dist.shape[1]
+    cells = cell_of(energy, disk_overlap(energy, convergence))
+    abst.cells = []
+    for index in np.unique(cells[cells >= 0]):
+        mine = cells == index
+        if mine.sum() < MIN_CELL_ROWS:
+            continue
+        cell = dict(cell_ranges(index), rows=int(mine.sum()), max_distance={}, min_confidence={},
+                    scan_max_distance={}, scan_min_confidence={})
+        for n in WINDOW_SIZES:
+            d_w, p_w = _grid_windows(dist[mine], logp[mine], g, n)
+            cell["max_distance"][n], cell["min_confidence"][n] = conformal_thresholds(d_w, p_w, ALPHA)
+            k = int(mine.sum())
+            cell["scan_max_distance"][n], cell["scan_min_confidence"][n] = conformal_thresholds(
+                np.median(d_w.reshape(-1, k), axis=0), np.median(p_w.reshape(-1, k), axis=0), ALPHA)
+        d36, p36 = _grid_windows(dist[mine], logp[mine], g, g * g)
+        vote = logp[mine].reshape(int(mine.sum()), -1, logp.shape[-1]).mean(axis=1).argmax(axis=1)
+        kept = (d36 <= cell["max_distance"][g * g]) & (p36 >= cell["min_confidence"][g * g])
+        cell["accuracy"] = round(float(((vote == labels[mine]) & kept).mean()), 4)
+        abst.cells.append(cell)
+        log(f"abstention cell {cell['beam_energy_kev']} keV x overlap {cell['disk_overlap']}: {cell['rows']} rows, "
+            f"cell vote {cell['accuracy']:.3f}; at {g * g} patterns top probability >= {cell['min_confidence'][g * g]:.3f}")
 
 
 def _rows_in_range(sim: SimSet, n_pos: int, ranges: dict | None) -> np.ndarray:
@@ -69,9 +115,12 @@ def _fit_and_calibration_rows(sim: SimSet, n_pos: int, fit_rows: int, calibratio
         val = np.isin(structures, held)
     labeled = (sim.labels[::n_pos] >= 0) & in_range
     val_rows, tr_rows = np.nonzero(val & labeled)[0], np.nonzero(~val & labeled)[0]
-    fit_pick = np.sort(rng.choice(tr_rows, min(fit_rows, len(tr_rows)), replace=False))
-    cal_pick = np.sort(rng.choice(val_rows, min(calibration_rows, len(val_rows)), replace=False))
-    return fit_pick, cal_pick
+    return _pick(rng, tr_rows, fit_rows), _pick(rng, val_rows, calibration_rows)
+
+
+def _pick(rng: np.random.Generator, rows: np.ndarray, n: int) -> np.ndarray:
+    """At most ``n`` of ``rows``, drawn without replacement, in order."""
+    return np.sort(rng.choice(rows, min(n, len(rows)), replace=False))
 
 
 def _row_outputs(model, sim: SimSet, rows: np.ndarray, n_pos: int, grid: InputGrid, aug: dict,

@@ -57,6 +57,9 @@ class TrainConfig(BaseModel):
     knn_neighbors: int = 10
     knn_max_train: int = 40000
     abstention: bool = False  # fit and calibrate the abstention (polarstem.abstain) on the first data folder
+    abstention_cells: bool = False  # ... and per acquisition cell (a set simulated across acquisitions)
+    abstention_data: str | None = None  # calibrate on this folder's structures (never trained on); None: the
+    # first data folder's validation thicknesses
     acquisition: dict = Field(default_factory=dict)  # ranges the card states (default: cards.ACQUISITION)
     out: str | None = None  # weights folder to write; None: the package's own (models.registry.package_weights_dir)
 

@@ -66,7 +66,12 @@ def _train_mode(cfg: TrainConfig, mode: str, sims: list[SimSet], held: SimSet | 
     card["class_mean_embeddings"] = class_mean_embeddings(model, arrays)
     if cfg.abstention and cfg.arch and mode == "pattern":
         del arrays  # the calibration reads raw patterns again; free the cached inputs first
-        card["abstention"] = fit_abstention(model, sim, grid, aug, seed=cfg.seed, log=log).to_dict()
+        calibration = load_simset(cfg.abstention_data) if cfg.abstention_data else None
+        abst = fit_abstention(model, sim, grid, aug, seed=cfg.seed, by_cell=cfg.abstention_cells,
+                              calibration=calibration, log=log)
+        card["abstention"] = abst.to_dict()
+        if abst.cells:
+            card["acquisition"]["cells"] = abst.coverage()
     held_res = heldout_accuracy(model, held, mode, grid, aug=aug)
     card["heldout"] = heldout_summary(held_res)
     card["heldout_detail"] = held_res

@@ -422,3 +422,21 @@ def test_outlier_exposure_spreads_the_probability_of_non_polar_patterns(simfolde
     assert acc["exposed"] >= acc["plain"] - 0.15
     with pytest.raises(PolarstemError, match="PCA-kNN"):
         TrainConfig.from_dict({"arch": None, "outliers": [str(flat)]})
+
+
+def test_the_abstention_is_calibrated_on_a_separate_set_of_structures(tmp_path, cache):
+    """Split conformal wants calibration data exchangeable with the user's: structures the network never
+    trained on. With ``abstention_data`` the thresholds come from that folder's rows (all of them are new
+    structures), the class Gaussians from the training folder's."""
+    manifest = {"kind": "training", "status": "complete", "config": {"training": {"probes": {"grid": 6}}}}
+    for name, n in (("train", 8), ("calibration", 16)):
+        folder = write_synthetic_simset(tmp_path / name, n_structures=n, n_positions=36, thicknesses=(6, 12, 18, 24),
+                                        det_px=48)
+        (folder / "manifest.json").write_text(json.dumps(dict(manifest, shape=[n * 4, 36, 48, 48])))
+    logs = []
+    cfg = _cfg(tmp_path, tmp_path / "w", data=str(tmp_path / "train"), abstention=True,
+               abstention_data=str(tmp_path / "calibration"), modes=["pattern"])
+    card = run(cfg, progress=False, log=logs.append)[0]
+    assert card["abstention"]["max_distance"] and card["abstention"]["min_confidence"]
+    assert any("(64 rows)" in line for line in logs if line.startswith("abstention at 36"))  # 16 structures x 4
+    clear_cache()

@@ -235,3 +235,18 @@ def test_a_capped_family_says_so_where_it_is_picked(capsys):
     entry = {e["name"]: e for e in json.loads(capsys.readouterr().out)}["pca-knn"]
     assert entry["baseline"] is True and "0.3 per pattern" in entry["limits"]
     assert is_baseline(entry) and entry["limits"] in card_text(entry)
+
+
+def test_a_card_calibrated_per_acquisition_cell_lists_its_cells_in_the_dock():
+    """The dock's card says in how many acquisition cells the model is trusted; the tooltip lists each."""
+    from polarstem._napari._polarization_widget import card_text, card_tooltip
+
+    cells = [{"beam_energy_kev": [78.0, 100.0], "disk_overlap": [1.3, 2.0], "rows": 30, "accuracy": 0.61},
+             {"beam_energy_kev": [160.0, 240.0], "disk_overlap": [2.6, 3.3], "rows": 101, "accuracy": 0.99}]
+    entry = {"name": "wide", "summary": "ResNet-18 across acquisitions", "modes": ["pattern"],
+             "acquisition": {"beam_energy_kev": [80.0, 300.0], "convergence_mrad": [15.0, 30.0], "cells": cells}}
+    assert "trusted in 1 of 2 acquisition cells" in card_text(entry)
+    tip = card_tooltip(entry).splitlines()
+    assert "78-100 keV, disk overlap 1.3-2: 0.61 per cell on 30 held-out rows (withheld)" in tip
+    assert "160-240 keV, disk overlap 2.6-3.3: 0.99 per cell on 101 held-out rows" in tip
+    assert not any(line.startswith("cells:") for line in tip)

@@ -114,6 +114,13 @@ def _overlap_sentence(model_name: str, calibration: Calibration, value: float, l
             f"{lo * per_overlap:.1f}-{hi * per_overlap:.1f} mrad at {e:g} keV)")
 
 
+def describe_cells(cells: list[dict]) -> list[str]:
+    """One line per acquisition cell of a card calibrated per cell: its ranges and how well it is read."""
+    return [f"{c['beam_energy_kev'][0]:g}-{c['beam_energy_kev'][1]:g} keV, disk overlap {c['disk_overlap'][0]:g}-"
+            f"{c['disk_overlap'][1]:g}: {c['accuracy']:.2f} per cell on {c['rows']} held-out rows"
+            f"{'' if c['accuracy'] >= COVERED_ACCURACY else ' (withheld)'}" for c in cells]
+
+
 def covers(entry: dict, calibration: Calibration | None) -> bool:
     """Does a registry entry's card range contain the calibration's beam energy and convergence?"""
     return calibration is None or not any(_outside(entry.get("acquisition") or {}, calibration))

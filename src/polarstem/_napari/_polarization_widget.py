@@ -140,13 +140,22 @@ def card_text(entry: dict) -> str:
         lines.append(f"held-out accuracy {acc:.2f} per pattern (unseen simulated structures)")
     if ranges:
         lines.append(f"trained for: {ranges}")
+    if acq.get("cells"):
+        from ..acquisition import COVERED_ACCURACY
+
+        trusted = sum(c["accuracy"] >= COVERED_ACCURACY for c in acq["cells"])
+        lines.append(f"trusted in {trusted} of {len(acq['cells'])} acquisition cells (beam energy x disk overlap; "
+                     "the others are withheld): hover for the list")
     return "\n".join(lines)
 
 
 def card_tooltip(entry: dict) -> str:
     """The whole card: modes, every accuracy figure, every acquisition range."""
     acq = entry.get("acquisition") or {}
-    rows = [f"{k}: {_span(v)}" for k, v in acq.items() if k != "canonical"]
+    from ..acquisition import describe_cells
+
+    rows = [f"{k}: {_span(v)}" for k, v in acq.items() if k not in ("canonical", "cells")]
+    rows += describe_cells(acq.get("cells") or [])
     accs = [f"accuracy ({'cell window mean' if m == 'cell' else m}, one image): {a:.3f}"
             for m, a in (entry.get("accuracy") or {}).items() if isinstance(a, (int, float))]
     return "\n".join([entry["name"], entry["summary"], "modes: " + ", ".join(entry.get("modes", []))] + accs + rows)

@@ -100,7 +100,7 @@ class Abstention:
         """Thresholds at ``window`` patterns from in-scope windows' pooled distance and top probability
         (split conformal: the (1 - alpha) quantile with the finite-sample correction)."""
         def at(a):
-            return conformal_thresholds(distance, top_probability, a)
+            return _conformal(distance, top_probability, a)
 
         self.max_distance[int(window)], self.min_confidence[int(window)] = at(alpha)
         self.curve[int(window)] = {a: at(a) for a in CURVE_ALPHAS}
@@ -108,7 +108,7 @@ class Abstention:
     def calibrate_scan(self, row_distance: np.ndarray, row_confidence: np.ndarray, window: int,
                        alpha: float = ALPHA) -> None:
         """Scan-level thresholds at ``window`` patterns from in-scope rows' median window scores."""
-        self.scan_max_distance[int(window)], self.scan_min_confidence[int(window)] = conformal_thresholds(
+        self.scan_max_distance[int(window)], self.scan_min_confidence[int(window)] = _conformal(
             row_distance, row_confidence, alpha)
 
     def scan_out_of_scope(self, distance: np.ndarray, confidence: np.ndarray, n_patterns: np.ndarray,
@@ -142,7 +142,7 @@ class Abstention:
         cell = find_cell(self.cells, beam_energy_kev, convergence_mrad)
         if cell is None or "max_distance" not in cell:
             return self
-        return replace(self, cells=[], **{k: dict(cell[k]) for k in _THRESHOLD_KEYS})
+        return replace(self, cells=[], **{k: dict(cell[k]) for k in THRESHOLD_KEYS})
 
     def coverage(self) -> list[dict]:
         """The cells' ranges, held-out rows and cell-vote accuracy: what a card's ``acquisition.cells`` states."""
@@ -175,7 +175,8 @@ class Abstention:
                    [_cell_from_dict(c) for c in d.get("cells", [])])
 
 
-_THRESHOLD_KEYS = ("max_distance", "min_confidence", "scan_max_distance", "scan_min_confidence")
+#: The thresholds an acquisition cell has of its own.
+THRESHOLD_KEYS = ("max_distance", "min_confidence", "scan_max_distance", "scan_min_confidence")
 
 
 def find_cell(cells: list[dict], beam_energy_kev: float | None, convergence_mrad: float | None) -> dict | None:
@@ -210,7 +211,7 @@ def cell_ranges(index: int) -> dict:
 
 def _cell_to_dict(cell: dict) -> dict:
     out = {k: cell[k] for k in ("beam_energy_kev", "disk_overlap", "rows", "accuracy")}
-    for key in _THRESHOLD_KEYS:
+    for key in THRESHOLD_KEYS:
         if key in cell:
             out[key] = {str(n): round(v, 5) for n, v in sorted(cell[key].items())}
     return out
@@ -218,13 +219,13 @@ def _cell_to_dict(cell: dict) -> dict:
 
 def _cell_from_dict(d: dict) -> dict:
     out = {k: d[k] for k in ("beam_energy_kev", "disk_overlap", "rows", "accuracy")}
-    for key in _THRESHOLD_KEYS:
+    for key in THRESHOLD_KEYS:
         if key in d:
             out[key] = {int(n): float(v) for n, v in d[key].items()}
     return out
 
 
-def conformal_thresholds(distance: np.ndarray, top_probability: np.ndarray, alpha: float) -> tuple[float, float]:
+def _conformal(distance: np.ndarray, top_probability: np.ndarray, alpha: float) -> tuple[float, float]:
     """Split-conformal (max distance, min top probability) letting ``alpha`` of in-scope scores past:
     the (1 - alpha) quantile with the finite-sample correction."""
     n = len(distance)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..abstain import ALPHA, MIN_CELL_ROWS, WINDOW_SIZES, Abstention, cell_of, cell_ranges, conformal_thresholds
+from ..abstain import MIN_CELL_ROWS, THRESHOLD_KEYS, WINDOW_SIZES, Abstention, cell_of, cell_ranges
 from ..acquisition import disk_overlap
 from ..errors import PolarstemError
 from ..preprocess import InputGrid
@@ -47,14 +47,7 @@ def fit_abstention(model, sim: SimSet, grid: InputGrid, aug: dict | None = None,
     proba, emb, y_cal = _row_outputs(model, cal_sim, cal_pick, n_pos, grid, aug, rng, tta=tta)
     dist = abst.distance(emb.reshape(-1, emb.shape[-1])).reshape(len(cal_pick), g, g)
     logp = np.log(np.clip(proba, 1e-6, 1.0)).reshape(len(cal_pick), g, g, -1)
-    for n in WINDOW_SIZES:
-        d_w, p_w = _grid_windows(dist, logp, g, n)
-        abst.calibrate(d_w, p_w, n)
-        rows = len(cal_pick)  # _grid_windows stacks the rows' windows offset by offset
-        abst.calibrate_scan(np.median(d_w.reshape(-1, rows), axis=0), np.median(p_w.reshape(-1, rows), axis=0), n)
-        log(f"abstention at {n} patterns: distance <= {abst.max_distance[n]:.3f}, "
-            f"top probability >= {abst.min_confidence[n]:.3f} ({len(d_w)} windows); scan medians: distance <= "
-            f"{abst.scan_max_distance[n]:.3f}, top probability >= {abst.scan_min_confidence[n]:.3f} ({rows} rows)")
+    _calibrate_windows(abst, dist, logp, log)
     if by_cell:
         calibrate_cells(abst, cal_sim.energy[cal_pick * n_pos], cal_sim.convergence[cal_pick * n_pos], dist, logp,
                         y_cal, log)
@@ -75,14 +68,9 @@ def calibrate_cells(abst: Abstention, energy: np.ndarray, convergence: np.ndarra
         mine = cells == index
         if mine.sum() < MIN_CELL_ROWS:
             continue
-        cell = dict(cell_ranges(index), rows=int(mine.sum()), max_distance={}, min_confidence={},
-                    scan_max_distance={}, scan_min_confidence={})
-        for n in WINDOW_SIZES:
-            d_w, p_w = _grid_windows(dist[mine], logp[mine], g, n)
-            cell["max_distance"][n], cell["min_confidence"][n] = conformal_thresholds(d_w, p_w, ALPHA)
-            k = int(mine.sum())
-            cell["scan_max_distance"][n], cell["scan_min_confidence"][n] = conformal_thresholds(
-                np.median(d_w.reshape(-1, k), axis=0), np.median(p_w.reshape(-1, k), axis=0), ALPHA)
+        part = Abstention(abst.means, abst.cholesky)
+        _calibrate_windows(part, dist[mine], logp[mine])
+        cell = dict(cell_ranges(index), rows=int(mine.sum()), **{k: getattr(part, k) for k in THRESHOLD_KEYS})
         d36, p36 = _grid_windows(dist[mine], logp[mine], g, g * g)
         vote = logp[mine].reshape(int(mine.sum()), -1, logp.shape[-1]).mean(axis=1).argmax(axis=1)
         kept = (d36 <= cell["max_distance"][g * g]) & (p36 >= cell["min_confidence"][g * g])
@@ -90,6 +78,20 @@ def calibrate_cells(abst: Abstention, energy: np.ndarray, convergence: np.ndarra
         abst.cells.append(cell)
         log(f"abstention cell {cell['beam_energy_kev']} keV x overlap {cell['disk_overlap']}: {cell['rows']} rows, "
             f"cell vote {cell['accuracy']:.3f}; at {g * g} patterns top probability >= {cell['min_confidence'][g * g]:.3f}")
+
+
+def _calibrate_windows(abst: Abstention, dist: np.ndarray, logp: np.ndarray, log=None) -> None:
+    """The thresholds at every window size (``abstain.WINDOW_SIZES``) from the rows' (g, g) distances and
+    (g, g, 8) log-probabilities: per window, and on each row's median (the scan-level test)."""
+    g, rows = dist.shape[1], len(dist)
+    for n in WINDOW_SIZES:
+        d_w, p_w = _grid_windows(dist, logp, g, n)
+        abst.calibrate(d_w, p_w, n)  # _grid_windows stacks the rows' windows offset by offset
+        abst.calibrate_scan(np.median(d_w.reshape(-1, rows), axis=0), np.median(p_w.reshape(-1, rows), axis=0), n)
+        if log is not None:
+            log(f"abstention at {n} patterns: distance <= {abst.max_distance[n]:.3f}, "
+                f"top probability >= {abst.min_confidence[n]:.3f} ({len(d_w)} windows); scan medians: distance <= "
+                f"{abst.scan_max_distance[n]:.3f}, top probability >= {abst.scan_min_confidence[n]:.3f} ({rows} rows)")
 
 
 def _rows_in_range(sim: SimSet, n_pos: int, ranges: dict | None) -> np.ndarray:

@@ -23,6 +23,7 @@ from polarstem.fileio import write_json
 from polarstem.models import load_model
 from polarstem.models.registry import clear_cache, read_index, weights_dir
 from polarstem.training import DEFAULT_AUGMENT, fit_abstention, load_simset
+from polarstem.training.abstention import write_into_card
 
 
 def main(argv=None) -> None:
@@ -45,11 +46,7 @@ def main(argv=None) -> None:
     abst = fit_abstention(model, sim, model.grid, aug, seed=args.seed, fit_rows=args.rows, calibration_rows=args.rows,
                           ranges=ranges, by_cell=args.cells,
                           calibration=load_simset(args.calibration_data) if args.calibration_data else None)
-    card["abstention"] = abst.to_dict() | {"data": str(args.data), "acquisition": ranges,
-                                           "calibration_data": args.calibration_data}
-    card.setdefault("acquisition", {}).pop("cells", None)
-    if abst.cells:
-        card["acquisition"]["cells"] = abst.coverage()
+    write_into_card(card, abst, data=str(args.data), acquisition=ranges, calibration_data=args.calibration_data)
     write_json(card_path, card, indent=1)
     clear_cache()
     print(f"{card_path}: abstention written")

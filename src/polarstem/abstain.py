@@ -146,7 +146,7 @@ class Abstention:
 
     def coverage(self) -> list[dict]:
         """The cells' ranges, held-out rows and cell-vote accuracy: what a card's ``acquisition.cells`` states."""
-        return [{k: c[k] for k in ("beam_energy_kev", "disk_overlap", "rows", "accuracy")} for c in self.cells]
+        return [{k: c[k] for k in CELL_FIELDS} for c in self.cells]
 
     def to_dict(self) -> dict:
         return {"method": "Mahalanobis distance to class-conditional Gaussians (shared Ledoit-Wolf covariance) "
@@ -177,6 +177,8 @@ class Abstention:
 
 #: The thresholds an acquisition cell has of its own.
 THRESHOLD_KEYS = ("max_distance", "min_confidence", "scan_max_distance", "scan_min_confidence")
+#: What a card's ``acquisition.cells`` states of each cell.
+CELL_FIELDS = ("beam_energy_kev", "disk_overlap", "rows", "accuracy")
 
 
 def find_cell(cells: list[dict], beam_energy_kev: float | None, convergence_mrad: float | None) -> dict | None:
@@ -210,7 +212,7 @@ def cell_ranges(index: int) -> dict:
 
 
 def _cell_to_dict(cell: dict) -> dict:
-    out = {k: cell[k] for k in ("beam_energy_kev", "disk_overlap", "rows", "accuracy")}
+    out = {k: cell[k] for k in CELL_FIELDS}
     for key in THRESHOLD_KEYS:
         if key in cell:
             out[key] = {str(n): round(v, 5) for n, v in sorted(cell[key].items())}
@@ -218,7 +220,7 @@ def _cell_to_dict(cell: dict) -> dict:
 
 
 def _cell_from_dict(d: dict) -> dict:
-    out = {k: d[k] for k in ("beam_energy_kev", "disk_overlap", "rows", "accuracy")}
+    out = {k: d[k] for k in CELL_FIELDS}
     for key in THRESHOLD_KEYS:
         if key in d:
             out[key] = {int(n): float(v) for n, v in d[key].items()}

@@ -29,7 +29,7 @@ def fit_abstention(model, sim: SimSet, grid: InputGrid, aug: dict | None = None,
     cal_sim = sim if calibration is None else calibration
     g = probe_grid_side(sim)
     for s_ in (sim, cal_sim):
-        if not probe_grid_side(s_) or probe_grid_side(s_) % 6 or probe_grid_side(s_) != g:
+        if not g or g % 6 or probe_grid_side(s_) != g:
             raise PolarstemError(f"{s_.folder}: calibrating the abstention needs sets with a 6 x 6 probe grid per cell")
     if by_cell and (cal_sim.energy is None or cal_sim.convergence is None):
         raise PolarstemError(f"{cal_sim.folder}: calibrating per acquisition cell needs a set simulated across "
@@ -53,6 +53,15 @@ def fit_abstention(model, sim: SimSet, grid: InputGrid, aug: dict | None = None,
                         y_cal, log)
     model.abstention = abst
     return abst
+
+
+def write_into_card(card: dict, abst: Abstention, **provenance) -> None:
+    """The abstention into a model card, and the cells it was calibrated in into the card's acquisition
+    (which decides where the model is trusted: cells of an earlier calibration are dropped)."""
+    card["abstention"] = abst.to_dict() | provenance
+    card.setdefault("acquisition", {}).pop("cells", None)
+    if abst.cells:
+        card["acquisition"]["cells"] = abst.coverage()
 
 
 def calibrate_cells(abst: Abstention, energy: np.ndarray, convergence: np.ndarray, dist: np.ndarray,

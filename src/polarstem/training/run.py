@@ -15,7 +15,7 @@ from ..models.pca_knn import PcaKnnModel, save_npz
 from ..models.registry import weights_dir, write_index
 from ..models.symmetry import CONVENTION_GENERATORS, measure_generators
 from ..preprocess import InputGrid
-from .abstention import fit_abstention
+from .abstention import fit_abstention, write_into_card
 from .augment import DEFAULT_AUGMENT
 from .cards import class_mean_embeddings, heldout_accuracy, heldout_summary, make_card, write_markdown_cards
 from .config import TrainConfig
@@ -69,9 +69,7 @@ def _train_mode(cfg: TrainConfig, mode: str, sims: list[SimSet], held: SimSet | 
         calibration = load_simset(cfg.abstention_data) if cfg.abstention_data else None
         abst = fit_abstention(model, sim, grid, aug, seed=cfg.seed, by_cell=cfg.abstention_cells,
                               calibration=calibration, log=log)
-        card["abstention"] = abst.to_dict()
-        if abst.cells:
-            card["acquisition"]["cells"] = abst.coverage()
+        write_into_card(card, abst)
     held_res = heldout_accuracy(model, held, mode, grid, aug=aug)
     card["heldout"] = heldout_summary(held_res)
     card["heldout_detail"] = held_res
